@@ -1,0 +1,35 @@
+"""Exception classes: each one is a message a user can act on."""
+
+from __future__ import annotations
+
+
+class BumpsMpiError(Exception):
+    """Base class; the CLI prints str(error) on one line and exits non-zero."""
+
+
+class UsageError(BumpsMpiError):
+    """Bad input from the user: an option, a name, a path."""
+
+
+class ModelCheckError(BumpsMpiError):
+    """The model could not be loaded or evaluated on the login node."""
+
+
+class SubmitError(BumpsMpiError):
+    """sbatch refused the job or could not be run."""
+
+
+class JobNotFound(BumpsMpiError):
+    """No job directory or registry entry matches what the user named."""
+
+
+class RemoteError(BumpsMpiError):
+    """An exception raised on another MPI rank, carried back to rank 0."""
+
+    def __init__(self, rank: int, host: str, point: list[float] | None, remote_traceback: str):
+        self.rank = rank
+        self.host = host
+        self.point = point
+        self.remote_traceback = remote_traceback
+        last = remote_traceback.strip().splitlines()[-1] if remote_traceback.strip() else "unknown error"
+        super().__init__(f"rank {rank} on {host} failed at point {point}: {last}")
