@@ -1,0 +1,202 @@
+"""bumps-submit: the command line. Parses options, calls bumps_mpi.api, prints.
+
+Errors from the API are one line on stderr and exit code 1; click's own usage
+errors exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__, api
+from .errors import BumpsMpiError
+
+FIT_FLAGS = ("steps", "samples", "burn", "pop", "init", "thin")
+
+
+def _emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, allow_nan=True))
+
+
+def _fail(message: str) -> None:
+    click.echo(f"bumps-submit: error: {message}", err=True)
+    sys.exit(1)
+
+
+class _Group(click.Group):
+    """Turns every BumpsMpiError into a one-line message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except api.JobFailed as exc:
+            click.echo(f"bumps-submit: error: {exc}", err=True)
+            click.echo((exc.error.get("traceback") or "").rstrip(), err=True)
+            sys.exit(1)
+        except BumpsMpiError as exc:
+            _fail(str(exc))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bumps-submit")
+def main() -> None:
+    """Submit Bumps fits to Slurm (or run them here under MPI) and follow them to their results."""
+
+
+def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--fit-option")
+        options[key] = value
+    return options
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model_args", nargs=-1)
+@click.option("--fit", "fit", default="dream", show_default=True, help="Bumps fitter id (dream, de, amoeba, lm, ...).")
+@click.option("--steps", type=int, help="Fit steps (generations for DREAM and DE).")
+@click.option("--samples", type=int, help="DREAM: number of draws.")
+@click.option("--burn", type=int, help="DREAM: burn-in generations.")
+@click.option("--pop", type=float, help="Population size (per parameter).")
+@click.option("--init", help="DREAM: population initializer (eps, lhs, cov, random).")
+@click.option("--thin", type=int, help="DREAM: thinning.")
+@click.option("--fit-option", "fit_option", multiple=True, metavar="KEY=VALUE", help="Any other fitter setting.")
+@click.option("--seed", type=int, help="Random seed, for a reproducible fit.")
+@click.option("--nodes", type=int, help="Slurm nodes.")
+@click.option("--ntasks", type=int, help="MPI ranks (Slurm tasks).")
+@click.option("--time", "time_", help="Slurm time limit, e.g. 02:00:00.")
+@click.option("--partition", help="Slurm partition.")
+@click.option("--account", help="Slurm account.")
+@click.option("--qos", help="Slurm QOS.")
+@click.option("--mem", help="Memory per node, e.g. 8G.")
+@click.option("--threads", type=int, help="Numeric-library threads per rank [1].")
+@click.option("--profile", help="Site profile from your site.toml.")
+@click.option("--name", help="Job name [the model file's name].")
+@click.option("--jobs-dir", type=click.Path(path_type=Path), default=Path("bumps-jobs"), show_default=True,
+              help="Where job directories are made.")
+@click.option("--job-dir", type=click.Path(path_type=Path), help="Exact job directory (must not exist).")
+@click.option("--dry-run", is_flag=True, help="Check and print the sbatch script; write and submit nothing.")
+@click.option("--local", is_flag=True, help="Run now under mpiexec here, without Slurm.")
+@click.option("-n", "ranks", type=int, default=2, show_default=True, help="With --local: number of MPI ranks.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def submit(model: Path, model_args: tuple[str, ...], fit: str, fit_option: tuple[str, ...], seed: int | None,
+           time_: str | None, profile: str | None, name: str | None, jobs_dir: Path, job_dir: Path | None,
+           dry_run: bool, local: bool, ranks: int, as_json: bool, **flags: Any) -> None:
+    """Check MODEL, then submit it to Slurm (or run it here with --local).
+
+    MODEL_ARGS are passed to the model file (put them after `--`).
+    """
+    fit_options = {k: flags.pop(k) for k in FIT_FLAGS if flags.get(k) is not None}
+    for k in FIT_FLAGS:
+        flags.pop(k, None)
+    fit_options.update(_parse_fit_options(fit_option))
+    resources = {k: v for k, v in flags.items() if v is not None}
+    if time_ is not None:
+        resources["time"] = time_
+    request = api.JobRequest(model=model, model_args=list(model_args), fit=fit, fit_options=fit_options,
+                             seed=seed, name=name, jobs_dir=jobs_dir, job_dir=job_dir, profile=profile,
+                             resources=resources)
+    if dry_run:
+        target, spec, script = api.prepare(request)
+        if as_json:
+            _emit_json({"job_dir": str(target), "script": script, "spec": spec})
+        else:
+            click.echo(script, nl=False)
+        return
+    if local:
+        echo = None if as_json else (lambda line: click.echo(line, err=True))
+        record = api.run_local(request, ranks, echo=echo)
+        if as_json:
+            _emit_json(record)
+        else:
+            _print_status([record])
+            if record["state"] == "COMPLETED":
+                _print_results(api.results(record["job_dir"]))
+        if record["state"] != "COMPLETED":
+            _print_error(record)
+            sys.exit(1)
+        return
+    submitted = api.submit(request)
+    if as_json:
+        _emit_json(submitted)
+    else:
+        click.echo(f"Submitted job {submitted['job_id']}\n  directory: {submitted['job_dir']}")
+
+
+@main.command()
+@click.argument("jobs", nargs=-1)
+@click.option("--limit", type=int, default=20, show_default=True, help="With no JOB: how many recent jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(jobs: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """State of JOB(s) (Slurm id or job directory); no JOB: my recent jobs."""
+    records = api.status(list(jobs), limit=limit)
+    if as_json:
+        _emit_json(records)
+        return
+    _print_status(records)
+    if len(jobs) == 1:
+        _print_error(records[0])
+
+
+@main.command()
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def results(job: str, as_json: bool) -> None:
+    """Best parameters, uncertainties and chi-square of a finished fit."""
+    found = api.results(job)
+    if as_json:
+        _emit_json(found)
+    else:
+        _print_results(found)
+
+
+@main.command()
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cancel(job: str, as_json: bool) -> None:
+    """Cancel a submitted job."""
+    done = api.cancel(job)
+    if as_json:
+        _emit_json(done)
+    else:
+        click.echo(f"Cancelled job {done['job_id']}")
+
+
+def _print_status(records: list[dict[str, Any]]) -> None:
+    if not records:
+        click.echo("No jobs yet: submit one with 'bumps-submit submit MODEL'.")
+        return
+    click.echo(f"{'JOB':>8}  {'STATE':<11} {'EXIT':<6} {'ELAPSED':>10}  {'NAME':<20} DIRECTORY")
+    for r in records:
+        job_id = r["job_id"] if r["job_id"] is not None else "local"
+        state = r["state"] + (f" ({r['reason']})" if r.get("reason") and r["state"] == "PENDING" else "")
+        click.echo(f"{job_id:>8}  {state:<11} {r['exit_code'] or '-':<6} {r['elapsed'] or '-':>10}  "
+                   f"{r['name'] or '-':<20} {r['job_dir']}")
+
+
+def _print_error(record: dict[str, Any]) -> None:
+    error = record.get("error")
+    if error:
+        click.echo(f"\nThe fit failed on rank {error.get('rank')} ({error.get('host')}): {error.get('message')}",
+                   err=True)
+        if error.get("point") is not None:
+            click.echo(f"at point {error['point']}", err=True)
+        click.echo((error.get("traceback") or "").rstrip(), err=True)
+
+
+def _print_results(found: dict[str, Any]) -> None:
+    click.echo(f"\nFit: {found['fitter']}   chisq = {found['chisq_str']}   "
+               f"({found['elapsed_s']:.1f} s on {found.get('ranks', '?')} ranks)")
+    width = max([len(p["name"]) for p in found["parameters"]] + [9])
+    click.echo(f"{'parameter':<{width}}  {'best':>14}  {'mean':>14}  {'std':>12}")
+    for p in found["parameters"]:
+        click.echo(f"{p['name']:<{width}}  {p['best']:>14.6g}  {p['mean']:>14.6g}  {p['std']:>12.4g}")
+    click.echo(f"directory: {found['job_dir']}")

@@ -1,0 +1,119 @@
+"""The job: `python -m mpi4py -m bumps_mpi.job JOBDIR`, on every rank, under srun or mpiexec.
+
+Every rank loads the model; rank 0 drives Bumps' FitDriver through the MPI
+mapper and writes result.json (or error.json) and the exports; the other
+ranks serve the mapper until rank 0 stops them. Any failure, on any rank,
+ends every rank with a non-zero exit, never a rank waiting in a collective.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+from .jobdir import ERROR_FILE, EXPORT_DIR, RESULT_FILE, JobDir, write_json
+
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def limit_threads(threads: int) -> None:
+    """One numeric-library thread per rank unless the user set them: N ranks on N cores, no oversubscription.
+
+    Must run before numpy is imported.
+    """
+    for name in THREAD_VARIABLES:
+        os.environ.setdefault(name, str(threads))
+
+
+def _report(exc: BaseException) -> dict[str, Any]:
+    return {
+        "host": socket.gethostname(),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "message": f"{type(exc).__name__}: {exc}".splitlines()[0],
+    }
+
+
+def _write_error(jobdir: JobDir, phase: str, rank: int, report: dict[str, Any], **extra: Any) -> None:
+    error = {"phase": phase, "rank": rank, "time": time.time(), **report, **extra}
+    write_json(jobdir.file(ERROR_FILE), error)
+    print(f"bumps-mpi: {phase} failed on rank {rank} ({report['host']}):\n{report['traceback']}",
+          file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m mpi4py -m bumps_mpi.job JOBDIR", file=sys.stderr)
+        return 2
+    jobdir = JobDir(argv[0])
+    spec = jobdir.spec
+    limit_threads(int(spec.get("threads", 1)))
+
+    from mpi4py import MPI
+
+    from .fit import load_model
+
+    comm = MPI.COMM_WORLD
+    problem, failure = None, None
+    try:
+        problem = load_model(spec["model"], spec.get("model_args", []))
+    except BaseException as exc:  # noqa: B036 - every rank must reach the allgather below
+        failure = _report(exc)
+    failures = comm.allgather(failure)  # start-up only: pickling is fine here
+    for rank, report in enumerate(failures):
+        if report is not None:
+            if comm.rank == 0:
+                _write_error(jobdir, "model load", rank, report)
+            return 1
+    if comm.rank != 0:
+        from .mapper import serve
+
+        serve(problem, comm)
+        return 0
+    return _run_root(jobdir, spec, problem, comm)
+
+
+def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any) -> int:
+    from .errors import RemoteError
+    from .fit import run_fit, write_exports
+    from .mapper import Mapper
+
+    mapper = Mapper(problem, comm)
+    started = time.time()
+    try:
+        driver, result = run_fit(
+            problem, spec["fit"], spec.get("fit_options", {}), mapper=mapper, seed=spec.get("seed")
+        )
+    except BaseException as exc:  # noqa: B036 - report it, stop the workers, exit non-zero
+        if isinstance(exc, RemoteError):
+            report = {"host": exc.host, "traceback": exc.remote_traceback, "message": str(exc)}
+            _write_error(jobdir, "fit", exc.rank, report, point=exc.point)
+        else:
+            _write_error(jobdir, "fit", 0, _report(exc))
+        mapper.stop()
+        return 1
+    mapper.stop()
+    result.update(ranks=comm.size, host=socket.gethostname(), started=started, finished=time.time())
+    try:
+        result["exports"] = write_exports(driver, spec["fit"], jobdir.file(EXPORT_DIR))
+    except Exception as exc:  # the fit's result must not be lost to a failed export
+        result["export_error"] = _report(exc)["message"]
+    write_json(jobdir.file(RESULT_FILE), result)
+    print(f"bumps-mpi: fit done, chisq={result['chisq_str']}, {result['elapsed_s']:.1f} s on {comm.size} ranks",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Thin wrappers around sbatch, sacct, squeue and scancel, with timeouts and one-line errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from .errors import SubmitError
+
+SACCT_FIELDS = ("JobIDRaw", "JobName", "State", "ExitCode", "Elapsed")
+BATCH = 50  # ids per sacct call: long -j lists hang sacct or overflow argv
+
+
+def _run(args: list[str], timeout: float = 30, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    if shutil.which(args[0]) is None:
+        raise SubmitError(f"{args[0]} not found: is this a Slurm login node? (use --local to run here)")
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def sbatch(script: Path, job_dir: Path) -> str:
+    """Submit *script* from *job_dir*; returns the job id.
+
+    A timed-out sbatch may still have queued the job: look it up by its
+    working directory (unique per job) before reporting a failure.
+    """
+    try:
+        proc = _run(["sbatch", "--parsable", str(script)], timeout=60, cwd=job_dir)
+    except subprocess.TimeoutExpired:
+        found = find_by_workdir(job_dir)
+        if found:
+            return found
+        raise SubmitError("sbatch timed out and the job is not in the queue; try again") from None
+    if proc.returncode != 0:
+        raise SubmitError(f"sbatch failed: {_first_line(proc.stderr or proc.stdout)}")
+    return proc.stdout.strip().split(";")[0]
+
+
+def find_by_workdir(job_dir: Path) -> str | None:
+    proc = _run(["squeue", "-h", "--me", "-o", "%i|%Z"])
+    for line in proc.stdout.splitlines():
+        job_id, _, workdir = line.partition("|")
+        if workdir == str(job_dir):
+            return job_id
+    return None
+
+
+def sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """Accounting records of the allocations (no steps), by job id, in batches of BATCH ids."""
+    records: dict[str, dict[str, str]] = {}
+    for start in range(0, len(job_ids), BATCH):
+        chunk = job_ids[start : start + BATCH]
+        proc = _run(
+            ["sacct", "-X", "-n", "--parsable2", "-o", ",".join(SACCT_FIELDS), "-j", ",".join(chunk)]
+        )
+        if proc.returncode != 0:
+            continue
+        for line in proc.stdout.splitlines():
+            fields = line.split("|")
+            if len(fields) == len(SACCT_FIELDS):
+                records[fields[0]] = dict(zip(SACCT_FIELDS, fields))
+    return records
+
+
+def squeue(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """What the controller knows now: state and pending reason, for jobs accounting lacks."""
+    proc = _run(["squeue", "-h", "-a", "-o", "%i|%T|%r|%M"])
+    wanted = set(job_ids)
+    found = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) == 4 and parts[0] in wanted:
+            found[parts[0]] = {"State": parts[1], "Reason": parts[2], "Elapsed": parts[3]}
+    return found
+
+
+def scancel(job_id: str) -> None:
+    proc = _run(["scancel", job_id])
+    if proc.returncode != 0:
+        raise SubmitError(f"scancel {job_id} failed: {_first_line(proc.stderr)}")
