@@ -26,8 +26,17 @@ from .jobdir import JOB_FILE, LOCAL_STATE_FILE, MODEL_DIR, SCRIPT_FILE, JobDir, 
 from .render import DIRECTIVES, render_sbatch
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-            "BOOT_FAIL", "DEADLINE"}
+FINISHED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 
 
 @dataclass
@@ -79,11 +88,15 @@ def _target_dir(request: JobRequest, name: str) -> Path:
     if any(c in str(target) for c in "\n\r"):
         raise UsageError("the job directory path contains a line break; choose another --jobs-dir")
     if target.exists():
-        raise UsageError(f"job directory {target} already exists; choose another --job-dir (nothing was changed)")
+        raise UsageError(
+            f"job directory {target} already exists; choose another --job-dir (nothing was changed)"
+        )
     return target
 
 
-def _spec(request: JobRequest, name: str, checked: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+def _spec(
+    request: JobRequest, name: str, checked: dict[str, Any], settings: dict[str, Any]
+) -> dict[str, Any]:
     from importlib.metadata import version
 
     model = request.model.resolve()
@@ -151,6 +164,7 @@ def prepare(request: JobRequest, cli_settings: dict[str, Any] | None = None) -> 
 def submit(request: JobRequest, cli_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check, write the job directory, sbatch it, record it. Returns {job_id, job_dir}."""
     target, spec, script = prepare(request, cli_settings)
+    slurm.require("sbatch")
     job = _create_job_dir(target, {JOB_FILE: _json(spec), SCRIPT_FILE: script}, request.model)
     try:
         job_id = slurm.sbatch(job.file(SCRIPT_FILE), job.path)
@@ -187,8 +201,17 @@ def run_local(request: JobRequest, ranks: int, echo: Any = None) -> dict[str, An
     spec["local"] = {"ranks": ranks}
     job = _create_job_dir(target, {JOB_FILE: _json(spec)}, request.model)
     registry.add({"job_id": None, "job_dir": str(job.path), "name": spec["name"], "submitted": time.time()})
-    command = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "bumps_mpi.job",
-               str(job.path)]
+    command = [
+        find_mpiexec(),
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "mpi4py",
+        "-m",
+        "bumps_mpi.job",
+        str(job.path),
+    ]
     started = time.time()
     state, rc = "FAILED", -1
     with open(job.file("local.out"), "ab") as log:
@@ -207,8 +230,16 @@ def run_local(request: JobRequest, ranks: int, echo: Any = None) -> dict[str, An
             state = "CANCELLED"
             raise
         finally:
-            write_json(job.file(LOCAL_STATE_FILE), {"state": state, "exit_code": rc, "started": started,
-                                                    "finished": time.time(), "command": command})
+            write_json(
+                job.file(LOCAL_STATE_FILE),
+                {
+                    "state": state,
+                    "exit_code": rc,
+                    "started": started,
+                    "finished": time.time(),
+                    "command": command,
+                },
+            )
     return status([str(job.path)])[0]
 
 
@@ -252,31 +283,56 @@ def status(refs: list[str] | None = None, limit: int = 20) -> list[dict[str, Any
 def _record(job: JobDir, accounting: dict[str, dict[str, str]], queue: dict[str, dict[str, str]]) -> dict:
     spec = job.spec
     job_id = spec.get("slurm", {}).get("job_id")
-    record: dict[str, Any] = {"job_id": job_id, "job_dir": str(job.path), "name": spec.get("name"),
-                              "state": "UNKNOWN", "slurm_state": None, "exit_code": None, "elapsed": None,
-                              "elapsed_s": None, "reason": None}
+    record: dict[str, Any] = {
+        "job_id": job_id,
+        "job_dir": str(job.path),
+        "name": spec.get("name"),
+        "state": "UNKNOWN",
+        "slurm_state": None,
+        "exit_code": None,
+        "elapsed": None,
+        "elapsed_s": None,
+        "reason": None,
+    }
     if job_id is None:
         local = job.local_state
         if local is None:
             record.update(state="RUNNING" if job.result is None and job.error is None else "UNKNOWN")
         else:
             seconds = int(local["finished"] - local["started"])
-            record.update(state=local["state"], slurm_state=None, exit_code=f"{local['exit_code']}:0",
-                          elapsed=str(datetime.timedelta(seconds=seconds)), elapsed_s=seconds)
+            record.update(
+                state=local["state"],
+                slurm_state=None,
+                exit_code=f"{local['exit_code']}:0",
+                elapsed=str(datetime.timedelta(seconds=seconds)),
+                elapsed_s=seconds,
+            )
     elif job_id in accounting and accounting[job_id]["State"] != "PENDING":
         row = accounting[job_id]
         word = row["State"].split()[0]  # "CANCELLED by 0" -> CANCELLED
-        record.update(state=word, slurm_state=row["State"], exit_code=row["ExitCode"], elapsed=row["Elapsed"],
-                      elapsed_s=_elapsed_seconds(row["Elapsed"]))
+        record.update(
+            state=word,
+            slurm_state=row["State"],
+            exit_code=row["ExitCode"],
+            elapsed=row["Elapsed"],
+            elapsed_s=_elapsed_seconds(row["Elapsed"]),
+        )
     elif job_id in queue:
         row = queue[job_id]
-        record.update(state=row["State"], slurm_state=row["State"], reason=row["Reason"],
-                      elapsed=row["Elapsed"], elapsed_s=_elapsed_seconds(row["Elapsed"]))
+        record.update(
+            state=row["State"],
+            slurm_state=row["State"],
+            reason=row["Reason"],
+            elapsed=row["Elapsed"],
+            elapsed_s=_elapsed_seconds(row["Elapsed"]),
+        )
     else:  # accounting lags a few seconds behind sbatch: not yet known is pending, never finished
         record.update(state="PENDING", reason="not yet in accounting")
     error = job.error
     if error is not None:
-        record["error"] = {k: error.get(k) for k in ("message", "rank", "host", "point", "phase", "traceback")}
+        record["error"] = {
+            k: error.get(k) for k in ("message", "rank", "host", "point", "phase", "traceback")
+        }
     result = job.result
     if result is not None:
         record["chisq"] = result.get("chisq")
@@ -301,7 +357,9 @@ class JobFailed(JobNotFound):
 
     def __init__(self, error: dict[str, Any]):
         self.error = error
-        super().__init__(f"the fit failed on rank {error.get('rank')} ({error.get('host')}): {error.get('message')}")
+        super().__init__(
+            f"the fit failed on rank {error.get('rank')} ({error.get('host')}): {error.get('message')}"
+        )
 
 
 def cancel(ref: str) -> dict[str, Any]:

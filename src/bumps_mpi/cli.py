@@ -61,14 +61,18 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @main.command(context_settings={"ignore_unknown_options": False})
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("model_args", nargs=-1)
-@click.option("--fit", "fit", default="dream", show_default=True, help="Bumps fitter id (dream, de, amoeba, lm, ...).")
+@click.option(
+    "--fit", "fit", default="dream", show_default=True, help="Bumps fitter id (dream, de, amoeba, lm, ...)."
+)
 @click.option("--steps", type=int, help="Fit steps (generations for DREAM and DE).")
 @click.option("--samples", type=int, help="DREAM: number of draws.")
 @click.option("--burn", type=int, help="DREAM: burn-in generations.")
 @click.option("--pop", type=float, help="Population size (per parameter).")
 @click.option("--init", help="DREAM: population initializer (eps, lhs, cov, random).")
 @click.option("--thin", type=int, help="DREAM: thinning.")
-@click.option("--fit-option", "fit_option", multiple=True, metavar="KEY=VALUE", help="Any other fitter setting.")
+@click.option(
+    "--fit-option", "fit_option", multiple=True, metavar="KEY=VALUE", help="Any other fitter setting."
+)
 @click.option("--seed", type=int, help="Random seed, for a reproducible fit.")
 @click.option("--nodes", type=int, help="Slurm nodes.")
 @click.option("--ntasks", type=int, help="MPI ranks (Slurm tasks).")
@@ -80,16 +84,37 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--threads", type=int, help="Numeric-library threads per rank [1].")
 @click.option("--profile", help="Site profile from your site.toml.")
 @click.option("--name", help="Job name [the model file's name].")
-@click.option("--jobs-dir", type=click.Path(path_type=Path), default=Path("bumps-jobs"), show_default=True,
-              help="Where job directories are made.")
+@click.option(
+    "--jobs-dir",
+    type=click.Path(path_type=Path),
+    default=Path("bumps-jobs"),
+    show_default=True,
+    help="Where job directories are made.",
+)
 @click.option("--job-dir", type=click.Path(path_type=Path), help="Exact job directory (must not exist).")
 @click.option("--dry-run", is_flag=True, help="Check and print the sbatch script; write and submit nothing.")
 @click.option("--local", is_flag=True, help="Run now under mpiexec here, without Slurm.")
-@click.option("-n", "ranks", type=int, default=2, show_default=True, help="With --local: number of MPI ranks.")
+@click.option(
+    "-n", "ranks", type=int, default=2, show_default=True, help="With --local: number of MPI ranks."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def submit(model: Path, model_args: tuple[str, ...], fit: str, fit_option: tuple[str, ...], seed: int | None,
-           time_: str | None, profile: str | None, name: str | None, jobs_dir: Path, job_dir: Path | None,
-           dry_run: bool, local: bool, ranks: int, as_json: bool, **flags: Any) -> None:
+def submit(
+    model: Path,
+    model_args: tuple[str, ...],
+    fit: str,
+    fit_option: tuple[str, ...],
+    seed: int | None,
+    time_: str | None,
+    profile: str | None,
+    name: str | None,
+    jobs_dir: Path,
+    job_dir: Path | None,
+    dry_run: bool,
+    local: bool,
+    ranks: int,
+    as_json: bool,
+    **flags: Any,
+) -> None:
     """Check MODEL, then submit it to Slurm (or run it here with --local).
 
     MODEL_ARGS are passed to the model file (put them after `--`).
@@ -101,9 +126,18 @@ def submit(model: Path, model_args: tuple[str, ...], fit: str, fit_option: tuple
     resources = {k: v for k, v in flags.items() if v is not None}
     if time_ is not None:
         resources["time"] = time_
-    request = api.JobRequest(model=model, model_args=list(model_args), fit=fit, fit_options=fit_options,
-                             seed=seed, name=name, jobs_dir=jobs_dir, job_dir=job_dir, profile=profile,
-                             resources=resources)
+    request = api.JobRequest(
+        model=model,
+        model_args=list(model_args),
+        fit=fit,
+        fit_options=fit_options,
+        seed=seed,
+        name=name,
+        jobs_dir=jobs_dir,
+        job_dir=job_dir,
+        profile=profile,
+        resources=resources,
+    )
     if dry_run:
         target, spec, script = api.prepare(request)
         if as_json:
@@ -178,23 +212,29 @@ def _print_status(records: list[dict[str, Any]]) -> None:
     for r in records:
         job_id = r["job_id"] if r["job_id"] is not None else "local"
         state = r["state"] + (f" ({r['reason']})" if r.get("reason") and r["state"] == "PENDING" else "")
-        click.echo(f"{job_id:>8}  {state:<11} {r['exit_code'] or '-':<6} {r['elapsed'] or '-':>10}  "
-                   f"{r['name'] or '-':<20} {r['job_dir']}")
+        click.echo(
+            f"{job_id:>8}  {state:<11} {r['exit_code'] or '-':<6} {r['elapsed'] or '-':>10}  "
+            f"{r['name'] or '-':<20} {r['job_dir']}"
+        )
 
 
 def _print_error(record: dict[str, Any]) -> None:
     error = record.get("error")
     if error:
-        click.echo(f"\nThe fit failed on rank {error.get('rank')} ({error.get('host')}): {error.get('message')}",
-                   err=True)
+        click.echo(
+            f"\nThe fit failed on rank {error.get('rank')} ({error.get('host')}): {error.get('message')}",
+            err=True,
+        )
         if error.get("point") is not None:
             click.echo(f"at point {error['point']}", err=True)
         click.echo((error.get("traceback") or "").rstrip(), err=True)
 
 
 def _print_results(found: dict[str, Any]) -> None:
-    click.echo(f"\nFit: {found['fitter']}   chisq = {found['chisq_str']}   "
-               f"({found['elapsed_s']:.1f} s on {found.get('ranks', '?')} ranks)")
+    click.echo(
+        f"\nFit: {found['fitter']}   chisq = {found['chisq_str']}   "
+        f"({found['elapsed_s']:.1f} s on {found.get('ranks', '?')} ranks)"
+    )
     width = max([len(p["name"]) for p in found["parameters"]] + [9])
     click.echo(f"{'parameter':<{width}}  {'best':>14}  {'mean':>14}  {'std':>12}")
     for p in found["parameters"]:

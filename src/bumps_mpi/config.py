@@ -95,7 +95,9 @@ def _from_environment() -> dict[str, Any]:
             try:
                 values[key] = int(raw)
             except ValueError:
-                raise UsageError(f"environment BUMPS_MPI_{key.upper()}={raw!r} is not a whole number") from None
+                raise UsageError(
+                    f"environment BUMPS_MPI_{key.upper()}={raw!r} is not a whole number"
+                ) from None
         elif want is list:
             values[key] = raw.split() if key in ("launcher_args", "skip") else raw.splitlines()
         else:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +90,9 @@ def check_model(path: Path | str, args: list[str] | None = None) -> dict[str, An
     if not labels:
         raise ModelCheckError(f"{path}: the model has no fitted parameters")
     if not math.isfinite(nllf):
-        raise ModelCheckError(f"{path}: the model's starting point evaluates to {nllf} (check data and bounds)")
+        raise ModelCheckError(
+            f"{path}: the model's starting point evaluates to {nllf} (check data and bounds)"
+        )
     return {"parameters": labels, "nllf": float(nllf)}
 
 
@@ -141,7 +144,8 @@ def summarise(driver: Any, fit_id: str, x: Any, fx: float, elapsed: float) -> di
         "chisq_str": problem.chisq_str(),
         "nllf": float(fx),
         "parameters": [
-            {"name": n, "best": b, "mean": m, "std": s} for n, b, m, s in zip(labels, best, mean, std)
+            {"name": n, "best": b, "mean": m, "std": s}
+            for n, b, m, s in zip(labels, best, mean, std, strict=True)
         ],
         "elapsed_s": elapsed,
     }
@@ -154,7 +158,8 @@ def write_exports(driver: Any, fit_id: str, export_dir: Path) -> list[str]:
     name = "".join(c if c.isalnum() or c in "._-" else "_" for c in (problem.name or "model"))
     written = []
     par = export_dir / f"{name}.par"
-    write_atomic(par, "".join(f"{label} {value:.15g}\n" for label, value in zip(problem.labels(), problem.getp())))
+    values = zip(problem.labels(), problem.getp(), strict=True)
+    write_atomic(par, "".join(f"{label} {value:.15g}\n" for label, value in values))
     written.append(par.name)
     state = getattr(driver.fitter, "state", None)
     if fit_id == "dream" and state is not None:

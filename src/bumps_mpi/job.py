@@ -47,8 +47,11 @@ def _report(exc: BaseException) -> dict[str, Any]:
 def _write_error(jobdir: JobDir, phase: str, rank: int, report: dict[str, Any], **extra: Any) -> None:
     error = {"phase": phase, "rank": rank, "time": time.time(), **report, **extra}
     write_json(jobdir.file(ERROR_FILE), error)
-    print(f"bumps-mpi: {phase} failed on rank {rank} ({report['host']}):\n{report['traceback']}",
-          file=sys.stderr, flush=True)
+    print(
+        f"bumps-mpi: {phase} failed on rank {rank} ({report['host']}):\n{report['traceback']}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,10 +113,29 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any) -> 
     except Exception as exc:  # the fit's result must not be lost to a failed export
         result["export_error"] = _report(exc)["message"]
     write_json(jobdir.file(RESULT_FILE), result)
-    print(f"bumps-mpi: fit done, chisq={result['chisq_str']}, {result['elapsed_s']:.1f} s on {comm.size} ranks",
-          flush=True)
+    print(
+        f"bumps-mpi: fit done, chisq={result['chisq_str']}, {result['elapsed_s']:.1f} s on {comm.size} ranks",
+        flush=True,
+    )
     return 0
 
 
+def exit_with(code: int) -> None:
+    """Leave with *code* after a handled failure: finalize MPI cleanly instead of mpi4py's MPI_Abort.
+
+    Under srun an abort kills the step with signal 9, so accounting would show
+    exit code 9 instead of the job's own 1. Unhandled exceptions still abort.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code == 0:
+        sys.exit(0)
+    from mpi4py import MPI
+
+    if MPI.Is_initialized() and not MPI.Is_finalized():
+        MPI.Finalize()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import socket
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
@@ -89,11 +90,11 @@ class Mapper:
 
     def __call__(self, points: Any) -> np.ndarray:
         points = np.ascontiguousarray(points, dtype=np.float64)
+        if points.size == 0 and points.ndim <= 2:  # [] or (0, nvar): nothing to map, nothing to send
+            return np.empty(0, dtype=np.float64)
         if points.ndim != 2:
             raise ValueError(f"mapper expects a 2-D array of points, got shape {points.shape}")
         npop, nvar = points.shape
-        if npop == 0:
-            return np.empty(0, dtype=np.float64)
         comm = self.comm
         plan = self._plan_for(npop, nvar)
         self._header[:] = (_MAP, npop, nvar)
@@ -102,9 +103,7 @@ class Mapper:
         gathered = np.empty(npop + comm.size, dtype=np.float64)
         mine = plan.counts[ROOT]
         failed = _evaluate(self.problem, points[:mine], gathered[: mine + 1])
-        comm.Gatherv(
-            MPI.IN_PLACE, [gathered, plan.gather_counts, plan.gather_displs, MPI.DOUBLE], root=ROOT
-        )
+        comm.Gatherv(MPI.IN_PLACE, [gathered, plan.gather_counts, plan.gather_displs, MPI.DOUBLE], root=ROOT)
         flags = gathered[plan.flag_index]
         if flags.any() or failed is not None:
             self._raise_remote(points, plan, flags, failed)
@@ -129,9 +128,11 @@ class Mapper:
 
     def send_problem(self, problem: Any) -> None:
         """Give the workers a new problem (pickled once per fit, never per call)."""
+        import cloudpickle  # model files define functions that plain pickle cannot carry
+
         self._header[:] = (_PROBLEM, 0, 0)
         self.comm.Bcast(self._header, root=ROOT)
-        self.comm.bcast(problem, root=ROOT)
+        self.comm.bcast(cloudpickle.dumps(problem), root=ROOT)
         self.problem = problem
 
     def stop(self) -> None:
@@ -150,7 +151,9 @@ def serve(problem: Any, comm: MPI.Comm = MPI.COMM_WORLD) -> None:
         if command == _STOP:
             return
         if command == _PROBLEM:
-            problem = comm.bcast(None, root=ROOT)
+            import cloudpickle
+
+            problem = cloudpickle.loads(comm.bcast(None, root=ROOT))
             continue
         if plan is None or plan.key != (npop, nvar):
             plan = _Plan(npop, nvar, comm.size)

@@ -33,7 +33,9 @@ MPIRUN_LAUNCHERS = {"mpirun", "mpiexec", "mpiexec.hydra"}
 def _directive(option: str, value: object, setting: str) -> str:
     text = str(value)
     if not SAFE_VALUE.match(text):
-        raise UsageError(f"{setting}={text!r} is not a valid Slurm value (letters, digits and _@%+=:,./- only)")
+        raise UsageError(
+            f"{setting}={text!r} is not a valid Slurm value (letters, digits and _@%+=:,./- only)"
+        )
     return f"#SBATCH --{option}={text}"
 
 

@@ -12,9 +12,13 @@ SACCT_FIELDS = ("JobIDRaw", "JobName", "State", "ExitCode", "Elapsed")
 BATCH = 50  # ids per sacct call: long -j lists hang sacct or overflow argv
 
 
+def require(command: str) -> None:
+    if shutil.which(command) is None:
+        raise SubmitError(f"{command} not found: is this a Slurm login node? (use --local to run here)")
+
+
 def _run(args: list[str], timeout: float = 30, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    if shutil.which(args[0]) is None:
-        raise SubmitError(f"{args[0]} not found: is this a Slurm login node? (use --local to run here)")
+    require(args[0])
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
@@ -55,15 +59,13 @@ def sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
     records: dict[str, dict[str, str]] = {}
     for start in range(0, len(job_ids), BATCH):
         chunk = job_ids[start : start + BATCH]
-        proc = _run(
-            ["sacct", "-X", "-n", "--parsable2", "-o", ",".join(SACCT_FIELDS), "-j", ",".join(chunk)]
-        )
+        proc = _run(["sacct", "-X", "-n", "--parsable2", "-o", ",".join(SACCT_FIELDS), "-j", ",".join(chunk)])
         if proc.returncode != 0:
             continue
         for line in proc.stdout.splitlines():
             fields = line.split("|")
             if len(fields) == len(SACCT_FIELDS):
-                records[fields[0]] = dict(zip(SACCT_FIELDS, fields))
+                records[fields[0]] = dict(zip(SACCT_FIELDS, fields, strict=True))
     return records
 
 

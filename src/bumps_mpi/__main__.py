@@ -1,0 +1,5 @@
+"""`python -m bumps_mpi` is bumps-submit."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,2 @@
+from bumps.names import FitProblem
+problem = FitProblem(

@@ -1,0 +1,94 @@
+"""The sbatch text: a golden file, quoting, and refusal of values Slurm or bash would misread."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bumps_mpi.config import slurm_dir
+from bumps_mpi.errors import UsageError
+from bumps_mpi.render import render_sbatch
+
+GOLDEN = Path(__file__).parent / "golden" / "basic.sbatch"
+HOSTILE = [
+    "a'; touch /tmp/bumps-mpi-pwned; '",
+    'x"$(touch /tmp/bumps-mpi-pwned)"',
+    "two words",
+    "semi;colon",
+    "new\nline",
+    "back`tick`",
+    "dollar$HOME",
+]
+
+
+def render(**overrides) -> str:
+    args = dict(
+        template=(slurm_dir() / "job.sbatch").read_text(),
+        name="peak",
+        job_dir="/scratch/me/bumps-jobs/peak-1",
+        python="/opt/venv/bin/python",
+        resources={"partition": "debug", "time": "00:10:00", "nodes": 1, "ntasks": 4, "mem": "2G"},
+        launcher="srun",
+        launcher_args=["--mpi=pmi2"],
+        extra=["--constraint=cpu"],
+        prologue=["module load python/3.11"],
+        epilogue=["echo done"],
+        version="0.1.0",
+    )
+    args.update(overrides)
+    return render_sbatch(**args)
+
+
+def test_golden_file():
+    assert render() == GOLDEN.read_text()
+
+
+def test_directives_sorted_and_skippable():
+    lines = [line for line in render(skip=["mem", "constraint"]).splitlines() if line.startswith("#SBATCH")]
+    assert lines == sorted(lines)
+    assert not any("--mem" in line or "--constraint" in line for line in lines)
+
+
+def test_mpirun_launcher_gets_ntasks():
+    text = render(launcher="mpirun", launcher_args=["--bind-to", "core"])
+    assert (
+        'mpirun --bind-to core -n "${SLURM_NTASKS}" /opt/venv/bin/python -m mpi4py -m bumps_mpi.job' in text
+    )
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize("setting", ["partition", "account", "time", "mem"])
+def test_hostile_directive_values_refused(setting, value):
+    with pytest.raises(UsageError, match=setting):
+        render(resources={setting: value})
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_job_name_refused(value):
+    with pytest.raises(UsageError, match="name"):
+        render(name=value)
+
+
+@pytest.mark.parametrize("value", ["--constraint=a b", "--x=1\n#SBATCH --y", "constraint=cpu", "--c=$(id)"])
+def test_bad_extra_directive_refused(value):
+    with pytest.raises(UsageError, match="extra directive"):
+        render(extra=[value])
+
+
+@pytest.mark.parametrize("job_dir", [d for d in HOSTILE if "\n" not in d])
+def test_hostile_paths_are_quoted_and_inert(tmp_path, job_dir):
+    """The script sees the path as one word; bash runs nothing from it (checked by running bash)."""
+    python = str(tmp_path / "py; touch pwned")
+    text = render(job_dir=job_dir, python=python, launcher="echo", launcher_args=[], prologue=[], epilogue=[])
+    text = text.replace('cd "$JOB_DIR" ||', "true ||")  # the directory need not exist for this check
+    proc = subprocess.run(["bash", "-c", text], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{python} -m mpi4py -m bumps_mpi.job {job_dir}"
+    assert not (tmp_path / "pwned").exists() and not Path("/tmp/bumps-mpi-pwned").exists()
+
+
+def test_job_dir_with_newline_refused():
+    with pytest.raises(UsageError, match="line break"):
+        render(job_dir="/tmp/a\nb")
