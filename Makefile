@@ -1,0 +1,46 @@
+# bumps-mpi: `make demo` runs a real fit here; `make test` runs the whole suite on a real Slurm cluster.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+DEMO_ARGS ?= --seed 1 --samples 10000
+
+.PHONY: venv demo test test-local bench lint cluster cluster-stop clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## demo: a DREAM fit of examples/peak.py under mpiexec -n 2 (no Slurm), then its status and results
+demo: venv
+	$(BIN)/bumps-submit submit examples/peak.py --local -n 2 $(DEMO_ARGS) --jobs-dir bumps-jobs
+	$(BIN)/bumps-submit status --limit 3
+
+## test: start the project's Slurm cluster (root: installs it on first use) and run every test;
+## Slurm and MPI tests fail instead of skipping when their cluster or runtime is missing
+test: venv cluster
+	BUMPS_MPI_REQUIRE_CLUSTER=1 $(PY) -m pytest -ra
+
+## test-local: the tests that need no Slurm (Slurm tests skip); no root needed
+test-local: venv
+	$(PY) -m pytest -ra
+
+bench: venv
+	$(PY) bench/mapper_bench.py
+
+lint: venv
+	$(BIN)/ruff check src tests examples bench
+	$(BIN)/ruff format --check src tests examples bench
+
+cluster:
+	scripts/slurm-cluster start
+
+cluster-stop:
+	scripts/slurm-cluster stop
+
+clean:
+	rm -rf $(VENV) bumps-jobs .pytest_cache
