@@ -26,7 +26,7 @@ def launch(mpiexec: str, ranks: int, program: str, *args: str, timeout: float = 
 def test_equivalent_to_serial(mpiexec, ranks):
     proc = launch(mpiexec, ranks, "mapper_equivalence.py", EXAMPLE, EXAMPLE)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    sizes = {0, 1, ranks - 1, ranks, ranks + 1, 7, 20, 101}
+    sizes = {0, 1, ranks - 1, ranks, ranks + 1, 7, 20, 101, 3001}
     assert f"OK {len(sizes) * 6 + 2} checks on {ranks} ranks" in proc.stdout  # 6 layouts a size, 2 fits
 
 

@@ -1,14 +1,23 @@
-"""MPI mapper for Bumps: rank 0 scatters the points, every rank evaluates its share, rank 0 gathers.
+"""MPI mapper for Bumps: rank 0 sends each rank its share of the points, evaluates its own, gathers.
 
 Why not bumps.mapper.MPIMapper (DESIGN.md section 2): it pickles the shape on
 every call, adds two barriers, gives wrong values for Fortran-ordered points,
 deadlocks on non-contiguous ones, and hangs the whole job when nllf raises on
-a worker. Here each call is one fixed-size header Bcast, one Scatterv and one
-Gatherv of float64 buffers. Each rank sends one extra value after its nllf
-values: 0 when all went well, else 1 + the index of the point that raised.
-A failed rank then sends its traceback point-to-point (off the hot path), and
-rank 0 raises RemoteError naming the rank, host and point; the workers stay
-in their loop, ready for the stop that follows.
+a worker.
+
+Here each call is one message to and one from each worker that has points,
+float64 buffers both ways and nothing else: the message's envelope is the
+header (the tag carries the command and the number of parameters, the size
+gives the number of rows). Rank 0 posts its receives straight into the result
+array, sends, and evaluates its own share while the messages are in flight.
+Each worker waits in a blocking Recv on a buffer whose capacity rank 0 also
+tracks; a share that would not fit is preceded by a one-number "grow" message
+(once or twice a fit: DREAM's population size does not change).
+
+A rank whose nllf raises (BaseException included) sends its values under
+another tag, then its traceback and the index of the point; rank 0 raises
+RemoteError naming the rank, host and point. The success path pays one tag
+comparison per worker for this. Workers stay in their loop, ready for the stop.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from __future__ import annotations
 import socket
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from mpi4py import MPI
@@ -24,8 +33,9 @@ from mpi4py import MPI
 from .errors import RemoteError
 
 ROOT = 0
-_STOP, _MAP, _PROBLEM = 0, 1, 2
-_ERROR_TAG = 77
+_STOP, _PROBLEM, _RESULT, _FAILED, _ERROR, _GROW = 1, 2, 3, 4, 5, 6
+_MAP = 100  # tag = _MAP + number of parameters
+START_CAPACITY = 4096  # doubles in each worker's receive buffer before the first grow
 
 
 def split(npop: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,15 +48,17 @@ def split(npop: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _evaluate(problem: Any, rows: np.ndarray, out: np.ndarray) -> tuple[int, BaseException] | None:
-    """nllf of each row into out[:-1], status into out[-1]; never raises."""
-    for i in range(rows.shape[0]):
-        try:
-            out[i] = problem.nllf(rows[i])
-        except BaseException as exc:  # noqa: B036 - a BaseException on a worker must not hang rank 0
-            out[i:-1] = np.nan
-            out[-1] = i + 1
-            return i, exc
-    out[-1] = 0.0
+    """nllf of each row into out; on an exception, NaN from there on and (index, exception). Never raises."""
+    values: list[float] = []
+    try:
+        for row in rows:
+            values.append(problem.nllf(row))
+    except BaseException as exc:  # noqa: B036 - a BaseException on a worker must not hang rank 0
+        index = len(values)
+        out[:index] = values
+        out[index:] = np.nan
+        return index, exc
+    out[:] = values
     return None
 
 
@@ -58,35 +70,37 @@ def _describe(exc: BaseException) -> dict[str, Any]:
 
 
 class _Plan:
-    """Counts, offsets and the gather layout for one (npop, nvar, size); cached between calls."""
+    """Who gets which rows for one population size, as plain ints; cached between calls."""
 
-    def __init__(self, npop: int, nvar: int, size: int):
-        self.key = (npop, nvar)
-        self.counts, self.displs = split(npop, size)
-        self.row_counts = self.counts * nvar
-        self.row_displs = self.displs * nvar
-        ranks = np.arange(size, dtype=np.intp)
-        self.gather_counts = self.counts + 1
-        self.gather_displs = self.displs + ranks
-        self.flag_index = self.gather_displs + self.counts
-        keep = np.ones(npop + size, dtype=bool)
-        keep[self.flag_index] = False
-        self.value_index = np.flatnonzero(keep)
+    def __init__(self, npop: int, size: int, nvar: int = 0):
+        counts, displs = split(npop, size)
+        self.npop, self.nvar = npop, nvar
+        self.mine = int(counts[ROOT])
+        self.workers = [(r, int(displs[r]), int(displs[r] + counts[r])) for r in range(1, size) if counts[r]]
+        self.statuses = [MPI.Status() for _ in range(2 * len(self.workers))]
+        self.receives = self.statuses[0::2]  # requests alternate receive, send
 
 
 class Mapper:
-    """The root side: a callable that maps an (npop, nvar) array to npop nllf values."""
+    """The root side: a callable that maps an (npop, nvar) array to npop nllf values.
+
+    Created on rank 0 while every other rank enters serve() (both duplicate
+    *comm*, so the mapper's messages never meet anyone else's).
+    """
 
     def __init__(self, problem: Any, comm: MPI.Comm = MPI.COMM_WORLD):
         self.problem = problem
-        self.comm = comm
-        self._header = np.zeros(3, dtype=np.int64)
-        self._plan: _Plan | None = None
+        self.comm = comm.Dup()
+        self._plan = _Plan(0, self.comm.size)
+        self._capacity = [START_CAPACITY] * self.comm.size  # each worker's receive buffer, in doubles
 
-    def _plan_for(self, npop: int, nvar: int) -> _Plan:
-        if self._plan is None or self._plan.key != (npop, nvar):
-            self._plan = _Plan(npop, nvar, self.comm.size)
-        return self._plan
+    def _grow(self, plan: _Plan, nvar: int) -> None:
+        """Tell each worker whose buffer is too small for its share to enlarge it (before the share)."""
+        for rank, start, stop in plan.workers:
+            need = (stop - start) * nvar
+            if need > self._capacity[rank]:
+                self._capacity[rank] = need
+                self.comm.Send(np.array([need], dtype=np.float64), dest=rank, tag=_GROW)
 
     def __call__(self, points: Any) -> np.ndarray:
         points = np.ascontiguousarray(points, dtype=np.float64)
@@ -95,29 +109,38 @@ class Mapper:
         if points.ndim != 2:
             raise ValueError(f"mapper expects a 2-D array of points, got shape {points.shape}")
         npop, nvar = points.shape
+        if nvar == 0:
+            raise ValueError("mapper got points with no parameters")
+        plan = self._plan
+        if plan.npop != npop or plan.nvar != nvar:
+            plan = self._plan = _Plan(npop, self.comm.size, nvar)
+            self._grow(plan, nvar)
         comm = self.comm
-        plan = self._plan_for(npop, nvar)
-        self._header[:] = (_MAP, npop, nvar)
-        comm.Bcast(self._header, root=ROOT)
-        comm.Scatterv([points, plan.row_counts, plan.row_displs, MPI.DOUBLE], MPI.IN_PLACE, root=ROOT)
-        gathered = np.empty(npop + comm.size, dtype=np.float64)
-        mine = plan.counts[ROOT]
-        failed = _evaluate(self.problem, points[:mine], gathered[: mine + 1])
-        comm.Gatherv(MPI.IN_PLACE, [gathered, plan.gather_counts, plan.gather_displs, MPI.DOUBLE], root=ROOT)
-        flags = gathered[plan.flag_index]
-        if flags.any() or failed is not None:
-            self._raise_remote(points, plan, flags, failed)
-        return gathered[plan.value_index]
+        result = np.empty(npop, dtype=np.float64)
+        requests = []
+        irecv, isend, post, any_tag, tag = comm.Irecv, comm.Isend, requests.append, MPI.ANY_TAG, _MAP + nvar
+        for r, a, b in plan.workers:
+            post(irecv(result[a:b], r, any_tag))
+            post(isend(points[a:b], r, tag))
+        failed = _evaluate(self.problem, points[: plan.mine], result[: plan.mine])
+        MPI.Request.Waitall(requests, plan.statuses)
+        for status in plan.receives:
+            if status.tag != _RESULT:
+                break
+        else:
+            if failed is None:
+                return result
+        remote = [w for w, s in zip(plan.workers, plan.receives, strict=True) if s.tag != _RESULT]
+        self._raise_failure(points, remote, failed)
+        raise AssertionError("unreachable")  # _raise_failure always raises
 
-    def _raise_remote(self, points: np.ndarray, plan: _Plan, flags: np.ndarray, failed: Any) -> None:
+    def _raise_failure(self, points: np.ndarray, remote: list, failed: Any) -> NoReturn:
         """Collect every failed rank's report (so none is left pending), then raise the first."""
-        errors: list[RemoteError] = []
-        for rank in np.flatnonzero(flags):
-            if rank == ROOT:
-                continue
-            info = self.comm.recv(source=int(rank), tag=_ERROR_TAG)
-            index = int(plan.displs[rank] + flags[rank] - 1)
-            errors.append(RemoteError(int(rank), info["host"], points[index].tolist(), info["traceback"]))
+        errors = []
+        for rank, start, _ in remote:
+            info = self.comm.recv(source=rank, tag=_ERROR)
+            point = points[start + info["index"]].tolist()
+            errors.append(RemoteError(rank, info["host"], point, info["traceback"]))
         if failed is not None:
             index, exc = failed
             if not isinstance(exc, Exception):
@@ -130,41 +153,47 @@ class Mapper:
         """Give the workers a new problem (pickled once per fit, never per call)."""
         import cloudpickle  # model files define functions that plain pickle cannot carry
 
-        self._header[:] = (_PROBLEM, 0, 0)
-        self.comm.Bcast(self._header, root=ROOT)
-        self.comm.bcast(cloudpickle.dumps(problem), root=ROOT)
+        data = cloudpickle.dumps(problem)
+        empty = np.empty(0, dtype=np.float64)
+        for rank in range(1, self.comm.size):
+            self.comm.Send(empty, dest=rank, tag=_PROBLEM)  # announces the pickled problem that follows
+            self.comm.send(data, dest=rank, tag=_PROBLEM)
         self.problem = problem
 
     def stop(self) -> None:
         """Release the workers from their loop."""
-        self._header[:] = (_STOP, 0, 0)
-        self.comm.Bcast(self._header, root=ROOT)
+        empty = np.empty(0, dtype=np.float64)
+        MPI.Request.Waitall([self.comm.Isend(empty, dest=r, tag=_STOP) for r in range(1, self.comm.size)])
+        self.comm.Free()
 
 
 def serve(problem: Any, comm: MPI.Comm = MPI.COMM_WORLD) -> None:
     """The worker side: evaluate this rank's share of each call until rank 0 says stop."""
-    header = np.zeros(3, dtype=np.int64)
-    plan: _Plan | None = None
+    comm = comm.Dup()
+    status = MPI.Status()
+    buffer = np.empty(START_CAPACITY, dtype=np.float64)
     while True:
-        comm.Bcast(header, root=ROOT)
-        command, npop, nvar = (int(v) for v in header)
-        if command == _STOP:
-            return
-        if command == _PROBLEM:
+        comm.Recv(buffer, source=ROOT, tag=MPI.ANY_TAG, status=status)
+        tag = status.tag
+        if tag >= _MAP:
+            nvar = tag - _MAP
+            rows = buffer[: status.Get_count(MPI.DOUBLE)].reshape(-1, nvar)
+            out = np.empty(rows.shape[0], dtype=np.float64)
+            failed = _evaluate(problem, rows, out)
+            if failed is None:
+                comm.Send(out, dest=ROOT, tag=_RESULT)
+            else:
+                comm.Send(out, dest=ROOT, tag=_FAILED)
+                comm.send({"index": failed[0], **_describe(failed[1])}, dest=ROOT, tag=_ERROR)
+        elif tag == _GROW:
+            buffer = np.empty(int(buffer[0]), dtype=np.float64)
+        elif tag == _PROBLEM:
             import cloudpickle
 
-            problem = cloudpickle.loads(comm.bcast(None, root=ROOT))
-            continue
-        if plan is None or plan.key != (npop, nvar):
-            plan = _Plan(npop, nvar, comm.size)
-        mine = int(plan.counts[comm.rank])
-        rows = np.empty((mine, nvar), dtype=np.float64)
-        comm.Scatterv(None, rows, root=ROOT)
-        out = np.empty(mine + 1, dtype=np.float64)
-        failed = _evaluate(problem, rows, out)
-        comm.Gatherv(out, None, root=ROOT)
-        if failed is not None:
-            comm.send(_describe(failed[1]), dest=ROOT, tag=_ERROR_TAG)
+            problem = cloudpickle.loads(comm.recv(source=ROOT, tag=_PROBLEM))
+        else:
+            comm.Free()
+            return
 
 
 class MPIMapper:

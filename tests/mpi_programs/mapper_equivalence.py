@@ -34,7 +34,7 @@ def same(a, b, what):
 
 
 checks = 0
-for npop in sorted({0, 1, size - 1, size, size + 1, 7, 20, 101}):
+for npop in sorted({0, 1, size - 1, size, size + 1, 7, 20, 101, 3001}):  # 3001: buffers must grow
     base = low + (high - low) * rng.random((npop, nvar))
     if npop > 2:
         base[1, 0] = high[0] + 1.0  # out of bounds: inf, a value not an error
