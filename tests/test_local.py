@@ -74,3 +74,31 @@ def test_model_name_with_odd_characters_needs_a_name(isolated):
     proc = cli("submit", model, "--local", "--jobs-dir", isolated / "jobs")
     assert proc.returncode == 1 and "job name 'my model' is not allowed" in proc.stderr
     assert "--name" in proc.stderr and not (isolated / "jobs").exists()
+
+
+@pytest.mark.mpi_launch
+@pytest.mark.parametrize("flag, expected", [([], "1"), (["--threads", "2"], "2")])
+def test_threads_per_rank(isolated, mpiexec, monkeypatch, flag, expected):
+    """One numeric thread per rank by default, whatever the environment says; --threads changes it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    record = cli_json(
+        "submit",
+        EXAMPLE,
+        "--local",
+        "-n",
+        "2",
+        "--samples",
+        "200",
+        "--burn",
+        "5",
+        *flag,
+        "--jobs-dir",
+        isolated / "jobs",
+    )
+    threads = cli_json("results", record["job_dir"])["threads"]
+    assert (
+        threads["OMP_NUM_THREADS"]
+        == threads["OPENBLAS_NUM_THREADS"]
+        == threads["MKL_NUM_THREADS"]
+        == expected
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,75 @@ def test_model_failure_during_fit_is_reported(mpiexec, isolated):
     assert error["phase"] == "fit" and error["rank"] in (0, 1) and len(error["point"]) == 2
     assert error["point"][0] > 4.5 and "RuntimeError: model exploded" in error["traceback"]
     assert not (job_dir / "result.json").exists()
+
+
+def bumps_cli(*args, mpiexec: str | None = None, ranks: int = 2, timeout: float = 120):
+    module = ["-m", "bumps_mpi.bumps"] if mpiexec else ["-m", "bumps", "--parallel=1"]
+    prefix = [mpiexec, "-n", str(ranks)] if mpiexec else []
+    return subprocess.run(
+        [*prefix, sys.executable, *module, *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.mpi_launch
+@pytest.mark.parametrize("fit, options", [("dream", ["--samples=2000"]), ("de", ["--steps=40"])])
+def test_drop_in_for_bumps_cli_equals_serial(mpiexec, tmp_path, fit, options):
+    """`mpiexec -n 3 python -m bumps_mpi.bumps MODEL`: Bumps' CLI with our mapper, same exports as serial."""
+    common = [EXAMPLE, f"--fit={fit}", *options, "--seed=7", "--batch"]
+    ours = bumps_cli(*common, f"--export={tmp_path / 'mpi'}", mpiexec=mpiexec, ranks=3)
+    serial = bumps_cli(*common, f"--export={tmp_path / 'serial'}")
+    assert ours.returncode == 0 and serial.returncode == 0, ours.stderr + serial.stderr
+    assert (tmp_path / "mpi" / "peak.par").read_text() == (tmp_path / "serial" / "peak.par").read_text()
+
+
+@pytest.mark.mpi_launch
+def test_drop_in_failure_ends_the_run_non_zero(mpiexec, tmp_path):
+    try:
+        proc = bumps_cli(
+            MODELS / "fails_in_fit.py",
+            "--fit=dream",
+            "--init=random",
+            "--samples=2000",
+            "--seed=3",
+            "--batch",
+            f"--export={tmp_path}",
+            mpiexec=mpiexec,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the drop-in was still running 60 s after a model failure (a hang)")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    assert "RemoteError: rank " in output and "failed at point [" in output and "model exploded" in output
+
+
+@pytest.mark.mpi_launch
+def test_dead_rank_is_named_in_error_json(mpiexec, isolated):
+    """A rank killed mid-fit: the run ends, and error.json says which rank died and how."""
+    from conftest import cli
+
+    proc = cli(
+        "submit",
+        MODELS / "dies_in_fit.py",
+        "--local",
+        "-n",
+        "2",
+        "--init",
+        "random",
+        "--seed",
+        "3",
+        "--samples",
+        "2000",
+        "--jobs-dir",
+        isolated / "jobs",
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (job_dir,) = (isolated / "jobs").iterdir()
+    error = json.loads((job_dir / "error.json").read_text())
+    ranks = json.loads((job_dir / "ranks.json").read_text())
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert error["phase"] == "run" and error["rank"] in (0, 1), error
+    assert f"rank {error['rank']} on " in error["message"] and "died" in error["message"]
+    assert "signal 9" in error["message"] or "Killed" in error["message"], error["message"]
+    assert "died" in proc.stderr  # the user sees it too

@@ -108,3 +108,14 @@ def test_status_lists_my_jobs_newest_first(slurm_cluster, isolated):
 
 def _slurm_out(job_dir: str) -> str:
     return "\n".join(p.read_text() for p in Path(job_dir).glob("slurm-*.out"))
+
+
+def test_dead_rank_ends_failed_and_is_named(slurm_cluster, isolated):
+    submitted = submit(
+        isolated, MODELS / "dies_in_fit.py", "--init", "random", "--seed", "3", "--samples", "2000"
+    )
+    record = wait_for_state(submitted["job_id"])
+    assert record["state"] == "FAILED", record
+    error = record["error"]
+    assert error["phase"] == "run" and error["rank"] in (0, 1), (error, _slurm_out(submitted["job_dir"]))
+    assert f"rank {error['rank']} on " in error["message"] and "Killed" in error["message"]

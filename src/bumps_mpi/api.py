@@ -23,6 +23,7 @@ from . import __version__, registry, slurm
 from .config import load_settings, slurm_dir
 from .errors import JobNotFound, SubmitError, UsageError
 from .jobdir import JOB_FILE, LOCAL_STATE_FILE, MODEL_DIR, SCRIPT_FILE, JobDir, write_atomic, write_json
+from .postmortem import write_postmortem
 from .render import DIRECTIVES, render_sbatch
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -224,6 +225,9 @@ def run_local(request: JobRequest, ranks: int, echo: Any = None) -> dict[str, An
                     echo(line.decode(errors="replace").rstrip("\n"))
             rc = proc.wait()
             state = "COMPLETED" if rc == 0 and job.result is not None else "FAILED"
+            if rc != 0:
+                log.flush()
+                write_postmortem(job.path, rc, job.file("local.out"))
         except KeyboardInterrupt:
             proc.terminate()
             rc = proc.wait()

@@ -16,6 +16,7 @@ import traceback
 from typing import Any
 
 from .jobdir import ERROR_FILE, EXPORT_DIR, RESULT_FILE, JobDir, write_json
+from .postmortem import RANKS_FILE
 
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -28,12 +29,14 @@ THREAD_VARIABLES = (
 
 
 def limit_threads(threads: int) -> None:
-    """One numeric-library thread per rank unless the user set them: N ranks on N cores, no oversubscription.
+    """*threads* numeric-library threads per rank (default 1: N ranks on N cores, no oversubscription).
 
+    Overrides values inherited from the environment (cluster modules often export
+    OMP_NUM_THREADS=<all cores>); the user's knob is --threads / BUMPS_MPI_THREADS.
     Must run before numpy is imported.
     """
     for name in THREAD_VARIABLES:
-        os.environ.setdefault(name, str(threads))
+        os.environ[name] = str(threads)
 
 
 def _report(exc: BaseException) -> dict[str, Any]:
@@ -73,11 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         problem = load_model(spec["model"], spec.get("model_args", []))
     except BaseException as exc:  # noqa: B036 - every rank must reach the allgather below
         failure = _report(exc)
-    failures = comm.allgather(failure)  # start-up only: pickling is fine here
-    for rank, report in enumerate(failures):
-        if report is not None:
+    me = {"rank": comm.rank, "host": socket.gethostname(), "pid": os.getpid(), "failure": failure}
+    everyone = comm.allgather(me)  # start-up only: pickling is fine here
+    if comm.rank == 0:  # who is who, so a post-mortem can name a rank that dies
+        write_json(
+            jobdir.file(RANKS_FILE), [{k: v for k, v in r.items() if k != "failure"} for r in everyone]
+        )
+    for entry in everyone:
+        if entry["failure"] is not None:
             if comm.rank == 0:
-                _write_error(jobdir, "model load", rank, report)
+                _write_error(jobdir, "model load", entry["rank"], entry["failure"])
             return 1
     if comm.rank != 0:
         from .mapper import serve
@@ -107,7 +115,13 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any) -> 
         mapper.stop()
         return 1
     mapper.stop()
-    result.update(ranks=comm.size, host=socket.gethostname(), started=started, finished=time.time())
+    result.update(
+        ranks=comm.size,
+        host=socket.gethostname(),
+        started=started,
+        finished=time.time(),
+        threads={name: os.environ.get(name) for name in THREAD_VARIABLES},
+    )
     try:
         result["exports"] = write_exports(driver, spec["fit"], jobdir.file(EXPORT_DIR))
     except Exception as exc:  # the fit's result must not be lost to a failed export

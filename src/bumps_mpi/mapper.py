@@ -22,6 +22,7 @@ comparison per worker for this. Workers stay in their loop, ready for the stop.
 
 from __future__ import annotations
 
+import atexit
 import socket
 import traceback
 from collections.abc import Callable
@@ -88,6 +89,8 @@ class Mapper:
     *comm*, so the mapper's messages never meet anyone else's).
     """
 
+    failures = 0  # in this process, for callers (like Bumps' CLI) that swallow the exception
+
     def __init__(self, problem: Any, comm: MPI.Comm = MPI.COMM_WORLD):
         self.problem = problem
         self.comm = comm.Dup()
@@ -136,6 +139,7 @@ class Mapper:
 
     def _raise_failure(self, points: np.ndarray, remote: list, failed: Any) -> NoReturn:
         """Collect every failed rank's report (so none is left pending), then raise the first."""
+        Mapper.failures += 1
         errors = []
         for rank, start, _ in remote:
             info = self.comm.recv(source=rank, tag=_ERROR)
@@ -199,8 +203,10 @@ def serve(problem: Any, comm: MPI.Comm = MPI.COMM_WORLD) -> None:
 class MPIMapper:
     """Bumps' mapper interface (start_worker / start_mapper / stop_mapper) over Mapper and serve.
 
-    A drop-in for bumps.mapper.MPIMapper: workers block in start_worker until
-    the root calls stop_mapper, then leave the program.
+    A drop-in for bumps.mapper.MPIMapper with the same protocol: every rank
+    calls start_worker(problem) with the problem it loaded; workers serve
+    until stop_mapper, then leave the program. The first fit uses the
+    workers' own problem; each later fit sends its problem once (pickled).
     """
 
     has_problem = True
@@ -214,14 +220,18 @@ class MPIMapper:
             raise SystemExit(0)
         MPIMapper.has_problem = problem is not None
         MPIMapper._mapper = Mapper(problem, comm)
+        atexit.register(MPIMapper.stop_mapper)  # rank 0 leaving without stop_mapper must not strand them
 
     @staticmethod
     def start_mapper(problem: Any, modelargs: Any = None, cpus: int = 0) -> Callable[[Any], np.ndarray]:
-        mapper = MPIMapper._mapper or Mapper(problem)
-        if not MPIMapper.has_problem or mapper.problem is not problem:
+        mapper = MPIMapper._mapper
+        if mapper is None:
+            raise RuntimeError("MPIMapper.start_mapper called before start_worker (or after stop_mapper)")
+        if MPIMapper.has_problem:
+            mapper.problem = problem  # the workers loaded this model themselves
+        else:
             mapper.send_problem(problem)
-        MPIMapper.has_problem = True
-        MPIMapper._mapper = mapper
+        MPIMapper.has_problem = False  # the next fit may bring another problem
         return mapper
 
     @staticmethod

@@ -84,5 +84,6 @@ def render_sbatch(
         job_dir=shlex.quote(job_dir),
         prologue="\n".join(prologue),
         launch=f"{launch_text} {shlex.quote(python)}",
+        python=shlex.quote(python),
         epilogue="\n".join(epilogue),
     )

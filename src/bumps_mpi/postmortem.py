@@ -1,0 +1,69 @@
+"""After the launcher failed with no error.json: say which rank died and how, from the log.
+
+A rank that dies outright (killed, segfault, out of memory) cannot report
+itself; mpiexec or srun ends the others and prints its own line. This turns
+that line into error.json, naming the rank through ranks.json (host and pid
+of every rank, written at start-up).
+
+    python -m bumps_mpi.postmortem JOBDIR STATUS LOGFILE
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+from .jobdir import ERROR_FILE, JobDir, read_json, write_json
+
+RANKS_FILE = "ranks.json"
+SRUN_TASK = re.compile(r"srun: error: (\S+): tasks? ([0-9,-]+): (.+)")
+HYDRA_PID = re.compile(r"PID (\d+) RUNNING AT (\S+)")
+HYDRA_EXIT = re.compile(r"EXIT (?:CODE|STRING): (.+)")
+
+
+def explain(log_tail: str, ranks: list[dict] | None) -> tuple[int | None, str | None, str]:
+    """(rank, host, what happened) from the launcher's own lines; rank None when it cannot tell."""
+    for match in SRUN_TASK.finditer(log_tail):
+        first = match.group(2).split(",")[0].split("-")[0]
+        return int(first), match.group(1), match.group(3).strip()
+    pid = HYDRA_PID.search(log_tail)
+    if pid:
+        how = HYDRA_EXIT.findall(log_tail)
+        what = how[-1].strip() if how else "ended abnormally"
+        for entry in ranks or []:
+            if str(entry.get("pid")) == pid.group(1):
+                return int(entry["rank"]), entry.get("host") or pid.group(2), what
+        return None, pid.group(2), what
+    return None, None, "the launcher failed"
+
+
+def write_postmortem(job_dir: Path, status: int, log: Path) -> dict | None:
+    """Write error.json unless the job already did; returns what was written."""
+    job = JobDir(job_dir)
+    if job.error is not None or job.result is not None:
+        return None
+    try:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:])
+    except FileNotFoundError:
+        tail = ""
+    rank, host, what = explain(tail, read_json(job.file(RANKS_FILE)))
+    who = f"rank {rank}" if rank is not None else "a rank"
+    error = {
+        "phase": "run",
+        "rank": rank,
+        "host": host,
+        "point": None,
+        "message": f"{who}{f' on {host}' if host else ''} died: {what} (launcher exit status {status})",
+        "traceback": tail,
+        "time": time.time(),
+    }
+    write_json(job.file(ERROR_FILE), error)
+    return error
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit("usage: python -m bumps_mpi.postmortem JOBDIR STATUS LOGFILE")
+    write_postmortem(Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))
