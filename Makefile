@@ -29,8 +29,12 @@ test: venv cluster
 test-local: venv
 	$(PY) -m pytest -ra
 
+## bench: mapper per-call times and ratios (2 and 4 ranks), then a real refl1d DREAM fit, serial vs 2 ranks
+## (installs the bench extra: refl1d, which pins bumps==1.0.4)
 bench: venv
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) bench/mapper_bench.py
+	$(PY) bench/refl1d_bench.py
 
 lint: venv
 	$(BIN)/ruff check src tests examples bench

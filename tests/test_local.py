@@ -68,6 +68,28 @@ def test_hostile_model_path_and_jobs_dir(isolated, mpiexec):
     assert not list(isolated.rglob("PWNED*"))
 
 
+@pytest.mark.mpi_launch
+def test_model_file_name_with_a_newline(isolated, mpiexec):
+    """The script never holds the model path (the job reads it from job.json), so even this one runs."""
+    model = isolated / "two\nlines; $(touch PWNED).py"
+    shutil.copy(EXAMPLE, model)
+    record = cli_json(
+        "submit",
+        model,
+        "--local",
+        "-n",
+        "2",
+        "--name",
+        "newline",
+        *SMALL_DREAM,
+        "--jobs-dir",
+        isolated / "jobs",
+    )
+    assert record["state"] == "COMPLETED"
+    assert (Path(record["job_dir"]) / "model" / model.name).is_file()
+    assert not list(isolated.rglob("PWNED*"))
+
+
 def test_model_name_with_odd_characters_needs_a_name(isolated):
     model = isolated / "my model.py"
     shutil.copy(EXAMPLE, model)

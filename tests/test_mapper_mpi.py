@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,30 +14,37 @@ from conftest import EXAMPLE, MODELS
 PROGRAMS = Path(__file__).parent / "mpi_programs"
 
 
-def launch(mpiexec: str, ranks: int, program: str, *args: str, timeout: float = 240):
+BALANCE = pytest.mark.parametrize("balance", ["never", "always"], ids=["static", "guided"])
+
+
+def launch(mpiexec: str, ranks: int, program: str, *args: str, timeout: float = 240, balance: str = "auto"):
     return subprocess.run(
         [mpiexec, "-n", str(ranks), sys.executable, "-m", "mpi4py", str(PROGRAMS / program), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, "BUMPS_MPI_BALANCE": balance},
     )
 
 
 @pytest.mark.mpi_launch
+@BALANCE
 @pytest.mark.parametrize("ranks", [2, 3])
-def test_equivalent_to_serial(mpiexec, ranks):
-    proc = launch(mpiexec, ranks, "mapper_equivalence.py", EXAMPLE, EXAMPLE)
+def test_equivalent_to_serial(mpiexec, ranks, balance):
+    """Static split and guided (dynamic) chunks alike give SerialMapper's values, bit for bit."""
+    proc = launch(mpiexec, ranks, "mapper_equivalence.py", EXAMPLE, EXAMPLE, balance=balance)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sizes = {0, 1, ranks - 1, ranks, ranks + 1, 7, 20, 101, 3001}
-    assert f"OK {len(sizes) * 6 + 2} checks on {ranks} ranks" in proc.stdout  # 6 layouts a size, 2 fits
+    assert f"OK {len(sizes) * 6 + 6} checks on {ranks} ranks" in proc.stdout  # 6 layouts a size, 6 fitters
 
 
 @pytest.mark.mpi_launch
+@BALANCE
 @pytest.mark.parametrize("mode", ["raise", "base", "kill"])
-def test_failure_on_a_worker_ends_the_run(mpiexec, mode):
+def test_failure_on_a_worker_ends_the_run(mpiexec, mode, balance):
     """The run ends non-zero well inside the 30 s bound (a hang would be the walltime)."""
     try:
-        proc = launch(mpiexec, 2, "mapper_failure.py", mode, timeout=30)
+        proc = launch(mpiexec, 2, "mapper_failure.py", mode, timeout=30, balance=balance)
     except subprocess.TimeoutExpired:
         pytest.fail(f"mode {mode}: the MPI run was still going after 30 s (a hang)")
     output = proc.stdout + proc.stderr

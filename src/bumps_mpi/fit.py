@@ -17,14 +17,19 @@ import numpy as np
 from .errors import ModelCheckError, UsageError
 from .jobdir import write_atomic
 
+# Population fitters that map whole generations but that Bumps leaves unregistered.
+UNREGISTERED_MAPPING_FITTERS = ("PSFit", "RLFit")
+
 
 def fitter_class(fit_id: str) -> Any:
     from bumps import fitters
 
-    for cls in fitters.FITTERS:
+    extra = [getattr(fitters, name) for name in UNREGISTERED_MAPPING_FITTERS if hasattr(fitters, name)]
+    classes = [*fitters.FITTERS, *extra]
+    for cls in classes:
         if cls.id == fit_id:
             return cls
-    known = ", ".join(sorted(fitters.FIT_AVAILABLE_IDS))
+    known = ", ".join(sorted(cls.id for cls in classes))
     raise UsageError(f"unknown fitter {fit_id!r}; choose one of: {known}")
 
 

@@ -10,22 +10,28 @@ float64 buffers both ways and nothing else: the message's envelope is the
 header (the tag carries the command and the number of parameters, the size
 gives the number of rows). Rank 0 posts its receives straight into the result
 array, sends, and evaluates its own share while the messages are in flight.
+When points are expensive (over 100 us each, measured on rank 0), the map
+balances itself: guided self-scheduling hands out shrinking contiguous chunks,
+still slices of the points and of the result (BUMPS_MPI_BALANCE=auto|always|never).
 Each worker waits in a blocking Recv on a buffer whose capacity rank 0 also
 tracks; a share that would not fit is preceded by a one-number "grow" message
 (once or twice a fit: DREAM's population size does not change).
 
 A rank whose nllf raises (BaseException included) sends its values under
-another tag, then its traceback and the index of the point; rank 0 raises
-RemoteError naming the rank, host and point. The success path pays one tag
+another tag and keeps its traceback; once every chunk is in, rank 0 asks for
+the reports (an unasked message could match one of rank 0's open receives)
+and raises RemoteError naming the rank, host and point. The success path pays one tag
 comparison per worker for this. Workers stay in their loop, ready for the stop.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import socket
 import traceback
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, NoReturn
 
 import numpy as np
@@ -34,9 +40,10 @@ from mpi4py import MPI
 from .errors import RemoteError
 
 ROOT = 0
-_STOP, _PROBLEM, _RESULT, _FAILED, _ERROR, _GROW = 1, 2, 3, 4, 5, 6
+_STOP, _PROBLEM, _RESULT, _FAILED, _ERROR, _GROW, _REPORT = 1, 2, 3, 4, 5, 6, 7
 _MAP = 100  # tag = _MAP + number of parameters
 START_CAPACITY = 4096  # doubles in each worker's receive buffer before the first grow
+GUIDED_ABOVE_S = 100e-6  # nllf cost per point above which the map balances dynamically
 
 
 def split(npop: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,14 +103,16 @@ class Mapper:
         self.comm = comm.Dup()
         self._plan = _Plan(0, self.comm.size)
         self._capacity = [START_CAPACITY] * self.comm.size  # each worker's receive buffer, in doubles
+        self._cost = 0.0  # seconds per point on rank 0 in the last call: chooses static or guided
+        self._balance = os.environ.get("BUMPS_MPI_BALANCE", "auto")
+        if self._balance not in ("auto", "always", "never"):
+            raise ValueError(f"BUMPS_MPI_BALANCE={self._balance!r}: use auto, always or never")
 
-    def _grow(self, plan: _Plan, nvar: int) -> None:
-        """Tell each worker whose buffer is too small for its share to enlarge it (before the share)."""
-        for rank, start, stop in plan.workers:
-            need = (stop - start) * nvar
-            if need > self._capacity[rank]:
-                self._capacity[rank] = need
-                self.comm.Send(np.array([need], dtype=np.float64), dest=rank, tag=_GROW)
+    def _grow(self, rank: int, need: int) -> None:
+        """Tell a worker whose buffer is too small for *need* doubles to enlarge it (before the share)."""
+        if need > self._capacity[rank]:
+            self._capacity[rank] = need
+            self.comm.Send(np.array([need], dtype=np.float64), dest=rank, tag=_GROW)
 
     def __call__(self, points: Any) -> np.ndarray:
         points = np.ascontiguousarray(points, dtype=np.float64)
@@ -117,15 +126,23 @@ class Mapper:
         plan = self._plan
         if plan.npop != npop or plan.nvar != nvar:
             plan = self._plan = _Plan(npop, self.comm.size, nvar)
-            self._grow(plan, nvar)
+            for rank, start, stop in plan.workers:
+                self._grow(rank, (stop - start) * nvar)
         comm = self.comm
         result = np.empty(npop, dtype=np.float64)
+        if self._guided(npop):
+            remote, failed = self._map_guided(points, result, _MAP + nvar)
+            if remote or failed is not None:
+                self._raise_failure(points, remote, failed)
+            return result
         requests = []
         irecv, isend, post, any_tag, tag = comm.Irecv, comm.Isend, requests.append, MPI.ANY_TAG, _MAP + nvar
         for r, a, b in plan.workers:
             post(irecv(result[a:b], r, any_tag))
             post(isend(points[a:b], r, tag))
+        started = perf_counter()
         failed = _evaluate(self.problem, points[: plan.mine], result[: plan.mine])
+        self._cost = (perf_counter() - started) / max(plan.mine, 1)
         MPI.Request.Waitall(requests, plan.statuses)
         for status in plan.receives:
             if status.tag != _RESULT:
@@ -137,14 +154,80 @@ class Mapper:
         self._raise_failure(points, remote, failed)
         raise AssertionError("unreachable")  # _raise_failure always raises
 
+    def _guided(self, npop: int) -> bool:
+        """Balance dynamically when points are expensive enough that a message per chunk is free."""
+        if self.comm.size == 1 or self._balance == "never":
+            return False
+        return self._balance == "always" or (self._cost > GUIDED_ABOVE_S and npop > 2 * self.comm.size)
+
+    def _map_guided(self, points: np.ndarray, result: np.ndarray, tag: int) -> tuple[list, Any]:
+        """Guided self-scheduling: workers take shrinking contiguous chunks from the front, rank 0 single
+        points from the back, so every rank finishes within about one point of the others.
+
+        Costs per point vary a lot in real models (refl1d: with the layer profile), and a static split
+        of a 170-point generation then waits about 10% for its slower half. Chunks are slices of the
+        points and of the result: still no copies. Returns (failed workers' chunks, rank 0's failure).
+        """
+        comm, problem, size, nvar = self.comm, self.problem, self.comm.size, points.shape[1]
+        front, back = 0, len(points)
+        pending: dict[int, list[tuple]] = {
+            rank: [] for rank in range(1, size)
+        }  # chunks in flight, oldest first
+        remote: list[tuple[int, int, int]] = []
+
+        def give(rank: int) -> None:
+            nonlocal front
+            rows = max(1, (back - front) // (2 * size))
+            start, front = front, front + rows
+            self._grow(rank, rows * nvar)
+            status = MPI.Status()
+            receive = comm.Irecv(result[start:front], rank, MPI.ANY_TAG)
+            pending[rank].append((receive, comm.Isend(points[start:front], rank, tag), start, front, status))
+
+        def collect(rank: int, wait: bool) -> bool:
+            receive, send, start, stop, status = pending[rank][0]
+            if wait:
+                receive.Wait(status)
+            elif not receive.Test(status):
+                return False
+            send.Wait()
+            pending[rank].pop(0)
+            if status.tag != _RESULT:
+                remote.append((rank, start, stop))
+            return True
+
+        for _ in range(2):  # two chunks in flight: a worker never waits for rank 0 to hand out the next
+            for rank in pending:
+                if front < back:
+                    give(rank)
+        failed, own, started = None, 0, perf_counter()
+        while front < back and failed is None and not remote:
+            back -= 1
+            own += 1
+            failed = _evaluate(problem, points[back : back + 1], result[back : back + 1])
+            if failed is not None:
+                failed = (back, failed[1])
+            for rank, chunks in pending.items():
+                if chunks and collect(rank, wait=False) and front < back and failed is None and not remote:
+                    give(rank)
+        self._cost = (perf_counter() - started) / max(own, 1)
+        for rank, chunks in pending.items():
+            while chunks:
+                collect(rank, wait=True)
+        return remote, failed
+
     def _raise_failure(self, points: np.ndarray, remote: list, failed: Any) -> NoReturn:
-        """Collect every failed rank's report (so none is left pending), then raise the first."""
+        """Ask each failed worker for its reports (in chunk order), then raise the first failure."""
         Mapper.failures += 1
-        errors = []
+        chunks: dict[int, list[int]] = {}
         for rank, start, _ in remote:
-            info = self.comm.recv(source=rank, tag=_ERROR)
-            point = points[start + info["index"]].tolist()
-            errors.append(RemoteError(rank, info["host"], point, info["traceback"]))
+            chunks.setdefault(rank, []).append(start)
+        errors = []
+        for rank, starts in chunks.items():
+            self.comm.Send(np.empty(0, dtype=np.float64), dest=rank, tag=_REPORT)
+            for start, info in zip(starts, self.comm.recv(source=rank, tag=_ERROR), strict=True):
+                point = points[start + info["index"]].tolist()
+                errors.append(RemoteError(rank, info["host"], point, info["traceback"]))
         if failed is not None:
             index, exc = failed
             if not isinstance(exc, Exception):
@@ -176,6 +259,7 @@ def serve(problem: Any, comm: MPI.Comm = MPI.COMM_WORLD) -> None:
     comm = comm.Dup()
     status = MPI.Status()
     buffer = np.empty(START_CAPACITY, dtype=np.float64)
+    reports: list[dict[str, Any]] = []  # failures since rank 0 last asked, in chunk order
     while True:
         comm.Recv(buffer, source=ROOT, tag=MPI.ANY_TAG, status=status)
         tag = status.tag
@@ -188,7 +272,10 @@ def serve(problem: Any, comm: MPI.Comm = MPI.COMM_WORLD) -> None:
                 comm.Send(out, dest=ROOT, tag=_RESULT)
             else:
                 comm.Send(out, dest=ROOT, tag=_FAILED)
-                comm.send({"index": failed[0], **_describe(failed[1])}, dest=ROOT, tag=_ERROR)
+                reports.append({"index": failed[0], **_describe(failed[1])})
+        elif tag == _REPORT:
+            comm.send(reports, dest=ROOT, tag=_ERROR)
+            reports = []
         elif tag == _GROW:
             buffer = np.empty(int(buffer[0]), dtype=np.float64)
         elif tag == _PROBLEM:

@@ -48,6 +48,6 @@ def entries() -> list[dict[str, Any]]:
 
 def find(job_id: str) -> dict[str, Any] | None:
     for entry in entries():
-        if str(entry.get("job_id")) == job_id:
+        if entry.get("job_id") is not None and str(entry["job_id"]) == job_id:
             return entry
     return None

@@ -50,8 +50,17 @@ for npop in sorted({0, 1, size - 1, size, size + 1, 7, 20, 101, 3001}):  # 3001:
         same(mapper(points), serial(base), f"{name} npop={npop}")
         checks += 1
 
-# whole fits: same seed, serial map vs our mapper, identical best point and chisq
-for fit, options in (("dream", {"samples": 1000, "burn": 20}), ("de", {"steps": 30})):
+# whole fits: same seed, serial map vs our mapper, identical best point and chisq; each fit after the
+# first sends its problem to the workers (several fits in one run). amoeba and lm never call the mapper.
+FITS = (
+    ("dream", {"samples": 1000, "burn": 20}),
+    ("de", {"steps": 30}),
+    ("ps", {"steps": 20}),
+    ("rl", {"steps": 20}),
+    ("amoeba", {"steps": 50}),
+    ("lm", {"steps": 20}),
+)
+for fit, options in FITS:
     fit_problem = load_model(fit_model)
     mapper = MPIMapper.start_mapper(fit_problem)
     _, ours = run_fit(fit_problem, fit, options, mapper=mapper, seed=11)

@@ -36,8 +36,10 @@ class Problem:
 problem = Problem()
 MPIMapper.start_worker(problem)
 mapper = MPIMapper.start_mapper(problem)
-points = np.arange(20.0).reshape(10, 2)  # rows 0..4 on rank 0, rows 5..9 on rank 1
-points[7, 0] = 13.0
+points = np.arange(20.0).reshape(10, 2)
 assert list(mapper(points[:4])) == [1.0, 5.0, 9.0, 13.0]  # the mapper works before the failure
+# the bad point where rank 1 evaluates it: static split, rows 5..9; guided, the first chunk (row 0 on)
+bad = 0 if os.environ.get("BUMPS_MPI_BALANCE") == "always" else 7
+points[bad] = (13.0, 15.0)
 mapper(points)
 print("NOT REACHED", flush=True)
