@@ -70,3 +70,16 @@ def test_sbatch_missing_is_clear(isolated, monkeypatch):
     assert proc.returncode == 1
     assert "sbatch not found" in proc.stderr and "--local" in proc.stderr
     assert not jobs.exists()
+
+
+def test_status_without_slurm_is_unknown_not_pending(isolated, monkeypatch):
+    """When Slurm cannot answer, a submitted job's state is UNKNOWN with the reason, never a guess."""
+    import json
+
+    job_dir = isolated / "job"
+    job_dir.mkdir()
+    (job_dir / "job.json").write_text(json.dumps({"name": "peak", "slurm": {"job_id": "4242"}}))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    record = json.loads(cli("status", job_dir, "--json").stdout)[0]
+    assert record["state"] == "UNKNOWN" and record["job_id"] == "4242"
+    assert "Slurm not reachable" in record["reason"] and "sacct" in record["reason"]

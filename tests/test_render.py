@@ -92,3 +92,9 @@ def test_hostile_paths_are_quoted_and_inert(tmp_path, job_dir):
 def test_job_dir_with_newline_refused():
     with pytest.raises(UsageError, match="line break"):
         render(job_dir="/tmp/a\nb")
+
+
+def test_srun_always_kills_the_step_when_a_rank_dies():
+    """Else a killed rank leaves the others waiting in MPI until the time limit (seen on the test cluster)."""
+    assert "srun --mpi=pmi2 --kill-on-bad-exit=1 " in render()
+    assert render(launcher_args=["-K0"]).count("kill-on-bad-exit") == 0  # the site chose otherwise

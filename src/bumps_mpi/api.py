@@ -278,13 +278,33 @@ def status(refs: list[str] | None = None, limit: int = 20) -> list[dict[str, Any
     else:
         jobs = [JobDir(e["job_dir"]) for e in registry.entries()[:limit] if Path(e["job_dir"]).is_dir()]
     ids = [str(j.spec.get("slurm", {}).get("job_id")) for j in jobs if j.spec.get("slurm")]
-    accounting = slurm.sacct(ids) if ids else {}
-    missing = [i for i in ids if i not in accounting or accounting[i]["State"] in ("PENDING",)]
-    queue = slurm.squeue(missing) if missing else {}
-    return [_record(job, accounting, queue) for job in jobs]
+    problems: list[str] = []
+    accounting: dict[str, dict[str, str]] = {}
+    queue: dict[str, dict[str, str]] | None = {}
+    try:
+        accounting = slurm.sacct(ids) if ids else {}
+    except slurm.Unreachable as exc:
+        problems.append(str(exc))
+    missing = [i for i in ids if i not in accounting or accounting[i]["State"] == "PENDING"]
+    try:
+        queue = slurm.squeue(missing) if missing else {}
+    except slurm.Unreachable as exc:
+        problems.append(str(exc))
+        queue = None
+    unreachable = "; ".join(problems) if len(problems) == 2 or (problems and queue is None) else None
+    return [
+        _record(job, accounting, queue or {}, accounting_ok=not problems, unreachable=unreachable)
+        for job in jobs
+    ]
 
 
-def _record(job: JobDir, accounting: dict[str, dict[str, str]], queue: dict[str, dict[str, str]]) -> dict:
+def _record(
+    job: JobDir,
+    accounting: dict[str, dict[str, str]],
+    queue: dict[str, dict[str, str]],
+    accounting_ok: bool = True,
+    unreachable: str | None = None,
+) -> dict:
     spec = job.spec
     job_id = spec.get("slurm", {}).get("job_id")
     record: dict[str, Any] = {
@@ -330,8 +350,12 @@ def _record(job: JobDir, accounting: dict[str, dict[str, str]], queue: dict[str,
             elapsed=row["Elapsed"],
             elapsed_s=_elapsed_seconds(row["Elapsed"]),
         )
-    else:  # accounting lags a few seconds behind sbatch: not yet known is pending, never finished
+    elif (
+        accounting_ok
+    ):  # accounting lags a few seconds behind sbatch: not yet known is pending, never finished
         record.update(state="PENDING", reason="not yet in accounting")
+    else:  # Slurm did not answer: say so, never guess
+        record.update(state="UNKNOWN", reason=f"Slurm not reachable ({unreachable or 'accounting failed'})")
     error = job.error
     if error is not None:
         record["error"] = {

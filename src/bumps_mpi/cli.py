@@ -211,11 +211,12 @@ def _print_status(records: list[dict[str, Any]]) -> None:
     click.echo(f"{'JOB':>8}  {'STATE':<11} {'EXIT':<6} {'ELAPSED':>10}  {'NAME':<20} DIRECTORY")
     for r in records:
         job_id = r["job_id"] if r["job_id"] is not None else "local"
-        state = r["state"] + (f" ({r['reason']})" if r.get("reason") and r["state"] == "PENDING" else "")
         click.echo(
-            f"{job_id:>8}  {state:<11} {r['exit_code'] or '-':<6} {r['elapsed'] or '-':>10}  "
+            f"{job_id:>8}  {r['state']:<11} {r['exit_code'] or '-':<6} {r['elapsed'] or '-':>10}  "
             f"{r['name'] or '-':<20} {r['job_dir']}"
         )
+        if r.get("reason") and r["state"] in ("PENDING", "UNKNOWN"):
+            click.echo(f"{'':>10}{r['state'].lower()}: {r['reason']}")
 
 
 def _print_error(record: dict[str, Any]) -> None:

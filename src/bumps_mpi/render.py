@@ -73,8 +73,13 @@ def render_sbatch(
     for option in skip:
         lines.pop(option.replace("_", "-").lstrip("-"), None)
     launch = [launcher, *launcher_args]
-    if launcher.rsplit("/", 1)[-1] in MPIRUN_LAUNCHERS:
+    program = launcher.rsplit("/", 1)[-1]
+    if program in MPIRUN_LAUNCHERS:
         launch += ["-n", "${SLURM_NTASKS}"]
+    if program == "srun" and not any(a.startswith(("--kill-on-bad-exit", "-K")) for a in launcher_args):
+        launch.append(
+            "--kill-on-bad-exit=1"
+        )  # else a rank that dies leaves the others waiting until walltime
     launch_text = " ".join(a if a == "${SLURM_NTASKS}" else shlex.quote(a) for a in launch)
     launch_text = launch_text.replace("${SLURM_NTASKS}", '"${SLURM_NTASKS}"')
     return Template(template).substitute(

@@ -54,14 +54,27 @@ def find_by_workdir(job_dir: Path) -> str | None:
     return None
 
 
+class Unreachable(SubmitError):
+    """sacct or squeue could not answer (daemon down, not a Slurm host): the state is unknown, not pending."""
+
+
+def _ask(args: list[str]) -> subprocess.CompletedProcess:
+    """Run a Slurm query; a failure to answer is Unreachable, with Slurm's own last line."""
+    try:
+        proc = _run(args)
+    except (SubmitError, subprocess.TimeoutExpired) as exc:
+        raise Unreachable(f"{args[0]}: {exc}") from None
+    if proc.returncode != 0:
+        raise Unreachable(f"{args[0]}: {_first_line(proc.stderr)}")
+    return proc
+
+
 def sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
     """Accounting records of the allocations (no steps), by job id, in batches of BATCH ids."""
     records: dict[str, dict[str, str]] = {}
     for start in range(0, len(job_ids), BATCH):
         chunk = job_ids[start : start + BATCH]
-        proc = _run(["sacct", "-X", "-n", "--parsable2", "-o", ",".join(SACCT_FIELDS), "-j", ",".join(chunk)])
-        if proc.returncode != 0:
-            continue
+        proc = _ask(["sacct", "-X", "-n", "--parsable2", "-o", ",".join(SACCT_FIELDS), "-j", ",".join(chunk)])
         for line in proc.stdout.splitlines():
             fields = line.split("|")
             if len(fields) == len(SACCT_FIELDS):
@@ -71,7 +84,7 @@ def sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
 
 def squeue(job_ids: list[str]) -> dict[str, dict[str, str]]:
     """What the controller knows now: state and pending reason, for jobs accounting lacks."""
-    proc = _run(["squeue", "-h", "-a", "-o", "%i|%T|%r|%M"])
+    proc = _ask(["squeue", "-h", "-a", "-o", "%i|%T|%r|%M"])
     wanted = set(job_ids)
     found = {}
     for line in proc.stdout.splitlines():
