@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,87 @@ def test_dead_rank_ends_failed_and_is_named(slurm_cluster, isolated):
     error = record["error"]
     assert error["phase"] == "run" and error["rank"] == 1, (error, _slurm_out(submitted["job_dir"]))
     assert f"rank {error['rank']} on " in error["message"] and "Killed" in error["message"]
+
+
+def test_progress_while_running_then_watch(slurm_cluster, isolated):
+    """status shows the fit's own progress while it runs; watch follows it and exits 0 with the results."""
+    submitted = submit(isolated, EXAMPLE, "--samples", "60000", "--burn", "300", "--seed", "5")
+    record = wait_for_state(submitted["job_id"], {"RUNNING"}, timeout=120)
+    deadline = time.monotonic() + 120
+    while not (record.get("progress") and record["state"] == "RUNNING") and time.monotonic() < deadline:
+        time.sleep(1)
+        record = cli_json("status", submitted["job_id"])[0]
+    progress = record["progress"]
+    assert 0 < progress["step"] <= progress["steps"] and progress["chisq"] > 0, record
+    assert progress["eta_s"] is not None and 0 <= progress["percent"] <= 100
+    watched = cli("watch", submitted["job_id"], "--interval", "1", timeout=600)
+    assert watched.returncode == 0, watched.stderr
+    assert "COMPLETED" in watched.stdout and "chisq" in watched.stdout
+    done = cli_json("status", submitted["job_id"])[0]
+    assert done["progress"]["done"] and done["progress"]["step"] == done["progress"]["steps"]
+    assert (Path(submitted["job_dir"]) / "state.json").is_file()  # finished: cached
+
+
+def test_watch_a_failing_fit_exits_non_zero(slurm_cluster, isolated):
+    submitted = submit(
+        isolated, MODELS / "fails_in_fit.py", "--init", "random", "--seed", "3", "--samples", "2000"
+    )
+    watched = cli("watch", submitted["job_id"], "--interval", "1", timeout=300)
+    assert watched.returncode == 1
+    assert "FAILED" in watched.stdout and "model exploded" in watched.stderr
+
+
+def test_held_job_is_pending_with_reason_and_hint(slurm_cluster, isolated, monkeypatch):
+    """Submitted held through a site profile's extra directive (also checks those reach sbatch)."""
+    site = isolated / "site.toml"
+    site.write_text('[profiles.default]\nextra = ["--hold"]\n')
+    monkeypatch.setenv("BUMPS_MPI_CONFIG", str(site))
+    submitted = submit(isolated, EXAMPLE, *SMALL_DREAM)
+    job_id = submitted["job_id"]
+    assert "#SBATCH --hold" in (Path(submitted["job_dir"]) / "run.sbatch").read_text()
+    try:
+        record = cli_json("status", job_id)[0]
+        deadline = time.monotonic() + 60
+        while record.get("reason") in (None, "not yet in accounting", "None") and time.monotonic() < deadline:
+            time.sleep(1)
+            record = cli_json("status", job_id)[0]
+        assert record["state"] == "PENDING" and record["reason"] == "JobHeldUser", record
+        assert record["never_starts"] is False and "scontrol release" in record["hint"]
+        human = cli("status", job_id)
+        assert "pending: JobHeldUser: held by you" in human.stdout
+    finally:
+        subprocess.run(["scancel", job_id], check=False)
+    assert wait_for_state(job_id)["state"] == "CANCELLED"
+
+
+def test_two_hundred_jobs_cost_at_most_four_accounting_calls(slurm_cluster, isolated, monkeypatch):
+    """sacct in batches of 50; finished states cached in the job directory cost no query at all."""
+    finished = submit(isolated, EXAMPLE, *SMALL_DREAM)
+    assert wait_for_state(finished["job_id"])["state"] == "COMPLETED"
+    shims, log = isolated / "shims", isolated / "calls.log"
+    shims.mkdir()
+    for command in ("sacct", "squeue"):
+        real = shutil.which(command)
+        (shims / command).write_text(f'#!/bin/sh\necho {command} >> "{log}"\nexec "{real}" "$@"\n')
+        (shims / command).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
+    template = json.loads((Path(finished["job_dir"]) / "job.json").read_text())
+    for n in range(199):  # 199 more job directories, with ids accounting does not know
+        job_dir = isolated / "many" / f"job{n}"
+        job_dir.mkdir(parents=True)
+        (job_dir / "job.json").write_text(json.dumps({**template, "slurm": {"job_id": str(900000 + n)}}))
+        registry_add(job_dir, str(900000 + n))
+    (Path(finished["job_dir"]) / "state.json").unlink(missing_ok=True)  # as if never asked before
+    records = cli_json("status", "--limit", "200")
+    calls = log.read_text().split()
+    assert len(records) == 200 and calls.count("sacct") <= 4 and calls.count("squeue") <= 1, calls
+    assert {r["state"] for r in records} == {"COMPLETED", "PENDING"}
+    log.write_text("")
+    assert cli_json("status", finished["job_id"])[0]["state"] == "COMPLETED"
+    assert "sacct" not in log.read_text()  # cached in state.json by the first call
+
+
+def registry_add(job_dir: Path, job_id: str) -> None:
+    from bumps_mpi import registry
+
+    registry.add({"job_id": job_id, "job_dir": str(job_dir), "name": "many", "submitted": time.time()})

@@ -1,250 +1,18 @@
-"""The Python API behind bumps-submit: submit, run locally, status, results, cancel.
+"""The Python API behind bumps-submit's status, results, watch and cancel.
 
 The click layer only parses and prints; a notebook can call these directly.
-Importing this module stays cheap: bumps, numpy and mpi4py are imported only
-by the functions that check or run a model.
+Submitting lives in bumps_mpi.submission. Importing this module stays cheap:
+no numpy, bumps or mpi4py, nothing only `submit` needs.
 """
 
 from __future__ import annotations
 
-import datetime
-import os
-import re
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, registry, slurm
-from .config import load_settings, slurm_dir
-from .errors import JobNotFound, SubmitError, UsageError
-from .jobdir import JOB_FILE, LOCAL_STATE_FILE, MODEL_DIR, SCRIPT_FILE, JobDir, write_atomic, write_json
-from .postmortem import write_postmortem
-from .render import DIRECTIVES, render_sbatch
-
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-FINISHED = {
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "OUT_OF_MEMORY",
-    "NODE_FAIL",
-    "PREEMPTED",
-    "BOOT_FAIL",
-    "DEADLINE",
-}
-
-
-@dataclass
-class JobRequest:
-    """What the user asked for: the model, the fit and (for Slurm) the resources."""
-
-    model: Path
-    model_args: list[str] = field(default_factory=list)
-    fit: str = "dream"
-    fit_options: dict[str, Any] = field(default_factory=dict)
-    seed: int | None = None
-    name: str | None = None
-    jobs_dir: Path = Path("bumps-jobs")
-    job_dir: Path | None = None
-    profile: str | None = None
-    resources: dict[str, Any] = field(default_factory=dict)
-
-
-def _validate(request: JobRequest) -> tuple[str, dict[str, Any]]:
-    """Every check that needs no Slurm, before anything is written."""
-    from .fit import check_model, validate_fit_options
-
-    name = request.name or request.model.stem
-    if not NAME.match(name):
-        raise UsageError(
-            f"job name {name!r} is not allowed: use 1-64 letters, digits and ._+- (starting with a letter "
-            "or digit); pass --name for a model file whose name has other characters"
-        )
-    for key in ("nodes", "ntasks", "cpus_per_task", "threads"):
-        value = request.resources.get(key)
-        if value is not None and value < 1:
-            raise UsageError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
-    if request.seed is not None and not 0 <= request.seed < 2**32:
-        raise UsageError(f"--seed must be between 0 and 2**32-1, got {request.seed}")
-    options = validate_fit_options(request.fit, request.fit_options)
-    check = check_model(request.model, request.model_args)
-    return name, {"fit_options": options, "check": check}
-
-
-def _stamp() -> str:
-    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def _target_dir(request: JobRequest, name: str) -> Path:
-    if request.job_dir is not None:
-        target = Path(request.job_dir).absolute()
-    else:
-        target = Path(request.jobs_dir).absolute() / f"{name}-{_stamp()}-{os.urandom(2).hex()}"
-    if any(c in str(target) for c in "\n\r"):
-        raise UsageError("the job directory path contains a line break; choose another --jobs-dir")
-    if target.exists():
-        raise UsageError(
-            f"job directory {target} already exists; choose another --job-dir (nothing was changed)"
-        )
-    return target
-
-
-def _spec(
-    request: JobRequest, name: str, checked: dict[str, Any], settings: dict[str, Any]
-) -> dict[str, Any]:
-    from importlib.metadata import version
-
-    model = request.model.resolve()
-    return {
-        "name": name,
-        "model": str(model),
-        "model_args": list(request.model_args),
-        "fit": request.fit,
-        "fit_options": checked["fit_options"],
-        "seed": request.seed,
-        "threads": settings.get("threads", 1),
-        "parameters": checked["check"]["parameters"],
-        "start_nllf": checked["check"]["nllf"],
-        "resources": {k: settings.get(k) for k in (*DIRECTIVES, "launcher", "profile") if settings.get(k)},
-        "created": time.time(),
-        "versions": {"bumps_mpi": __version__, "bumps": version("bumps"), "python": sys.version.split()[0]},
-    }
-
-
-def _create_job_dir(target: Path, files: dict[str, str], model: Path) -> JobDir:
-    """Build the directory under a temporary name, then rename: a job dir is complete or absent."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    try:
-        for fname, text in files.items():
-            write_atomic(staging / fname, text)
-        (staging / MODEL_DIR).mkdir()
-        shutil.copy2(model, staging / MODEL_DIR / model.name)
-        os.rename(staging, target)  # fails if target appeared meanwhile: nothing overwritten
-    except FileExistsError:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise UsageError(f"job directory {target} already exists (nothing was changed)") from None
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if exc.errno in (39, 66):  # ENOTEMPTY: target exists and is not empty
-            raise UsageError(f"job directory {target} already exists (nothing was changed)") from None
-        raise
-    return JobDir(target)
-
-
-def prepare(request: JobRequest, cli_settings: dict[str, Any] | None = None) -> tuple[Path, dict, str]:
-    """Validate and render without writing: (job dir, spec, sbatch text)."""
-    settings = load_settings(request.profile, {**(cli_settings or {}), **request.resources})
-    request.resources = {k: settings.get(k) for k in ("nodes", "ntasks", "cpus_per_task", "threads")}
-    name, checked = _validate(request)
-    target = _target_dir(request, name)
-    spec = _spec(request, name, checked, settings)
-    script = render_sbatch(
-        template=(slurm_dir() / "job.sbatch").read_text(),
-        name=name,
-        job_dir=str(target),
-        python=settings.get("python") or sys.executable,
-        resources={k: settings.get(k) for k in DIRECTIVES},
-        launcher=settings.get("launcher", "srun"),
-        launcher_args=settings.get("launcher_args", []),
-        extra=settings.get("extra", []),
-        skip=settings.get("skip", []),
-        prologue=settings.get("prologue", []),
-        epilogue=settings.get("epilogue", []),
-        version=__version__,
-    )
-    return target, spec, script
-
-
-def submit(request: JobRequest, cli_settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Check, write the job directory, sbatch it, record it. Returns {job_id, job_dir}."""
-    target, spec, script = prepare(request, cli_settings)
-    slurm.require("sbatch")
-    job = _create_job_dir(target, {JOB_FILE: _json(spec), SCRIPT_FILE: script}, request.model)
-    try:
-        job_id = slurm.sbatch(job.file(SCRIPT_FILE), job.path)
-    except BaseException:
-        shutil.rmtree(job.path, ignore_errors=True)  # never submitted: leave no orphan directory
-        raise
-    job.update_spec(slurm={"job_id": job_id, "submitted": time.time()})
-    registry.add({"job_id": job_id, "job_dir": str(job.path), "name": spec["name"], "submitted": time.time()})
-    return {"job_id": job_id, "job_dir": str(job.path)}
-
-
-def _json(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
-
-
-def find_mpiexec() -> str:
-    """mpiexec beside this Python (the mpich wheel puts it there), else on PATH."""
-    beside = Path(sys.executable).parent / "mpiexec"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("mpiexec") or shutil.which("mpirun")
-    if not found:
-        raise SubmitError("no mpiexec found: install the MPI runtime with 'pip install mpich'")
-    return found
-
-
-def run_local(request: JobRequest, ranks: int, echo: Any = None) -> dict[str, Any]:
-    """Run the job now under mpiexec with *ranks* processes, no Slurm. Returns the status record."""
-    if ranks < 1:
-        raise UsageError(f"-n must be at least 1, got {ranks}")
-    target, spec, _ = prepare(request)
-    spec["local"] = {"ranks": ranks}
-    job = _create_job_dir(target, {JOB_FILE: _json(spec)}, request.model)
-    registry.add({"job_id": None, "job_dir": str(job.path), "name": spec["name"], "submitted": time.time()})
-    command = [
-        find_mpiexec(),
-        "-n",
-        str(ranks),
-        sys.executable,
-        "-m",
-        "mpi4py",
-        "-m",
-        "bumps_mpi.job",
-        str(job.path),
-    ]
-    started = time.time()
-    state, rc = "FAILED", -1
-    with open(job.file("local.out"), "ab") as log:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=job.path)
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                if echo:
-                    echo(line.decode(errors="replace").rstrip("\n"))
-            rc = proc.wait()
-            state = "COMPLETED" if rc == 0 and job.result is not None else "FAILED"
-            if rc != 0:
-                log.flush()
-                write_postmortem(job.path, rc, job.file("local.out"))
-        except KeyboardInterrupt:
-            proc.terminate()
-            rc = proc.wait()
-            state = "CANCELLED"
-            raise
-        finally:
-            write_json(
-                job.file(LOCAL_STATE_FILE),
-                {
-                    "state": state,
-                    "exit_code": rc,
-                    "started": started,
-                    "finished": time.time(),
-                    "command": command,
-                },
-            )
-    return status([str(job.path)])[0]
+from . import jobstate, registry, slurm
+from .errors import JobFailed, JobNotFound, UsageError
+from .jobdir import JOB_FILE, JobDir
 
 
 def resolve(ref: str) -> JobDir:
@@ -260,111 +28,23 @@ def resolve(ref: str) -> JobDir:
     raise JobNotFound(f"no job {ref!r}: give a job directory, or a job id that bumps-submit submitted")
 
 
-def _elapsed_seconds(text: str) -> int | None:
-    """Slurm's [D-]HH:MM:SS, MM:SS or MM:SS.mmm as seconds."""
-    if not text or text in ("INVALID", "UNLIMITED"):
-        return None
-    days, _, clock = text.rpartition("-")
-    parts = [float(p) for p in clock.split(":")]
-    while len(parts) < 3:
-        parts.insert(0, 0.0)
-    return int((int(days) if days else 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2])
-
-
-def status(refs: list[str] | None = None, limit: int = 20) -> list[dict[str, Any]]:
-    """One record per job: Slurm's view joined with the job directory's."""
+def status(
+    refs: list[str] | None = None, limit: int = 20, state: str | None = None, since: float | None = None
+) -> list[dict[str, Any]]:
+    """One record per job (see bumps_mpi.jobstate); no refs: my jobs, newest first, filtered."""
     if refs:
-        jobs = [resolve(r) for r in refs]
-    else:
-        jobs = [JobDir(e["job_dir"]) for e in registry.entries()[:limit] if Path(e["job_dir"]).is_dir()]
-    ids = [str(j.spec.get("slurm", {}).get("job_id")) for j in jobs if j.spec.get("slurm")]
-    problems: list[str] = []
-    accounting: dict[str, dict[str, str]] = {}
-    queue: dict[str, dict[str, str]] | None = {}
-    try:
-        accounting = slurm.sacct(ids) if ids else {}
-    except slurm.Unreachable as exc:
-        problems.append(str(exc))
-    missing = [i for i in ids if i not in accounting or accounting[i]["State"] == "PENDING"]
-    try:
-        queue = slurm.squeue(missing) if missing else {}
-    except slurm.Unreachable as exc:
-        problems.append(str(exc))
-        queue = None
-    unreachable = "; ".join(problems) if len(problems) == 2 or (problems and queue is None) else None
-    return [
-        _record(job, accounting, queue or {}, accounting_ok=not problems, unreachable=unreachable)
-        for job in jobs
-    ]
-
-
-def _record(
-    job: JobDir,
-    accounting: dict[str, dict[str, str]],
-    queue: dict[str, dict[str, str]],
-    accounting_ok: bool = True,
-    unreachable: str | None = None,
-) -> dict:
-    spec = job.spec
-    job_id = spec.get("slurm", {}).get("job_id")
-    record: dict[str, Any] = {
-        "job_id": job_id,
-        "job_dir": str(job.path),
-        "name": spec.get("name"),
-        "state": "UNKNOWN",
-        "slurm_state": None,
-        "exit_code": None,
-        "elapsed": None,
-        "elapsed_s": None,
-        "reason": None,
-    }
-    if job_id is None:
-        local = job.local_state
-        if local is None:
-            record.update(state="RUNNING" if job.result is None and job.error is None else "UNKNOWN")
-        else:
-            seconds = int(local["finished"] - local["started"])
-            record.update(
-                state=local["state"],
-                slurm_state=None,
-                exit_code=f"{local['exit_code']}:0",
-                elapsed=str(datetime.timedelta(seconds=seconds)),
-                elapsed_s=seconds,
-            )
-    elif job_id in accounting and accounting[job_id]["State"] != "PENDING":
-        row = accounting[job_id]
-        word = row["State"].split()[0]  # "CANCELLED by 0" -> CANCELLED
-        record.update(
-            state=word,
-            slurm_state=row["State"],
-            exit_code=row["ExitCode"],
-            elapsed=row["Elapsed"],
-            elapsed_s=_elapsed_seconds(row["Elapsed"]),
-        )
-    elif job_id in queue:
-        row = queue[job_id]
-        record.update(
-            state=row["State"],
-            slurm_state=row["State"],
-            reason=row["Reason"],
-            elapsed=row["Elapsed"],
-            elapsed_s=_elapsed_seconds(row["Elapsed"]),
-        )
-    elif (
-        accounting_ok
-    ):  # accounting lags a few seconds behind sbatch: not yet known is pending, never finished
-        record.update(state="PENDING", reason="not yet in accounting")
-    else:  # Slurm did not answer: say so, never guess
-        record.update(state="UNKNOWN", reason=f"Slurm not reachable ({unreachable or 'accounting failed'})")
-    error = job.error
-    if error is not None:
-        record["error"] = {
-            k: error.get(k) for k in ("message", "rank", "host", "point", "phase", "traceback")
-        }
-    result = job.result
-    if result is not None:
-        record["chisq"] = result.get("chisq")
-    return record
+        return jobstate.status([resolve(r) for r in refs])
+    entries = [e for e in registry.entries() if since is None or (e.get("submitted") or 0) >= since]
+    jobs = [JobDir(e["job_dir"]) for e in entries if (Path(e["job_dir"]) / JOB_FILE).is_file()]
+    if state is None:
+        return jobstate.status(jobs[:limit])
+    wanted = state.upper()
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(jobs), 50):  # a state filter may need to look further back than limit
+        found += [r for r in jobstate.status(jobs[start : start + 50]) if r["state"] == wanted]
+        if len(found) >= limit:
+            break
+    return found[:limit]
 
 
 def results(ref: str) -> dict[str, Any]:
@@ -376,18 +56,8 @@ def results(ref: str) -> dict[str, Any]:
     error = job.error
     if error is not None:
         raise JobFailed(error)
-    state = status([str(job.path)])[0]["state"]
+    state = jobstate.status([job])[0]["state"]
     raise JobNotFound(f"job {ref} has no results yet (state {state})")
-
-
-class JobFailed(JobNotFound):
-    """The job wrote error.json: carries it so the CLI can show the traceback."""
-
-    def __init__(self, error: dict[str, Any]):
-        self.error = error
-        super().__init__(
-            f"the fit failed on rank {error.get('rank')} ({error.get('host')}): {error.get('message')}"
-        )
 
 
 def cancel(ref: str) -> dict[str, Any]:

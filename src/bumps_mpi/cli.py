@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from . import __version__, api
-from .errors import BumpsMpiError
+from . import __version__
+from .errors import BumpsMpiError, JobFailed
+from .states import JobState
 
 FIT_FLAGS = ("steps", "samples", "burn", "pop", "init", "thin")
 
@@ -34,7 +36,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except api.JobFailed as exc:
+        except JobFailed as exc:
             click.echo(f"bumps-submit: error: {exc}", err=True)
             click.echo((exc.error.get("traceback") or "").rstrip(), err=True)
             sys.exit(1)
@@ -119,6 +121,8 @@ def submit(
 
     MODEL_ARGS are passed to the model file (put them after `--`).
     """
+    from . import api, submission
+
     fit_options = {k: flags.pop(k) for k in FIT_FLAGS if flags.get(k) is not None}
     for k in FIT_FLAGS:
         flags.pop(k, None)
@@ -126,7 +130,7 @@ def submit(
     resources = {k: v for k, v in flags.items() if v is not None}
     if time_ is not None:
         resources["time"] = time_
-    request = api.JobRequest(
+    request = submission.JobRequest(
         model=model,
         model_args=list(model_args),
         fit=fit,
@@ -139,7 +143,7 @@ def submit(
         resources=resources,
     )
     if dry_run:
-        target, spec, script = api.prepare(request)
+        target, spec, script = submission.prepare(request)
         if as_json:
             _emit_json({"job_dir": str(target), "script": script, "spec": spec})
         else:
@@ -147,7 +151,7 @@ def submit(
         return
     if local:
         echo = None if as_json else (lambda line: click.echo(line, err=True))
-        record = api.run_local(request, ranks, echo=echo)
+        record = submission.run_local(request, ranks, echo=echo)
         if as_json:
             _emit_json(record)
         else:
@@ -158,20 +162,46 @@ def submit(
             _print_error(record)
             sys.exit(1)
         return
-    submitted = api.submit(request)
+    submitted = submission.submit(request)
     if as_json:
         _emit_json(submitted)
     else:
         click.echo(f"Submitted job {submitted['job_id']}\n  directory: {submitted['job_dir']}")
 
 
+def _since(text: str | None) -> float | None:
+    """'30m', '2h', '3d' ago, or a date 'YYYY-MM-DD[THH:MM]', as a Unix time."""
+    if text is None:
+        return None
+    import datetime
+
+    units = {"m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units:
+            return time.time() - float(text[:-1]) * units[text[-1]]
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: use 30m, 2h, 3d or a date like 2026-11-25", param_hint="--since"
+        ) from None
+
+
 @main.command()
 @click.argument("jobs", nargs=-1)
 @click.option("--limit", type=int, default=20, show_default=True, help="With no JOB: how many recent jobs.")
+@click.option(
+    "--state",
+    "state",
+    type=click.Choice([s.value for s in JobState], case_sensitive=False),
+    help="With no JOB: only jobs in this state.",
+)
+@click.option("--since", help="With no JOB: only jobs submitted since (30m, 2h, 3d, 2026-11-25).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(jobs: tuple[str, ...], limit: int, as_json: bool) -> None:
-    """State of JOB(s) (Slurm id or job directory); no JOB: my recent jobs."""
-    records = api.status(list(jobs), limit=limit)
+def status(jobs: tuple[str, ...], limit: int, state: str | None, since: str | None, as_json: bool) -> None:
+    """State of JOB(s) (Slurm id or job directory); no JOB: my recent jobs, newest first."""
+    from . import api
+
+    records = api.status(list(jobs), limit=limit, state=state, since=_since(since))
     if as_json:
         _emit_json(records)
         return
@@ -185,6 +215,8 @@ def status(jobs: tuple[str, ...], limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def results(job: str, as_json: bool) -> None:
     """Best parameters, uncertainties and chi-square of a finished fit."""
+    from . import api
+
     found = api.results(job)
     if as_json:
         _emit_json(found)
@@ -194,9 +226,79 @@ def results(job: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("job")
+@click.option(
+    "--interval",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="First polling interval in seconds; it backs off to 30 s while nothing changes.",
+)
+def watch(job: str, interval: float) -> None:
+    """Follow JOB until it ends, with a progress bar; exit 0 only if the fit completed.
+
+    Ctrl-C stops watching, not the job.
+    """
+    from . import api
+
+    try:
+        record = _follow(job, max(interval, 0.2))
+    except KeyboardInterrupt:
+        click.echo(f"\nStopped watching; job {job} goes on.", err=True)
+        sys.exit(130)
+    _print_status([record])
+    if record["state"] == JobState.COMPLETED.value:
+        _print_results(api.results(job))
+        return
+    _print_error(record)
+    sys.exit(1)
+
+
+def _follow(job: str, interval: float) -> dict[str, Any]:
+    """Poll status with a bounded back-off; draw progress while the fit reports it."""
+    from . import api
+
+    bar: Any = None
+    last: Any = None
+    wait = interval
+    try:
+        while True:
+            record = api.status([job])[0]
+            progress = record.get("progress")
+            if JobState(record["state"]).terminal:
+                return record
+            if progress and record["state"] == JobState.RUNNING.value:
+                if bar is None:
+                    bar = click.progressbar(
+                        length=progress["steps"],
+                        label=f"job {job} {progress.get('steps')} steps",
+                        file=sys.stderr,
+                        show_eta=False,
+                    )
+                    bar.__enter__()
+                bar.label = f"job {job}  {_progress_text(progress)}"
+                bar.update(max(0, (progress["step"] or 0) - bar.pos))
+            elif (record["state"], record.get("reason")) != last:
+                click.echo(
+                    f"job {job}: {record['state']}"
+                    + (f" ({record['reason']})" if record.get("reason") else ""),
+                    err=True,
+                )
+            key = (record["state"], progress and progress.get("step"))
+            wait = interval if key != last else min(wait * 1.5, 30.0)
+            last = key if progress else (record["state"], record.get("reason"))
+            time.sleep(wait)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+@main.command()
+@click.argument("job")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def cancel(job: str, as_json: bool) -> None:
     """Cancel a submitted job."""
+    from . import api
+
     done = api.cancel(job)
     if as_json:
         _emit_json(done)
@@ -216,7 +318,27 @@ def _print_status(records: list[dict[str, Any]]) -> None:
             f"{r['name'] or '-':<20} {r['job_dir']}"
         )
         if r.get("reason") and r["state"] in ("PENDING", "UNKNOWN"):
-            click.echo(f"{'':>10}{r['state'].lower()}: {r['reason']}")
+            click.echo(
+                f"{'':>10}{r['state'].lower()}: {r['reason']}" + (f": {r['hint']}" if r.get("hint") else "")
+            )
+        if r.get("warning"):
+            click.echo(f"{'':>10}warning: {r['warning']}", err=True)
+        if r.get("progress") and r["state"] == JobState.RUNNING.value:
+            click.echo(f"{'':>10}{_progress_text(r['progress'])}")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _progress_text(p: dict[str, Any]) -> str:
+    """45%  step 450/1000  chisq 1.23  ETA 3m12s"""
+    chisq = f"  chisq {p['chisq']:.4g}" if p.get("chisq") is not None else ""
+    return f"{p['percent']:.0f}%  step {p['step']}/{p['steps']}{chisq}  ETA {_duration(p.get('eta_s'))}"
 
 
 def _print_error(record: dict[str, Any]) -> None:

@@ -23,6 +23,16 @@ class JobNotFound(BumpsMpiError):
     """No job directory or registry entry matches what the user named."""
 
 
+class JobFailed(JobNotFound):
+    """The job wrote error.json: carries it so the CLI can show the traceback."""
+
+    def __init__(self, error: dict):
+        self.error = error
+        super().__init__(
+            f"the fit failed on rank {error.get('rank')} ({error.get('host')}): {error.get('message')}"
+        )
+
+
 class RemoteError(BumpsMpiError):
     """An exception raised on another MPI rank, carried back to rank 0."""
 

@@ -97,14 +97,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any) -> int:
     from .errors import RemoteError
-    from .fit import run_fit, write_exports
+    from .fit import fitter_class, run_fit, write_exports
+    from .jobstate import PROGRESS_FILE
     from .mapper import Mapper
+    from .progress import ProgressMonitor
 
     mapper = Mapper(problem, comm)
     started = time.time()
     try:
+        options = spec.get("fit_options", {})
+        steps = fitter_class(spec["fit"]).max_steps(problem, options)
+        progress = ProgressMonitor(jobdir.file(PROGRESS_FILE), problem, spec["fit"], steps)
         driver, result = run_fit(
-            problem, spec["fit"], spec.get("fit_options", {}), mapper=mapper, seed=spec.get("seed")
+            problem, spec["fit"], options, mapper=mapper, seed=spec.get("seed"), monitors=[progress]
         )
     except BaseException as exc:  # noqa: B036 - report it, stop the workers, exit non-zero
         if isinstance(exc, RemoteError):

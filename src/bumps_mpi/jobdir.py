@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ EXPORT_DIR = "export"
 
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write *data* to *path* so that readers see the old file or the new one, never a mix."""
+    import tempfile  # only when writing: keeps `bumps-submit status` start-up small
+
     path = Path(path)
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

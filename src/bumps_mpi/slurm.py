@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,14 +11,23 @@ SACCT_FIELDS = ("JobIDRaw", "JobName", "State", "ExitCode", "Elapsed")
 BATCH = 50  # ids per sacct call: long -j lists hang sacct or overflow argv
 
 
+def _missing(command: str) -> SubmitError:
+    return SubmitError(f"{command} not found: is this a Slurm login node? (use --local to run here)")
+
+
 def require(command: str) -> None:
+    """Fail early (before anything is written) when a Slurm command is not installed."""
+    import shutil
+
     if shutil.which(command) is None:
-        raise SubmitError(f"{command} not found: is this a Slurm login node? (use --local to run here)")
+        raise _missing(command)
 
 
 def _run(args: list[str], timeout: float = 30, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    require(args[0])
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    except FileNotFoundError:
+        raise _missing(args[0]) from None
 
 
 def _first_line(text: str) -> str:

@@ -1,0 +1,66 @@
+"""The fit's own progress, written by rank 0 to progress.json for `status` and `watch`.
+
+A Bumps monitor: at most one atomic write every few seconds (and one at the
+end), never on the mapper's hot path. Only rank 0 runs it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from bumps.monitor import Monitor
+
+from .jobdir import write_json
+
+
+class ProgressMonitor(Monitor):
+    """Step, total steps, best nllf and chi-square, elapsed, ETA, non-finite evaluations."""
+
+    def __init__(self, path: Path, problem: Any, fitter: str, steps: int, every_s: float = 2.0):
+        self.path = path
+        self.problem = problem
+        self.fitter = fitter
+        self.steps = max(int(steps), 1)
+        self.every_s = every_s
+        self.failed = 0  # evaluations that gave NaN or inf (Bumps maps model failures to inf)
+        self._last = -math.inf
+
+    def config_history(self, history: Any) -> None:
+        history.requires(time=1, value=1, step=1, population_values=1)
+
+    def __call__(self, history: Any) -> None:
+        values = getattr(history, "population_values", None)
+        if values and values[0] is not None:
+            self.failed += int(sum(1 for v in values[0] if not math.isfinite(v)))
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            self._write(history, done=False)
+
+    def final(self, history: Any, best: dict[str, Any]) -> None:
+        self._write(history, done=True)
+
+    def _write(self, history: Any, done: bool) -> None:
+        step = int(history.step[0]) if history.step else 0
+        elapsed = float(history.time[0]) if history.time else 0.0
+        nllf = float(history.value[0]) if history.value else math.nan
+        steps = max(self.steps, step)
+        eta = 0.0 if done else (elapsed / step * (steps - step) if step else None)
+        write_json(
+            self.path,
+            {
+                "fitter": self.fitter,
+                "step": step,
+                "steps": steps,
+                "best_nllf": nllf,
+                "chisq": float(self.problem.chisq(nllf=nllf)) if math.isfinite(nllf) else None,
+                "elapsed_s": elapsed,
+                "eta_s": eta,
+                "failed_evaluations": self.failed,
+                "done": done,
+                "updated": time.time(),
+            },
+        )

@@ -1,0 +1,115 @@
+"""Job states: Slurm's many words mapped to a small documented set, and why a job is waiting.
+
+Slurm's own word is always kept beside ours (`slurm_state`), so nothing is lost.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class JobState(str, Enum):
+    PENDING = "PENDING"
+    """Waiting in the queue, or submitted but not yet in accounting (records lag a few seconds)."""
+    RUNNING = "RUNNING"
+    """Has an allocation: starting, running, completing or suspended."""
+    REQUEUED = "REQUEUED"
+    """Put back in the queue (time limit checkpoint, preemption, node failure) and will run again."""
+    COMPLETED = "COMPLETED"
+    """Ended with exit code 0."""
+    FAILED = "FAILED"
+    """Ended with a non-zero exit code; error.json says why when the fit itself failed."""
+    CANCELLED = "CANCELLED"
+    """Cancelled by the user or an administrator."""
+    TIMEOUT = "TIMEOUT"
+    """Reached its time limit (or its deadline)."""
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    """Killed for using more memory than it asked for."""
+    NODE_FAIL = "NODE_FAIL"
+    """A node it ran on failed (or did not boot)."""
+    PREEMPTED = "PREEMPTED"
+    """Stopped to make room for a higher-priority job."""
+    UNKNOWN = "UNKNOWN"
+    """Slurm could not be asked, or answered with a state this version does not know."""
+
+    @property
+    def terminal(self) -> bool:
+        """True when the job will not change state again (so its state can be cached)."""
+        return self in TERMINAL
+
+    @classmethod
+    def from_slurm(cls, word: str) -> JobState:
+        """Our state for a Slurm state word ("CANCELLED by 1000" included); UNKNOWN if unrecognised."""
+        word = word.split()[0].rstrip("+") if word.strip() else ""
+        if word in cls.__members__:
+            return cls[word]
+        return SLURM_WORDS.get(word, cls.UNKNOWN)
+
+
+TERMINAL = frozenset(
+    {
+        JobState.COMPLETED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+        JobState.TIMEOUT,
+        JobState.OUT_OF_MEMORY,
+        JobState.NODE_FAIL,
+        JobState.PREEMPTED,
+    }
+)
+
+SLURM_WORDS = {
+    "CONFIGURING": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING,
+    "RESIZING": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "SUSPENDED": JobState.RUNNING,
+    "STOPPED": JobState.RUNNING,
+    "REQUEUE_HOLD": JobState.REQUEUED,
+    "REQUEUE_FED": JobState.REQUEUED,
+    "RESV_DEL_HOLD": JobState.PENDING,
+    "BOOT_FAIL": JobState.NODE_FAIL,
+    "DEADLINE": JobState.TIMEOUT,
+    "REVOKED": JobState.CANCELLED,
+    "SPECIAL_EXIT": JobState.FAILED,
+}
+
+# Pending reasons (squeue %r) with what to do; True marks a job that can never start as submitted.
+PENDING_HINTS: dict[str, tuple[bool, str]] = {
+    "QOSMaxWallDurationPerJobLimit": (
+        True,
+        "the time limit exceeds your QOS's maximum: cancel and resubmit with a shorter --time",
+    ),
+    "AssocMaxWallDurationPerJobLimit": (
+        True,
+        "the time limit exceeds your account's maximum: cancel and resubmit with a shorter --time",
+    ),
+    "PartitionTimeLimit": (
+        True,
+        "the time limit exceeds the partition's: cancel and resubmit with a shorter "
+        "--time or another --partition",
+    ),
+    "PartitionNodeLimit": (
+        True,
+        "more nodes than the partition allows: cancel and resubmit with fewer --nodes",
+    ),
+    "BadConstraints": (True, "no node has what the job asks for: cancel and resubmit with other resources"),
+    "DependencyNeverSatisfied": (True, "the job it depends on failed, so it will never start: cancel it"),
+    "InvalidAccount": (True, "the account is not valid for you: cancel and resubmit with another --account"),
+    "InvalidQOS": (True, "the QOS is not valid for you: cancel and resubmit with another QOS"),
+    "JobHeldUser": (False, "held by you: release it with 'scontrol release JOBID'"),
+    "JobHeldAdmin": (False, "held by an administrator: ask them to release it"),
+    "Dependency": (False, "waiting for the job it depends on to finish"),
+    "BeginTime": (False, "waiting for its start time (a requeued job waits about two minutes)"),
+    "Priority": (False, "other jobs come first; it will start in turn"),
+    "Resources": (False, "waiting for nodes to become free"),
+    "ReqNodeNotAvail": (False, "a node it needs is unavailable (down, drained or reserved)"),
+}
+
+
+def pending_hint(reason: str | None) -> tuple[bool, str] | None:
+    """(never starts, what to do) for a pending reason, or None when there is nothing useful to say."""
+    if not reason or reason == "None":
+        return None
+    return PENDING_HINTS.get(reason.split(",")[0].strip("()"))
