@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, MODELS, SMALL_DREAM, cli, cli_json, serial_fit, wait_for_state
+from conftest import EXAMPLE, MODELS, ROOT, SMALL_DREAM, cli, cli_json, serial_fit, wait_for_state
 
 pytestmark = pytest.mark.slurm
 
@@ -205,3 +205,32 @@ def registry_add(job_dir: Path, job_id: str) -> None:
     from bumps_mpi import registry
 
     registry.add({"job_id": job_id, "job_dir": str(job_dir), "name": "many", "submitted": time.time()})
+
+
+def test_accounting_down_falls_back_to_the_controller_then_recovers(slurm_cluster, isolated):
+    """slurmdbd stopped: a running job is still RUNNING (from squeue) with a notice; then it recovers."""
+    running = submit(
+        isolated, EXAMPLE, "--ntasks", "1", "--fit-option", "samples=100000000", "--burn", "100000"
+    )
+    wait_for_state(running["job_id"], {"RUNNING"}, timeout=120)
+    pid = Path("/run/slurmdbd.pid").read_text().strip()
+    subprocess.run(["kill", pid], check=True)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["sacct", "-n", "-j", "1"], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, "slurmdbd did not stop"
+            time.sleep(0.5)
+        shown = cli("status", running["job_id"], "--json")
+        assert shown.returncode == 0, shown.stderr
+        record = json.loads(shown.stdout)[0]
+        assert record["state"] == "RUNNING" and "unavailable" in record["accounting"], record
+        human = cli("status", running["job_id"])
+        assert human.stderr.count("accounting unavailable") == 1 and "RUNNING" in human.stdout
+    finally:
+        subprocess.run(["scancel", running["job_id"]], check=False)
+        restart = {**os.environ, "SLURM_SKIP_SELFTEST": "1"}
+        subprocess.run(
+            [str(ROOT / "scripts" / "slurm-cluster"), "start"], capture_output=True, check=True, env=restart
+        )
+    record = wait_for_state(running["job_id"])
+    assert record["state"] == "CANCELLED" and not record.get("accounting")

@@ -202,6 +202,9 @@ def status(jobs: tuple[str, ...], limit: int, state: str | None, since: str | No
     from . import api
 
     records = api.status(list(jobs), limit=limit, state=state, since=_since(since))
+    notice = next((r["accounting"] for r in records if r.get("accounting")), None)
+    if notice:
+        click.echo(f"bumps-submit: accounting {notice}, for the jobs it still knows", err=True)
     if as_json:
         _emit_json(records)
         return

@@ -58,7 +58,11 @@ def status(jobs: list[JobDir]) -> list[dict[str, Any]]:
         accounting_ok=not problems,
         unreachable="; ".join(problems) if problems and queue is None else None,
     )
-    return [_record(job, cached[job.path], view) for job in jobs]
+    records = [_record(job, cached[job.path], view) for job in jobs]
+    if problems and queue is not None:  # slurmdbd down, controller up: say so (the CLI prints it once)
+        for record in records:
+            record["accounting"] = f"unavailable ({problems[0]}); states from the controller"
+    return records
 
 
 class _SlurmView:

@@ -91,8 +91,8 @@ def sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
 
 
 def squeue(job_ids: list[str]) -> dict[str, dict[str, str]]:
-    """What the controller knows now: state and pending reason, for jobs accounting lacks."""
-    proc = _ask(["squeue", "-h", "-a", "-o", "%i|%T|%r|%M"])
+    """What the controller knows now (recently finished jobs too): state and pending reason."""
+    proc = _ask(["squeue", "-h", "-a", "-t", "all", "-o", "%i|%T|%r|%M"])
     wanted = set(job_ids)
     found = {}
     for line in proc.stdout.splitlines():
