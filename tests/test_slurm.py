@@ -234,3 +234,25 @@ def test_accounting_down_falls_back_to_the_controller_then_recovers(slurm_cluste
         )
     record = wait_for_state(running["job_id"])
     assert record["state"] == "CANCELLED" and not record.get("accounting")
+
+
+def test_time_limit_ends_timeout(slurm_cluster, isolated):
+    """--time=1 (the cluster's smallest): Slurm ends the fit after about 90 s, and status says TIMEOUT."""
+    submitted = cli_json(
+        "submit",
+        EXAMPLE,
+        "--ntasks",
+        "1",
+        "--time",
+        "1",
+        "--fit-option",
+        "samples=100000000",
+        "--burn",
+        "100000",
+        "--jobs-dir",
+        isolated / "jobs",
+    )
+    record = wait_for_state(submitted["job_id"], timeout=300)
+    assert record["state"] == "TIMEOUT" and record["slurm_state"] == "TIMEOUT", record
+    assert record["elapsed_s"] >= 60 and not (Path(submitted["job_dir"]) / "result.json").exists()
+    assert (Path(submitted["job_dir"]) / "progress.json").is_file()  # how far it got is still there
