@@ -22,6 +22,8 @@ REQUIRE = os.environ.get("BUMPS_MPI_REQUIRE_CLUSTER") == "1"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED"}
 # a small DREAM fit: 40 points a generation, 150 generations
 SMALL_DREAM = ["--samples", "2000", "--burn", "100", "--seed", "7"]
+# a fit whose random start reaches the failing region of the failing test models at once
+FAILING_FIT = ["--init", "random", "--seed", "3", "--samples", "2000"]
 
 
 def unavailable(reason: str) -> None:

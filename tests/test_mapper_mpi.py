@@ -61,24 +61,7 @@ def test_failure_on_a_worker_ends_the_run(mpiexec, mode, balance):
 @pytest.mark.mpi_launch
 def test_model_failure_during_fit_is_reported(mpiexec, isolated):
     """A failing model in a real job: error.json names the rank, host and point; the job exits non-zero."""
-    from conftest import cli
-
-    proc = cli(
-        "submit",
-        MODELS / "fails_in_fit.py",
-        "--local",
-        "-n",
-        "2",
-        "--init",
-        "random",
-        "--seed",
-        "3",
-        "--samples",
-        "2000",
-        "--jobs-dir",
-        isolated / "jobs",
-        timeout=60,
-    )
+    proc = fail_locally("fails_in_fit.py", isolated)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAILED" in proc.stdout
     assert "model exploded at height=" in proc.stderr and "Traceback" in proc.stderr
@@ -89,6 +72,23 @@ def test_model_failure_during_fit_is_reported(mpiexec, isolated):
     assert error["phase"] == "fit" and error["rank"] in (0, 1) and len(error["point"]) == 2
     assert error["point"][0] > 4.5 and "RuntimeError: model exploded" in error["traceback"]
     assert not (job_dir / "result.json").exists()
+
+
+def fail_locally(model: str, isolated: Path):
+    """Run a failing test model with --local -n 2 and return the finished bumps-submit process."""
+    from conftest import FAILING_FIT, cli
+
+    return cli(
+        "submit",
+        MODELS / model,
+        "--local",
+        "-n",
+        "2",
+        *FAILING_FIT,
+        "--jobs-dir",
+        isolated / "jobs",
+        timeout=60,
+    )
 
 
 def bumps_cli(*args, mpiexec: str | None = None, ranks: int = 2, timeout: float = 120):
@@ -134,24 +134,7 @@ def test_drop_in_failure_ends_the_run_non_zero(mpiexec, tmp_path):
 @pytest.mark.mpi_launch
 def test_dead_rank_is_named_in_error_json(mpiexec, isolated):
     """A rank killed mid-fit: the run ends, and error.json says which rank died and how."""
-    from conftest import cli
-
-    proc = cli(
-        "submit",
-        MODELS / "dies_in_fit.py",
-        "--local",
-        "-n",
-        "2",
-        "--init",
-        "random",
-        "--seed",
-        "3",
-        "--samples",
-        "2000",
-        "--jobs-dir",
-        isolated / "jobs",
-        timeout=60,
-    )
+    proc = fail_locally("dies_in_fit.py", isolated)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     (job_dir,) = (isolated / "jobs").iterdir()
     error = json.loads((job_dir / "error.json").read_text())

@@ -10,7 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, MODELS, ROOT, SMALL_DREAM, cli, cli_json, serial_fit, wait_for_state
+from conftest import (
+    EXAMPLE,
+    FAILING_FIT,
+    MODELS,
+    ROOT,
+    SMALL_DREAM,
+    cli,
+    cli_json,
+    serial_fit,
+    wait_for_state,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -44,9 +54,7 @@ def test_fit_completes_and_equals_serial(slurm_cluster, isolated):
 
 
 def test_failing_model_ends_failed_with_traceback(slurm_cluster, isolated):
-    submitted = submit(
-        isolated, MODELS / "fails_in_fit.py", "--init", "random", "--seed", "3", "--samples", "2000"
-    )
+    submitted = submit(isolated, MODELS / "fails_in_fit.py", *FAILING_FIT)
     record = wait_for_state(submitted["job_id"])
     assert record["state"] == "FAILED" and record["exit_code"] == "1:0", record
     assert "model exploded at height=" in record["error"]["traceback"]
@@ -113,9 +121,7 @@ def _slurm_out(job_dir: str) -> str:
 
 
 def test_dead_rank_ends_failed_and_is_named(slurm_cluster, isolated):
-    submitted = submit(
-        isolated, MODELS / "dies_in_fit.py", "--init", "random", "--seed", "3", "--samples", "2000"
-    )
+    submitted = submit(isolated, MODELS / "dies_in_fit.py", *FAILING_FIT)
     record = wait_for_state(submitted["job_id"])
     assert record["state"] == "FAILED", record
     error = record["error"]
@@ -143,9 +149,7 @@ def test_progress_while_running_then_watch(slurm_cluster, isolated):
 
 
 def test_watch_a_failing_fit_exits_non_zero(slurm_cluster, isolated):
-    submitted = submit(
-        isolated, MODELS / "fails_in_fit.py", "--init", "random", "--seed", "3", "--samples", "2000"
-    )
+    submitted = submit(isolated, MODELS / "fails_in_fit.py", *FAILING_FIT)
     watched = cli("watch", submitted["job_id"], "--interval", "1", timeout=300)
     assert watched.returncode == 1
     assert "FAILED" in watched.stdout and "model exploded" in watched.stderr
