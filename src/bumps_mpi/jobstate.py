@@ -48,7 +48,7 @@ def status(jobs: list[JobDir]) -> list[dict[str, Any]]:
         problems.append(str(exc))
     waiting = [i for i in ids if i not in accounting or accounting[i]["State"] == "PENDING"]
     try:
-        queue = slurm.squeue(waiting) if waiting else {}
+        queue = slurm.squeue(waiting, finished=bool(problems)) if waiting else {}
     except slurm.Unreachable as exc:
         problems.append(str(exc))
         queue = None

@@ -90,9 +90,14 @@ def sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
     return records
 
 
-def squeue(job_ids: list[str]) -> dict[str, dict[str, str]]:
-    """What the controller knows now (recently finished jobs too): state and pending reason."""
-    proc = _ask(["squeue", "-h", "-a", "-t", "all", "-o", "%i|%T|%r|%M"])
+def squeue(job_ids: list[str], finished: bool = False) -> dict[str, dict[str, str]]:
+    """What the controller knows now: state and pending reason.
+
+    *finished* adds the jobs it still remembers after they ended (no exit code): only for when
+    accounting is down, since otherwise accounting's final record is the one to wait for.
+    """
+    states = ["-t", "all"] if finished else []
+    proc = _ask(["squeue", "-h", "-a", *states, "-o", "%i|%T|%r|%M"])
     wanted = set(job_ids)
     found = {}
     for line in proc.stdout.splitlines():
