@@ -52,7 +52,7 @@ def results(ref: str) -> dict[str, Any]:
     job = resolve(ref)
     result = job.result
     if result is not None:
-        return {"job_id": job.spec.get("slurm", {}).get("job_id"), "job_dir": str(job.path), **result}
+        return {"job_id": jobstate.job_id_of(job), "job_dir": str(job.path), **result}
     error = job.error
     if error is not None:
         raise JobFailed(error)
@@ -62,8 +62,8 @@ def results(ref: str) -> dict[str, Any]:
 
 def cancel(ref: str) -> dict[str, Any]:
     job = resolve(ref)
-    job_id = job.spec.get("slurm", {}).get("job_id")
+    job_id = jobstate.job_id_of(job)
     if job_id is None:
         raise UsageError(f"{ref} ran locally: stop it with Ctrl-C where it runs")
-    slurm.scancel(str(job_id))
+    slurm.scancel(job_id)
     return {"job_id": job_id, "job_dir": str(job.path), "cancelled": True}

@@ -59,6 +59,7 @@ class JobDir:
 
     def __init__(self, path: Path | str):
         self.path = Path(path).resolve()
+        self._spec: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"JobDir({str(self.path)!r})"
@@ -68,15 +69,18 @@ class JobDir:
 
     @property
     def spec(self) -> dict[str, Any]:
-        spec = read_json(self.file(JOB_FILE))
-        if spec is None:
-            raise FileNotFoundError(f"{self.path} is not a bumps-mpi job directory (no {JOB_FILE})")
-        return spec
+        """job.json, read once: it changes only through update_spec (results and progress are re-read)."""
+        if self._spec is None:
+            spec = read_json(self.file(JOB_FILE))
+            if spec is None:
+                raise FileNotFoundError(f"{self.path} is not a bumps-mpi job directory (no {JOB_FILE})")
+            self._spec = spec
+        return self._spec
 
     def update_spec(self, **fields: Any) -> None:
-        spec = self.spec
-        spec.update(fields)
+        spec = {**self.spec, **fields}
         write_json(self.file(JOB_FILE), spec)
+        self._spec = spec
 
     @property
     def result(self) -> dict[str, Any] | None:
