@@ -99,11 +99,16 @@ def test_hostile_paths_submitted_safely(slurm_cluster, isolated):
     assert record["state"] == "COMPLETED", (record, _slurm_out(submitted["job_dir"]))
     assert cli_json("results", submitted["job_id"])["chisq"] > 0
     assert not list(isolated.rglob("PWNED*"))
-    name = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-o", "JobName", "-j", submitted["job_id"]],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    deadline = time.monotonic() + 30  # the start record reaches accounting in batches: 'allocation' first
+    while True:
+        name = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "JobName", "-j", submitted["job_id"]],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if name != "allocation" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert name == "hostile"
 
 
