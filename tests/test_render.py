@@ -98,3 +98,19 @@ def test_srun_always_kills_the_step_when_a_rank_dies():
     """Else a killed rank leaves the others waiting in MPI until the time limit (seen on the test cluster)."""
     assert "srun --mpi=pmi2 --kill-on-bad-exit=1 " in render()
     assert render(launcher_args=["-K0"]).count("kill-on-bad-exit") == 0  # the site chose otherwise
+
+
+@pytest.mark.parametrize(
+    ("time", "grace", "expected"),
+    [("00:10:00", 120, 120), ("1", 120, 30), ("1", 15, 15), ("2-00:00:00", 300, 300), (None, 120, 120)],
+)
+def test_time_limit_signal_leaves_room_to_checkpoint(time, grace, expected):
+    """Slurm warns the batch shell (B:) *grace* s before the limit, never more than half the limit."""
+    text = render(resources={"time": time, "ntasks": 2}, signal_grace=grace)
+    assert f"#SBATCH --signal=B:USR1@{expected}\n" in text
+    assert "#SBATCH --requeue\n" in text
+
+
+def test_signal_grace_must_be_positive():
+    with pytest.raises(UsageError, match="signal_grace"):
+        render(signal_grace=0)

@@ -7,12 +7,13 @@ no numpy, bumps or mpi4py, nothing only `submit` needs.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from . import jobstate, registry, slurm
 from .errors import JobFailed, JobNotFound, UsageError
-from .jobdir import JOB_FILE, JobDir
+from .jobdir import CANCEL_FILE, JOB_FILE, JobDir
 
 
 def resolve(ref: str) -> JobDir:
@@ -65,5 +66,6 @@ def cancel(ref: str) -> dict[str, Any]:
     job_id = jobstate.job_id_of(job)
     if job_id is None:
         raise UsageError(f"{ref} ran locally: stop it with Ctrl-C where it runs")
+    job.file(CANCEL_FILE).write_text(f"{time.time()}\n")  # a job at its time limit must not requeue now
     slurm.scancel(job_id)
     return {"job_id": job_id, "job_dir": str(job.path), "cancelled": True}

@@ -84,6 +84,14 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--qos", help="Slurm QOS.")
 @click.option("--mem", help="Memory per node, e.g. 8G.")
 @click.option("--threads", type=int, help="Numeric-library threads per rank [1].")
+@click.option("--checkpoint-every", type=int, metavar="SECONDS", help="DREAM/DE checkpoint interval [600].")
+@click.option(
+    "--signal-grace",
+    type=int,
+    metavar="SECONDS",
+    help="Checkpoint and requeue this long before the limit [120].",
+)
+@click.option("--max-requeues", type=int, help="Time limits to requeue through before stopping [10].")
 @click.option("--profile", help="Site profile from your site.toml.")
 @click.option("--name", help="Job name [the model file's name].")
 @click.option(
@@ -297,6 +305,30 @@ def _follow(job: str, interval: float) -> dict[str, Any]:
 
 @main.command()
 @click.argument("job")
+@click.option("-n", "ranks", type=int, help="For a local job: MPI ranks [as before].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def resume(job: str, ranks: int | None, as_json: bool) -> None:
+    """Continue a stopped DREAM or DE fit from its checkpoint (here if it ran here, else resubmitted)."""
+    from . import api, submission
+
+    jobdir = api.resolve(job)
+    echo = None if as_json else (lambda line: click.echo(line, err=True))
+    done = submission.resume(jobdir, ranks, echo)
+    if as_json:
+        _emit_json(done)
+    elif done.get("resumed"):
+        click.echo(f"Resubmitted as job {done['job_id']}\n  directory: {done['job_dir']}")
+    else:
+        _print_status([done])
+        if done["state"] == "COMPLETED":
+            _print_results(api.results(done["job_dir"]))
+    if not done.get("resumed") and done["state"] != "COMPLETED":
+        _print_error(done)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("job")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def cancel(job: str, as_json: bool) -> None:
     """Cancel a submitted job."""
@@ -320,14 +352,15 @@ def _print_status(records: list[dict[str, Any]]) -> None:
             f"{job_id:>8}  {r['state']:<11} {r['exit_code'] or '-':<6} {r['elapsed'] or '-':>10}  "
             f"{r['name'] or '-':<20} {r['job_dir']}"
         )
-        if r.get("reason") and r["state"] in ("PENDING", "UNKNOWN"):
+        if r.get("reason") and r["state"] in ("PENDING", "REQUEUED", "UNKNOWN"):
             click.echo(
                 f"{'':>10}{r['state'].lower()}: {r['reason']}" + (f": {r['hint']}" if r.get("hint") else "")
             )
         if r.get("warning"):
             click.echo(f"{'':>10}warning: {r['warning']}", err=True)
-        if r.get("progress") and r["state"] == JobState.RUNNING.value:
-            click.echo(f"{'':>10}{_progress_text(r['progress'])}")
+        if r.get("progress") and r["state"] in (JobState.RUNNING.value, JobState.REQUEUED.value):
+            restarts = f"  restarts {r['restarts']}" if r.get("restarts") else ""
+            click.echo(f"{'':>10}{_progress_text(r['progress'])}{restarts}")
 
 
 def _duration(seconds: float | None) -> str:

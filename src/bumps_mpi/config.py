@@ -38,6 +38,9 @@ KEYS: dict[str, type] = {
     "epilogue": list,
     "extra": list,
     "skip": list,
+    "checkpoint_every": int,  # seconds between checkpoints of DREAM and DE fits
+    "signal_grace": int,  # seconds before the time limit at which the job checkpoints and requeues
+    "max_requeues": int,  # how many time limits a job may requeue through
 }
 DEFAULT_PROFILE = "default"
 

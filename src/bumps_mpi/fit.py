@@ -111,17 +111,24 @@ def run_fit(
     mapper: Mapper | None = None,
     seed: int | None = None,
     monitors: list[Any] | None = None,
+    fit_state: Any = None,
+    abort_test: Callable[[], bool] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Run one fit; returns the FitDriver (for exports) and the result summary."""
+    """Run one fit (or continue one from *fit_state*); returns the FitDriver and the result summary."""
     from bumps.fitters import FitDriver
 
     if seed is not None:
         np.random.seed(seed)
     driver = FitDriver(
-        fitter_class(fit_id), problem=problem, monitors=monitors or [], mapper=mapper, **options
+        fitter_class(fit_id),
+        problem=problem,
+        monitors=monitors or [],
+        mapper=mapper,
+        abort_test=abort_test,
+        **options,
     )
     start = time.perf_counter()
-    x, fx = driver.fit()
+    x, fx = driver.fit(fit_state=fit_state)
     elapsed = time.perf_counter() - start
     return driver, summarise(driver, fit_id, x, fx, elapsed)
 

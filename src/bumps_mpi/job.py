@@ -9,14 +9,18 @@ ends every rank with a non-zero exit, never a rank waiting in a collective.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import time
 import traceback
 from typing import Any
 
-from .jobdir import ERROR_FILE, EXPORT_DIR, RESULT_FILE, JobDir, write_json
+from .jobdir import ERROR_FILE, EXPORT_DIR, RESULT_FILE, JobDir, read_json, write_json
 from .postmortem import RANKS_FILE
+
+DEFAULT_CHECKPOINT_EVERY = 600.0  # seconds between checkpoints (and one at every requested stop)
+DEFAULT_MAX_REQUEUES = 10  # time limits a job may checkpoint and requeue through before it gives up
 
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -68,6 +72,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from mpi4py import MPI
 
+    from .checkpoint import StopRequest
+
+    stop = StopRequest(jobdir.path)
+    if MPI.COMM_WORLD.rank == 0:
+        stop.install()  # rank 0 checkpoints and stops the others
+    else:  # a Ctrl-C reaches every rank under mpiexec: only rank 0 acts on it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
     from .fit import load_model
 
     comm = MPI.COMM_WORLD
@@ -92,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
 
         serve(problem, comm)
         return 0
-    return _run_root(jobdir, spec, problem, comm)
+    return _run_root(jobdir, spec, problem, comm, stop)
 
 
-def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any) -> int:
+def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, stop: Any) -> int:
+    from . import checkpoint
     from .errors import RemoteError
     from .fit import fitter_class, run_fit, write_exports
     from .jobstate import PROGRESS_FILE
@@ -104,12 +118,38 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any) -> 
 
     mapper = Mapper(problem, comm)
     started = time.time()
+    prior_runs = len(read_json(jobdir.file(checkpoint.RUNS_FILE)) or [])
+    checkpoint.record_run(
+        jobdir.path, started=started, slurm_job_id=os.environ.get("SLURM_JOB_ID"), host=socket.gethostname()
+    )
     try:
-        options = spec.get("fit_options", {})
-        steps = fitter_class(spec["fit"]).max_steps(problem, options)
-        progress = ProgressMonitor(jobdir.file(PROGRESS_FILE), problem, spec["fit"], steps)
+        fit_id, options = spec["fit"], spec.get("fit_options", {})
+        steps = fitter_class(fit_id).max_steps(problem, options)
+        fit_state, info = None, {"elapsed_s": 0.0}
+        saved = jobdir.file(checkpoint.CHECKPOINT_FILE)
+        if fit_id in checkpoint.RESUMABLE and saved.exists():
+            fit_state, info = checkpoint.load(saved)  # also restores the random generator
+            print(f"bumps-mpi: resuming from the checkpoint at step {info['step']}", flush=True)
+            checkpoint.record_run(jobdir.path, update=True, resumed_from_step=info["step"])
+        monitors: list[Any] = [
+            ProgressMonitor(
+                jobdir.file(PROGRESS_FILE), problem, fit_id, steps, restarts=prior_runs, info=info
+            )
+        ]
+        checkpointer = None
+        if fit_id in checkpoint.RESUMABLE:
+            every = float(spec.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY))
+            checkpointer = checkpoint.Checkpointer(saved, fit_id, stop, every, info)
+            monitors.append(checkpointer)
         driver, result = run_fit(
-            problem, spec["fit"], options, mapper=mapper, seed=spec.get("seed"), monitors=[progress]
+            problem,
+            fit_id,
+            checkpoint.remaining_options(fit_id, options, info) if fit_state is not None else options,
+            mapper=mapper,
+            seed=spec.get("seed") if fit_state is None else None,
+            monitors=monitors,
+            fit_state=fit_state,
+            abort_test=(lambda: checkpointer.stopped) if checkpointer else None,
         )
     except BaseException as exc:  # noqa: B036 - report it, stop the workers, exit non-zero
         if isinstance(exc, RemoteError):
@@ -120,7 +160,11 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any) -> 
         mapper.stop()
         return 1
     mapper.stop()
+    if checkpointer is not None and checkpointer.stopped:
+        return _stopped(jobdir, spec, stop, checkpointer)
+    checkpoint.record_run(jobdir.path, update=True, finished=time.time(), reason="completed")
     result.update(
+        restarts=prior_runs,
         ranks=comm.size,
         host=socket.gethostname(),
         started=started,
@@ -137,6 +181,39 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any) -> 
         flush=True,
     )
     return 0
+
+
+def _stopped(jobdir: JobDir, spec: dict[str, Any], stop: Any, checkpointer: Any) -> int:
+    """After a checkpoint on request: ask for a requeue, or say why not and how to continue."""
+    from . import checkpoint
+
+    now = time.time()
+    checkpoint.record_run(
+        jobdir.path,
+        update=True,
+        finished=now,
+        reason=stop.reason,
+        stop_requested=stop.requested_at,
+        checkpoint_step=checkpointer.saved_step,
+        checkpoint_s=checkpointer.save_s,
+    )
+    where = f"stopped at step {checkpointer.saved_step} ({stop.reason}); checkpoint in {jobdir.path}"
+    in_slurm = "SLURM_JOB_ID" in os.environ
+    if stop.reason == "time limit" and in_slurm and not jobdir.file(checkpoint.CANCEL_FILE).exists():
+        requeues = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        limit = int(spec.get("max_requeues", DEFAULT_MAX_REQUEUES))
+        if requeues < limit:
+            print(f"bumps-mpi: {where}; requeue {requeues + 1} of at most {limit}", flush=True)
+            return checkpoint.REQUEUE_EXIT
+        message = (
+            f"time limit reached with the requeue limit ({limit}) spent: {where}; "
+            f"continue with 'bumps-submit resume {jobdir.path}' (or submit with a longer --time)"
+        )
+        report = {"host": socket.gethostname(), "traceback": "", "message": message}
+        _write_error(jobdir, "time limit", 0, report)
+        return 1
+    print(f"bumps-mpi: {where}; continue: bumps-submit resume {jobdir.path}", file=sys.stderr, flush=True)
+    return 130 if stop.reason == "interrupted" else 143
 
 
 def exit_with(code: int) -> None:

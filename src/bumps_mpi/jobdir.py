@@ -19,6 +19,10 @@ ERROR_FILE = "error.json"
 LOCAL_STATE_FILE = "local.json"
 MODEL_DIR = "model"
 EXPORT_DIR = "export"
+CHECKPOINT_FILE = "checkpoint.h5"  # the fit's state, to continue after a stop (bumps_mpi.checkpoint)
+STOP_FILE = "stop-request"  # written by the sbatch script's time-limit trap: checkpoint and stop
+CANCEL_FILE = "cancel-request"  # written by `bumps-submit cancel`: never requeue after it
+RUNS_FILE = "runs.json"  # one entry per allocation: started, finished, why, checkpoint timings
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:

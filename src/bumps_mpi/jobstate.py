@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import slurm
-from .jobdir import JobDir, read_json, write_json
+from .jobdir import RUNS_FILE, JobDir, read_json, write_json
 from .states import JobState, pending_hint
 
 STATE_FILE = "state.json"
@@ -118,9 +118,14 @@ def _record(job: JobDir, cached: dict | None, view: _SlurmView) -> dict[str, Any
         record.update(state=JobState.PENDING.value, reason="not yet in accounting")
     else:  # Slurm did not answer: say so, never guess
         record.update(reason=f"Slurm not reachable ({view.unreachable or 'accounting failed'})")
+    runs = read_json(job.file(RUNS_FILE)) or []
+    if runs:
+        record["restarts"] = len(runs) - 1  # allocations after the first: requeues and resumes
+    if record["state"] == JobState.PENDING.value and runs and job.result is None:
+        record["state"] = JobState.REQUEUED.value  # it ran and stopped at a checkpoint: it will continue
     if record["state"] == JobState.UNKNOWN.value and record["slurm_state"]:
         record["warning"] = f"Slurm state {record['slurm_state']!r} is not one bumps-mpi knows"
-    if record["state"] == JobState.PENDING.value:
+    if record["state"] in (JobState.PENDING.value, JobState.REQUEUED.value):
         hint = pending_hint(record["reason"])
         if hint:
             record["never_starts"], record["hint"] = hint

@@ -19,8 +19,20 @@ from .jobdir import write_json
 class ProgressMonitor(Monitor):
     """Step, total steps, best nllf and chi-square, elapsed, ETA, non-finite evaluations."""
 
-    def __init__(self, path: Path, problem: Any, fitter: str, steps: int, every_s: float = 2.0):
+    def __init__(
+        self,
+        path: Path,
+        problem: Any,
+        fitter: str,
+        steps: int,
+        every_s: float = 2.0,
+        restarts: int = 0,
+        info: dict[str, Any] | None = None,
+    ):
         self.path = path
+        self.restarts = restarts  # earlier allocations of this fit (requeues, resumes)
+        self.earlier_s = float((info or {}).get("elapsed_s", 0.0))  # their time, from the checkpoint
+        self._first_step: int | None = None  # this run's first step: the rate for the ETA
         self.problem = problem
         self.fitter = fitter
         self.steps = max(int(steps), 1)
@@ -32,6 +44,8 @@ class ProgressMonitor(Monitor):
         history.requires(time=1, value=1, step=1, population_values=1)
 
     def __call__(self, history: Any) -> None:
+        if self._first_step is None and history.step:
+            self._first_step = int(history.step[0])
         values = getattr(history, "population_values", None)
         if values and values[0] is not None:
             self.failed += int(sum(1 for v in values[0] if not math.isfinite(v)))
@@ -48,7 +62,10 @@ class ProgressMonitor(Monitor):
         elapsed = float(history.time[0]) if history.time else 0.0
         nllf = float(history.value[0]) if history.value else math.nan
         steps = max(self.steps, step)
-        eta = 0.0 if done else (elapsed / step * (steps - step) if step else None)
+        if self._first_step is None:
+            self._first_step = step
+        done_here = step - self._first_step
+        eta = 0.0 if done else (elapsed / done_here * (steps - step) if done_here > 0 else None)
         write_json(
             self.path,
             {
@@ -57,7 +74,8 @@ class ProgressMonitor(Monitor):
                 "steps": steps,
                 "best_nllf": nllf,
                 "chisq": float(self.problem.chisq(nllf=nllf)) if math.isfinite(nllf) else None,
-                "elapsed_s": elapsed,
+                "elapsed_s": self.earlier_s + elapsed,
+                "restarts": self.restarts,
                 "eta_s": eta,
                 "failed_evaluations": self.failed,
                 "done": done,

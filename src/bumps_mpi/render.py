@@ -39,6 +39,30 @@ def _directive(option: str, value: object, setting: str) -> str:
     return f"#SBATCH --{option}={text}"
 
 
+def limit_seconds(text: object) -> int | None:
+    """Slurm's --time (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in seconds; None if absent or unlimited."""
+    if text in (None, "") or str(text).upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, _, clock = str(text).rpartition("-")
+    try:
+        parts = [int(p) for p in clock.split(":")]
+        if len(parts) > 3:
+            return None
+        scale = (3600, 60, 1) if days or len(parts) == 3 else (60, 1)
+        seconds = sum(p * s for p, s in zip(parts, scale, strict=False))
+        return seconds + int(days or 0) * 86400
+    except ValueError:
+        return None
+
+
+def signal_seconds(grace: int, time_limit: object) -> int:
+    """How long before the time limit Slurm warns the job: *grace*, at most half the limit."""
+    if grace < 1:
+        raise UsageError(f"signal_grace must be at least 1 second, got {grace}")
+    limit = limit_seconds(time_limit)
+    return grace if limit is None else max(1, min(grace, limit // 2))
+
+
 def render_sbatch(
     *,
     template: str,
@@ -53,6 +77,7 @@ def render_sbatch(
     prologue: list[str] | tuple[str, ...] = (),
     epilogue: list[str] | tuple[str, ...] = (),
     version: str = "",
+    signal_grace: int = 120,
 ) -> str:
     """The sbatch text for one job; the keyword arguments are the whole set of options."""
     if "\n" in job_dir or "\r" in job_dir:
@@ -61,7 +86,10 @@ def render_sbatch(
         "job-name": _directive("job-name", name, "name"),
         "output": "#SBATCH --output=slurm-%j.out",  # relative: sbatch runs in the job directory
         "open-mode": "#SBATCH --open-mode=append",  # requeued runs append, never overwrite
+        "requeue": "#SBATCH --requeue",  # the job requeues itself at its time limit (see job.sbatch)
     }
+    grace = signal_seconds(signal_grace, resources.get("time"))
+    lines["signal"] = f"#SBATCH --signal=B:USR1@{grace}"
     for setting, option in DIRECTIVES.items():
         value = resources.get(setting)
         if value not in (None, ""):
@@ -85,6 +113,7 @@ def render_sbatch(
     return Template(template).substitute(
         directives="\n".join(lines[k] for k in sorted(lines)),
         version=version,
+        grace=grace,
         name=name,
         job_dir=shlex.quote(job_dir),
         prologue="\n".join(prologue),

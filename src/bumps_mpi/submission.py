@@ -26,6 +26,7 @@ from .jobdir import JOB_FILE, LOCAL_STATE_FILE, MODEL_DIR, SCRIPT_FILE, JobDir, 
 from .postmortem import write_postmortem
 from .render import DIRECTIVES, render_sbatch
 
+JOB_SETTINGS = ("checkpoint_every", "signal_grace", "max_requeues")  # settings for the job, not sbatch
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
@@ -55,10 +56,12 @@ def _validate(request: JobRequest) -> tuple[str, dict[str, Any]]:
             f"job name {name!r} is not allowed: use 1-64 letters, digits and ._+- (starting with a letter "
             "or digit); pass --name for a model file whose name has other characters"
         )
-    for key in ("nodes", "ntasks", "cpus_per_task", "threads"):
+    for key in ("nodes", "ntasks", "cpus_per_task", "threads", "checkpoint_every", "signal_grace"):
         value = request.resources.get(key)
         if value is not None and value < 1:
             raise UsageError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
+    if (request.resources.get("max_requeues") or 0) < 0:
+        raise UsageError(f"--max-requeues must not be negative, got {request.resources['max_requeues']}")
     if request.seed is not None and not 0 <= request.seed < 2**32:
         raise UsageError(f"--seed must be between 0 and 2**32-1, got {request.seed}")
     options = validate_fit_options(request.fit, request.fit_options)
@@ -98,6 +101,8 @@ def _spec(
         "fit_options": checked["fit_options"],
         "seed": request.seed,
         "threads": settings.get("threads", 1),
+        "checkpoint_every": settings.get("checkpoint_every", 600),
+        "max_requeues": settings.get("max_requeues", 10),
         "parameters": checked["check"]["parameters"],
         "start_nllf": checked["check"]["nllf"],
         "resources": {k: settings.get(k) for k in (*DIRECTIVES, "launcher", "profile") if settings.get(k)},
@@ -130,7 +135,9 @@ def _create_job_dir(target: Path, files: dict[str, str], model: Path) -> JobDir:
 def prepare(request: JobRequest, cli_settings: dict[str, Any] | None = None) -> tuple[Path, dict, str]:
     """Validate and render without writing: (job dir, spec, sbatch text)."""
     settings = load_settings(request.profile, {**(cli_settings or {}), **request.resources})
-    request.resources = {k: settings.get(k) for k in ("nodes", "ntasks", "cpus_per_task", "threads")}
+    request.resources = {
+        k: settings.get(k) for k in ("nodes", "ntasks", "cpus_per_task", "threads", *JOB_SETTINGS)
+    }
     name, checked = _validate(request)
     target = _target_dir(request, name)
     spec = _spec(request, name, checked, settings)
@@ -147,6 +154,7 @@ def prepare(request: JobRequest, cli_settings: dict[str, Any] | None = None) -> 
         prologue=settings.get("prologue", []),
         epilogue=settings.get("epilogue", []),
         version=__version__,
+        signal_grace=settings.get("signal_grace", 120),
     )
     return target, spec, script
 
@@ -189,21 +197,38 @@ def run_local(request: JobRequest, ranks: int, echo: Any = None) -> dict[str, An
     spec["local"] = {"ranks": ranks}
     job = _create_job_dir(target, {JOB_FILE: _json(spec)}, request.model)
     registry.add({"job_id": None, "job_dir": str(job.path), "name": spec["name"], "submitted": time.time()})
-    command = [
-        find_mpiexec(),
-        "-n",
-        str(ranks),
-        sys.executable,
-        "-m",
-        "mpi4py",
-        "-m",
-        "bumps_mpi.job",
-        str(job.path),
-    ]
+    return run_local_job(job, ranks, echo)
+
+
+def run_local_job(job: JobDir, ranks: int, echo: Any = None) -> dict[str, Any]:
+    """Run (or continue, from its checkpoint) a job directory under mpiexec here.
+
+    mpiexec runs in its own session, so a Ctrl-C or SIGTERM reaches only this
+    process, which passes it to rank 0: rank 0 checkpoints at its next
+    generation and stops the others (a second Ctrl-C kills the run).
+    """
+    import signal
+
+    from .checkpoint import CHECKPOINT_FILE
+
+    command = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "bumps_mpi.job"]
+    command.append(str(job.path))
     started = time.time()
-    state, rc = "FAILED", -1
+    stops: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        stops.append(signum)
+        rank0 = _rank0_pid(job)
+        if len(stops) > 1 or rank0 is None:
+            proc.kill()
+        else:
+            os.kill(rank0, signum)
+
     with open(job.file("local.out"), "ab") as log:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=job.path)
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=job.path, start_new_session=True
+        )
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -211,24 +236,61 @@ def run_local(request: JobRequest, ranks: int, echo: Any = None) -> dict[str, An
                 if echo:
                     echo(line.decode(errors="replace").rstrip("\n"))
             rc = proc.wait()
-            state = "COMPLETED" if rc == 0 and job.result is not None else "FAILED"
-            if rc != 0:
-                log.flush()
-                write_postmortem(job.path, rc, job.file("local.out"))
-        except KeyboardInterrupt:
-            proc.terminate()
-            rc = proc.wait()
-            state = "CANCELLED"
-            raise
         finally:
-            write_json(
-                job.file(LOCAL_STATE_FILE),
-                {
-                    "state": state,
-                    "exit_code": rc,
-                    "started": started,
-                    "finished": time.time(),
-                    "command": command,
-                },
-            )
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if job.result is not None and rc == 0:
+            state = "COMPLETED"
+        elif stops and job.file(CHECKPOINT_FILE).exists():
+            state = "CANCELLED"  # stopped on request, resumable: `bumps-submit resume`
+        else:
+            state = "CANCELLED" if stops else "FAILED"
+            log.flush()
+            if not stops:
+                write_postmortem(job.path, rc, job.file("local.out"))
+        write_json(
+            job.file(LOCAL_STATE_FILE),
+            dict(state=state, exit_code=rc, started=started, finished=time.time(), command=command),
+        )
     return jobstate.status([job])[0]
+
+
+def _rank0_pid(job: JobDir) -> int | None:
+    from .jobdir import read_json
+    from .postmortem import RANKS_FILE
+
+    ranks = read_json(job.file(RANKS_FILE))
+    return int(ranks[0]["pid"]) if ranks else None
+
+
+def resume(job: JobDir, ranks: int | None = None, echo: Any = None) -> dict[str, Any]:
+    """Continue a stopped fit from its checkpoint: here if it ran here, else as a new Slurm job.
+
+    Nothing is lost: the old error.json and cached state are kept under new names.
+    """
+    from .checkpoint import CANCEL_FILE, CHECKPOINT_FILE, RESUMABLE
+
+    spec = job.spec
+    if job.result is not None:
+        raise UsageError(f"{job.path} already completed: see 'bumps-submit results {job.path}'")
+    if spec["fit"] not in RESUMABLE:
+        only = ", ".join(RESUMABLE)
+        raise UsageError(f"fitter {spec['fit']!r} cannot resume (only {only} can); submit it again")
+    if not job.file(CHECKPOINT_FILE).exists():
+        raise UsageError(f"{job.path} has no checkpoint yet: submit the model again")
+    record = jobstate.status([job])[0]
+    if record["state"] in ("PENDING", "RUNNING", "REQUEUED", "UNKNOWN"):
+        raise UsageError(f"job {record['job_id'] or job.path} is {record['state']}: it continues by itself")
+    stamp = _stamp()
+    for name in ("error.json", jobstate.STATE_FILE, LOCAL_STATE_FILE):
+        if job.file(name).exists():
+            os.replace(job.file(name), job.file(f"{name}.{stamp}"))
+    job.file(CANCEL_FILE).unlink(missing_ok=True)
+    if "slurm" not in spec:
+        return run_local_job(job, ranks or int(spec.get("local", {}).get("ranks", 2)), echo)
+    slurm.require("sbatch")
+    job_id = slurm.sbatch(job.file(SCRIPT_FILE), job.path)
+    earlier = [*spec["slurm"].get("earlier_job_ids", []), spec["slurm"]["job_id"]]
+    job.update_spec(slurm={"job_id": job_id, "submitted": time.time(), "earlier_job_ids": earlier})
+    registry.add({"job_id": job_id, "job_dir": str(job.path), "name": spec["name"], "submitted": time.time()})
+    return {"job_id": job_id, "job_dir": str(job.path), "resumed": True}

@@ -1,0 +1,174 @@
+"""Checkpoints: a fit that stops (time limit, preemption, Ctrl-C) continues later where it stopped.
+
+One HDF5 file per job directory, written by rank 0 under a temporary name,
+fsynced and renamed over the old one: a kill at any instant leaves the old
+checkpoint or the new one, never a broken one. It holds the fitter's own
+state (Bumps' `h5dump`: DREAM's chains, history and current population; DE's
+history), numpy's global random generator and a little JSON about the run.
+
+DREAM is stopped only where its outer loop ends (every `Dream.DE_steps`
+generations): Bumps tests for the end of the chain there, so a fit resumed
+from such a generation has exactly the generations the user asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bumps.monitor import Monitor
+
+from .jobdir import CANCEL_FILE, CHECKPOINT_FILE, RUNS_FILE, STOP_FILE, read_json, write_json
+
+__all__ = ["CANCEL_FILE", "CHECKPOINT_FILE", "RUNS_FILE", "STOP_FILE", "Checkpointer", "StopRequest"]
+RESUMABLE = ("dream", "de")
+REQUEUE_EXIT = 3  # the job's exit code for "checkpointed at the time limit: requeue me"
+
+
+def save(path: Path, fit_id: str, fit_state: Any, info: dict[str, Any]) -> float:
+    """Write the checkpoint atomically; returns the seconds it took."""
+    import h5py
+
+    from .fit import fitter_class
+
+    start = time.perf_counter()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as h5:
+            fitter_class(fit_id).h5dump(h5.create_group("fit_state"), fit_state)
+            name, keys, pos, has_gauss, gauss = np.random.get_state()
+            h5.create_dataset("rng_keys", data=keys)
+            h5.attrs["rng"] = json.dumps([name, int(pos), int(has_gauss), float(gauss)])
+            h5.attrs["info"] = json.dumps({**info, "fit": fit_id})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a crash of the node
+        finally:
+            os.close(directory)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return time.perf_counter() - start
+
+
+def load(path: Path) -> tuple[Any, dict[str, Any]]:
+    """(fit state for FitDriver.fit(fit_state=...), info); restores numpy's random generator."""
+    import h5py
+
+    from .fit import fitter_class
+
+    with h5py.File(path, "r") as h5:
+        info = json.loads(h5.attrs["info"])
+        fit_state = fitter_class(info["fit"]).h5load(h5["fit_state"])
+        name, pos, has_gauss, gauss = json.loads(h5.attrs["rng"])
+        np.random.set_state((name, np.array(h5["rng_keys"]), pos, has_gauss, gauss))
+    return fit_state, info
+
+
+def remaining_options(fit_id: str, options: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """Fit options for the resumed run: DE counts its steps on top of the saved ones, DREAM does not."""
+    if fit_id == "de":
+        from .fit import fitter_class
+
+        steps = int(options.get("steps", dict(fitter_class("de").settings)["steps"]))
+        return {**options, "steps": max(steps - int(info["step"]), 0)}
+    return options
+
+
+class StopRequest:
+    """Why the fit should stop at its next checkpoint: a signal on rank 0, or the stop file."""
+
+    def __init__(self, job_dir: Path):
+        self.stop_file = job_dir / STOP_FILE
+        self.reason: str | None = None
+        self.requested_at: float | None = None
+
+    def install(self) -> None:
+        """SIGUSR1: time limit soon; SIGTERM: preemption or kill; SIGINT: Ctrl-C (locally)."""
+        names = {signal.SIGUSR1: "time limit", signal.SIGTERM: "terminated", signal.SIGINT: "interrupted"}
+        for signum, reason in names.items():
+            signal.signal(signum, lambda _s, _f, reason=reason: self.request(reason))
+
+    def request(self, reason: str, at: float | None = None) -> None:
+        if self.reason is None:
+            self.reason, self.requested_at = reason, at or time.time()
+
+    def poll(self) -> bool:
+        if self.reason is None and self.stop_file.exists():
+            text = self.stop_file.read_text().split()
+            at = float(text[0]) if text and _is_number(text[0]) else None
+            self.request(" ".join(text[1:]) or "time limit", at)
+        return self.reason is not None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+class Checkpointer(Monitor):
+    """Rank 0's monitor: checkpoint every *every_s* seconds and when a stop is requested, then stop.
+
+    The fit's abort_test is `checkpointer.stopped`, so the fit ends at the
+    generation whose state was saved.
+    """
+
+    def __init__(self, path: Path, fit_id: str, stop: StopRequest, every_s: float, info: dict[str, Any]):
+        self.path, self.fit_id, self.stop, self.every_s = path, fit_id, stop, every_s
+        self.carried = info  # carried across runs: elapsed_s of earlier runs, restarts
+        self.stopped = False
+        self.saved_step: int | None = None
+        self.save_s: float | None = None
+        self._started = time.monotonic()
+        self._last = time.monotonic()
+        self._period = 1
+        if fit_id == "dream":
+            from bumps.dream.core import Dream
+
+            self._period = Dream.DE_steps
+
+    def config_history(self, history: Any) -> None:
+        history.requires(step=1, time=1)
+
+    def __call__(self, history: Any) -> None:
+        step = int(history.step[0]) if history.step else 0
+        if self.stopped or step < 1 or (step - 1) % self._period:
+            return  # DREAM: only where its outer loop ends (see the module docstring)
+        stopping = self.stop.poll()
+        if not stopping and time.monotonic() - self._last < self.every_s:
+            return
+        state = self._fit_state(history)
+        if state is None:
+            return
+        elapsed = self.carried.get("elapsed_s", 0.0) + time.monotonic() - self._started
+        self.save_s = save(self.path, self.fit_id, state, {**self.carried, "step": step, "elapsed_s": elapsed})
+        self.saved_step, self._last = step, time.monotonic()
+        self.stopped = stopping
+
+    def _fit_state(self, history: Any) -> Any:
+        if self.fit_id == "dream":
+            return getattr(history, "fit_state", None)
+        return history.snapshot()
+
+
+def record_run(job_dir: Path, **entry: Any) -> list[dict[str, Any]]:
+    """Add to (or with `update=True`, complete) this allocation's entry in runs.json."""
+    runs = read_json(job_dir / RUNS_FILE) or []
+    if entry.pop("update", False) and runs:
+        runs[-1].update(entry)
+    else:
+        runs.append(entry)
+    write_json(job_dir / RUNS_FILE, runs)
+    return runs
