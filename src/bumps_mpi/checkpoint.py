@@ -39,6 +39,8 @@ def save(path: Path, fit_id: str, fit_state: Any, info: dict[str, Any]) -> float
 
     start = time.perf_counter()
     path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed while saving
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with h5py.File(tmp, "w") as h5:
@@ -153,7 +155,8 @@ class Checkpointer(Monitor):
         if state is None:
             return
         elapsed = self.carried.get("elapsed_s", 0.0) + time.monotonic() - self._started
-        self.save_s = save(self.path, self.fit_id, state, {**self.carried, "step": step, "elapsed_s": elapsed})
+        info = {**self.carried, "step": step, "elapsed_s": elapsed}
+        self.save_s = save(self.path, self.fit_id, state, info)
         self.saved_step, self._last = step, time.monotonic()
         self.stopped = stopping
 

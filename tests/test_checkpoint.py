@@ -1,0 +1,221 @@
+"""Checkpoints: exact state at the stop, atomic under SIGKILL, and local stop-then-resume."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import EXAMPLE, MODELS, cli
+
+from bumps_mpi import checkpoint
+
+SLOW = MODELS / "slow_peak.py"
+OPTIONS = {"samples": 4000, "burn": 20, "pop": 5}
+
+
+class _StopAt(checkpoint.StopRequest):
+    """A stop asked for once the fit reaches *step* (what the time-limit trap does, at a known moment)."""
+
+    def __init__(self, step: int):
+        super().__init__(Path("."))
+        self.step, self.at = 0, step
+
+    def poll(self) -> bool:
+        if self.step >= self.at:
+            self.request("time limit")
+        return self.reason is not None
+
+
+class _Steps:
+    def __init__(self, stop: _StopAt):
+        self.stop = stop
+
+    def config_history(self, history):
+        history.requires(step=1)
+
+    def __call__(self, history):
+        self.stop.step = int(history.step[0])
+
+    def final(self, history, best):
+        pass
+
+    def info(self, message):
+        pass
+
+
+def _rows(state) -> dict[int, np.ndarray]:
+    draws, points, _ = state.chains()
+    return {int(d): points[i] for i, d in enumerate(draws)}
+
+
+def test_checkpoint_holds_the_chain_at_the_stop_and_resume_finishes_it(tmp_path):
+    """Stopped at a requested step: the saved chain equals an uninterrupted run's up to there (fixed seed,
+    NUMBA_DISABLE_JIT=1), DREAM stops at its next outer-loop boundary, and the resumed fit ends with the
+    same number of generations as the uninterrupted one."""
+    from bumps.fitproblem import load_problem
+
+    from bumps_mpi.fit import run_fit
+
+    problem = load_problem(EXAMPLE)
+    start = problem.getp().copy()
+    full, _ = run_fit(problem, "dream", OPTIONS, seed=5)
+    problem.setp(start)  # DREAM's "eps" start is the problem's current point
+    stop, saved = _StopAt(55), tmp_path / "checkpoint.h5"
+    checkpointer = checkpoint.Checkpointer(saved, "dream", stop, 1e9, {})
+    run_fit(
+        problem,
+        "dream",
+        OPTIONS,
+        seed=5,
+        monitors=[_Steps(stop), checkpointer],
+        abort_test=lambda: checkpointer.stopped,
+    )
+    assert checkpointer.stopped and checkpointer.saved_step == 61  # 55 -> the boundary at 1 + 6 * 10
+    fit_state, info = checkpoint.load(saved)
+    assert info["step"] == 61 and fit_state.generation == 61
+    whole, part = _rows(full.fitter.state), _rows(fit_state)
+    common = sorted(set(whole) & set(part))
+    assert common and all(np.array_equal(whole[d], part[d]) for d in common)
+    resumed, _ = run_fit(problem, "dream", OPTIONS, fit_state=fit_state)
+    assert resumed.fitter.state.generation == full.fitter.state.generation
+    assert resumed.fitter.state.draws == full.fitter.state.draws
+
+
+def test_de_resumes_to_the_requested_number_of_steps(tmp_path):
+    from bumps.fitproblem import load_problem
+
+    from bumps_mpi.fit import run_fit
+
+    problem = load_problem(EXAMPLE)
+    stop, saved = _StopAt(15), tmp_path / "checkpoint.h5"
+    checkpointer = checkpoint.Checkpointer(saved, "de", stop, 1e9, {})
+    options = {"steps": 40, "pop": 5}
+    run_fit(
+        problem,
+        "de",
+        options,
+        seed=2,
+        monitors=[_Steps(stop), checkpointer],
+        abort_test=lambda: checkpointer.stopped,
+    )
+    assert checkpointer.saved_step == 15
+    fit_state, info = checkpoint.load(saved)
+    resumed, _ = run_fit(
+        problem, "de", checkpoint.remaining_options("de", options, info), fit_state=fit_state
+    )
+    assert resumed.monitor_runner.history.step[0] == 40
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from bumps_mpi import checkpoint
+state, info = checkpoint.load(Path(sys.argv[1]))
+target = Path(sys.argv[2])
+print("ready", flush=True)
+step = 0
+while True:
+    step += 1
+    checkpoint.save(target, "dream", state, {**info, "step": step})
+"""
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_checkpoint_killed_while_saving_is_always_loadable(tmp_path, round_):
+    """SIGKILL at random moments while a process saves in a loop: the file left loads, every time."""
+    from bumps.fitproblem import load_problem
+
+    from bumps_mpi.fit import run_fit
+
+    driver, _ = run_fit(load_problem(EXAMPLE), "dream", OPTIONS, seed=1)
+    source = tmp_path / "source.h5"
+    checkpoint.save(source, "dream", driver.fitter.state, {"step": 0})
+    generations = checkpoint.load(source)[0].generation
+    target = tmp_path / "job" / "checkpoint.h5"
+    target.parent.mkdir()
+    rng = random.Random(round_)
+    steps = []
+    for _ in range(6):
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(source), str(target)], stdout=subprocess.PIPE, text=True
+        )
+        assert writer.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 0.4))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        if target.exists():
+            state, info = checkpoint.load(target)  # raises if broken
+            assert state.generation == generations
+            steps.append(info["step"])
+    assert steps  # at least one save finished in the six runs
+    checkpoint.save(target, "dream", driver.fitter.state, {"step": -1})
+    assert [p.name for p in target.parent.iterdir()] == ["checkpoint.h5"]  # stale temporaries cleaned
+
+
+def _progress_step(job_dir: Path) -> int:
+    try:
+        return json.loads((job_dir / "progress.json").read_text())["step"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def _chain(job_dir: Path):
+    from bumps.dream.state import load_state
+
+    return load_state(str(job_dir / "export" / "slow_peak"))
+
+
+@pytest.mark.mpi_launch
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_local_stop_then_resume_gives_the_full_chain(isolated, mpiexec, signum):
+    """Ctrl-C (or SIGTERM) to `submit --local` checkpoints and stops; `resume` finishes the same fit."""
+    fit = ["--samples", "8000", "--burn", "50", "--seed", "3"]
+    done = cli("submit", SLOW, *fit, "--local", "--json", "--job-dir", isolated / "ref", "--", "0")
+    reference = json.loads(done.stdout)  # the model's argument (its delay) comes last, after --
+    assert reference["state"] == "COMPLETED"
+    job_dir = isolated / "stopped"
+    args = ["submit", SLOW, *fit, "--local", "-n", "2", "--job-dir", job_dir, "--", "0.002"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bumps_mpi", *map(str, args)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while _progress_step(job_dir) < 60 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the fit ended before it could be stopped: make it longer"
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "bumps-submit resume" in err and "CANCELLED" in out
+    runs = json.loads((job_dir / "runs.json").read_text())
+    assert runs[-1]["reason"] == {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}[signum]
+    stopped_at = runs[-1]["checkpoint_step"]
+    assert 60 <= stopped_at < json.loads((job_dir / "progress.json").read_text())["steps"]
+    assert not (job_dir / "result.json").exists()
+
+    shown = cli("resume", job_dir, "--json", timeout=300)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    resumed = json.loads(shown.stdout)
+    assert resumed["state"] == "COMPLETED" and resumed["restarts"] == 1, resumed
+    runs = json.loads((job_dir / "runs.json").read_text())
+    assert runs[-1]["resumed_from_step"] == stopped_at and runs[-1]["reason"] == "completed"
+    ours, ref = _chain(job_dir), _chain(Path(reference["job_dir"]))
+    assert (ours.generation, ours.draws) == (ref.generation, ref.draws)
+    progress = json.loads((job_dir / "progress.json").read_text())
+    assert (
+        progress["step"]
+        == progress["steps"]
+        == json.loads((Path(reference["job_dir"]) / "progress.json").read_text())["step"]
+    )
+    assert list(job_dir.glob("local.json.*"))  # the stopped run's record is kept, not overwritten
+    again = cli("resume", job_dir)
+    assert again.returncode == 1 and "already completed" in again.stderr
