@@ -19,6 +19,7 @@ from conftest import (
     cli,
     cli_json,
     serial_fit,
+    unavailable,
     wait_for_state,
 )
 
@@ -246,7 +247,10 @@ def test_accounting_down_falls_back_to_the_controller_then_recovers(slurm_cluste
 
 
 def test_time_limit_ends_timeout(slurm_cluster, isolated):
-    """--time=1 (the cluster's smallest): Slurm ends the fit after about 90 s, and status says TIMEOUT."""
+    """--time=1 (the cluster's smallest): Slurm ends the fit after about 90 s, and status says TIMEOUT.
+
+    Particle swarm keeps no checkpoint, so it cannot requeue itself (DREAM and DE would: test_requeue.py).
+    """
     submitted = cli_json(
         "submit",
         EXAMPLE,
@@ -254,10 +258,10 @@ def test_time_limit_ends_timeout(slurm_cluster, isolated):
         "1",
         "--time",
         "1",
-        "--fit-option",
-        "samples=100000000",
-        "--burn",
-        "100000",
+        "--fit",
+        "ps",
+        "--steps",
+        "100000000",
         "--jobs-dir",
         isolated / "jobs",
     )
@@ -265,3 +269,47 @@ def test_time_limit_ends_timeout(slurm_cluster, isolated):
     assert record["state"] == "TIMEOUT" and record["slurm_state"] == "TIMEOUT", record
     assert record["elapsed_s"] >= 60 and not (Path(submitted["job_dir"]) / "result.json").exists()
     assert (Path(submitted["job_dir"]) / "progress.json").is_file()  # how far it got is still there
+
+
+def _cgroup_memory_limits() -> bool:
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    return "proctrack/cgroup" in config and "task/cgroup" in config
+
+
+def test_memory_limit_ends_out_of_memory(slurm_cluster, isolated):
+    """A fit that outgrows --mem is killed by the cgroup limit: OUT_OF_MEMORY, with Slurm's word kept."""
+    if not _cgroup_memory_limits():
+        unavailable("this cluster runs without cgroup plugins, so Slurm cannot enforce --mem")
+    submitted = submit(isolated, MODELS / "memory_hog.py", "--mem", "400M", "--ntasks", "1", *SMALL_DREAM)
+    record = wait_for_state(submitted["job_id"])
+    assert record["state"] == "OUT_OF_MEMORY" and record["slurm_state"] == "OUT_OF_MEMORY", record
+    assert not (Path(submitted["job_dir"]) / "result.json").exists()
+
+
+def test_dependency_pending_then_never_satisfied(slurm_cluster, isolated, monkeypatch):
+    """Waiting on another job: PENDING (Dependency); once that job fails, a hint that it never starts."""
+    first = submit(isolated, EXAMPLE, "--fit-option", "samples=100000000", "--burn", "100000")
+    site = isolated / "site.toml"
+    site.write_text(f'[profiles.default]\nextra = ["--dependency=afterok:{first["job_id"]}"]\n')
+    monkeypatch.setenv("BUMPS_MPI_CONFIG", str(site))
+    second = submit(isolated, EXAMPLE, *SMALL_DREAM)
+    try:
+        record = _wait_for_reason(second["job_id"], "Dependency")
+        assert record["state"] == "PENDING" and record["never_starts"] is False, record
+        subprocess.run(["scancel", first["job_id"]], check=True)
+        record = _wait_for_reason(second["job_id"], "DependencyNeverSatisfied")
+        assert record["state"] == "PENDING" and record["never_starts"] is True, record
+        shown = cli("status", second["job_id"])
+        assert "pending: DependencyNeverSatisfied: the job it depends on failed" in shown.stdout
+    finally:
+        subprocess.run(["scancel", first["job_id"], second["job_id"]], check=False)
+
+
+def _wait_for_reason(job_id: str, reason: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    record = cli_json("status", job_id)[0]
+    while record.get("reason") != reason and time.monotonic() < deadline:
+        time.sleep(1)
+        record = cli_json("status", job_id)[0]
+    assert record.get("reason") == reason, record
+    return record
