@@ -277,12 +277,17 @@ def _cgroup_memory_limits() -> bool:
 
 
 def test_memory_limit_ends_out_of_memory(slurm_cluster, isolated):
-    """A fit that outgrows --mem is killed by the cgroup limit: OUT_OF_MEMORY, with Slurm's word kept."""
+    """A fit that outgrows --mem is killed by the cgroup limit: OUT_OF_MEMORY.
+
+    Slurm marks only the step OUT_OF_MEMORY (the batch script, which survives, makes the job FAILED);
+    the post-mortem reads srun's "Out Of Memory" line, so status says OUT_OF_MEMORY beside Slurm's FAILED.
+    """
     if not _cgroup_memory_limits():
         unavailable("this cluster runs without cgroup plugins, so Slurm cannot enforce --mem")
     submitted = submit(isolated, MODELS / "memory_hog.py", "--mem", "400M", "--ntasks", "1", *SMALL_DREAM)
     record = wait_for_state(submitted["job_id"])
-    assert record["state"] == "OUT_OF_MEMORY" and record["slurm_state"] == "OUT_OF_MEMORY", record
+    assert record["state"] == "OUT_OF_MEMORY" and record["slurm_state"] == "FAILED", record
+    assert "Out Of Memory" in record["error"]["message"] and record["error"]["rank"] == 0
     assert not (Path(submitted["job_dir"]) / "result.json").exists()
 
 
@@ -313,3 +318,26 @@ def _wait_for_reason(job_id: str, reason: str, timeout: float = 60) -> dict:
         record = cli_json("status", job_id)[0]
     assert record.get("reason") == reason, record
     return record
+
+
+@pytest.mark.parametrize(
+    ("resources", "reason"),
+    [(["--ntasks", "64"], "PartitionConfig"), (["--nodes", "2"], "PartitionNodeLimit")],
+)
+def test_job_larger_than_the_cluster_pends_with_a_never_starts_hint(
+    slurm_cluster, isolated, resources, reason
+):
+    submitted = submit(isolated, EXAMPLE, *resources, *SMALL_DREAM)
+    try:
+        record = _wait_for_reason(submitted["job_id"], reason)
+        assert record["state"] == "PENDING" and record["never_starts"] is True, record
+        assert "cancel and resubmit" in record["hint"]
+    finally:
+        subprocess.run(["scancel", submitted["job_id"]], check=False)
+
+
+def test_memory_no_node_has_is_refused_at_submit(slurm_cluster, isolated):
+    proc = cli("submit", EXAMPLE, "--mem", "100000G", "--jobs-dir", isolated / "jobs")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("bumps-submit: error: sbatch failed: Memory specification can not be sat")
+    assert not (isolated / "jobs").exists() or not any((isolated / "jobs").iterdir())  # nothing left

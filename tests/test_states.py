@@ -64,3 +64,25 @@ def test_pending_hints():
 )
 def test_elapsed(text, seconds):
     assert elapsed_seconds(text) == seconds
+
+
+def test_postmortem_names_the_rank_and_keeps_an_out_of_memory_kill(tmp_path):
+    """Recorded srun/slurmstepd lines (from the test cluster's real OOM run) pin the parser."""
+    import json
+
+    from bumps_mpi.postmortem import write_postmortem
+
+    (tmp_path / "job.json").write_text("{}")
+    (tmp_path / "ranks.json").write_text(json.dumps([{"rank": 0, "host": "vm", "pid": 11}]))
+    log = tmp_path / "slurm-209.out"
+    log.write_text(
+        "srun: error: vm: task 0: Out Of Memory\n"
+        "slurmstepd-vm: error: Detected 1 oom-kill event(s) in StepId=209.0. Some of your processes may "
+        "have been killed by the cgroup out-of-memory handler.\n"
+    )
+    error = write_postmortem(tmp_path, 1, log)
+    assert error["rank"] == 0 and error["killed_by"] == "OUT_OF_MEMORY"
+    assert error["message"] == "rank 0 on vm died: Out Of Memory (launcher exit status 1)"
+    (tmp_path / "error.json").unlink()
+    log.write_text("srun: error: vm: task 1: Killed\n")
+    assert "killed_by" not in write_postmortem(tmp_path, 137, log)

@@ -93,6 +93,8 @@ def _record(job: JobDir, cached: dict | None, view: _SlurmView) -> dict[str, Any
     elif job_id in view.accounting and view.accounting[job_id]["State"] != "PENDING":
         row = view.accounting[job_id]
         state = JobState.from_slurm(row["State"])
+        if state is JobState.FAILED and (job.error or {}).get("killed_by") == JobState.OUT_OF_MEMORY.value:
+            state = JobState.OUT_OF_MEMORY  # a rank's step hit --mem; the batch script itself did not
         found = {
             "state": state.value,
             "slurm_state": row["State"],

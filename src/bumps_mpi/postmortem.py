@@ -21,6 +21,8 @@ RANKS_FILE = "ranks.json"
 SRUN_TASK = re.compile(r"srun: error: (\S+): tasks? ([0-9,-]+): (.+)")
 HYDRA_PID = re.compile(r"PID (\d+) RUNNING AT (\S+)")
 HYDRA_EXIT = re.compile(r"EXIT (?:CODE|STRING): (.+)")
+# srun's "task 0: Out Of Memory" and slurmstepd's "Detected 1 oom-kill event(s)": the cgroup killed a rank
+OOM = re.compile(r"Out Of Memory|oom-kill event", re.IGNORECASE)
 
 
 def explain(log_tail: str, ranks: list[dict] | None) -> tuple[int | None, str | None, str]:
@@ -59,6 +61,8 @@ def write_postmortem(job_dir: Path, status: int, log: Path) -> dict | None:
         "traceback": tail,
         "time": time.time(),
     }
+    if OOM.search(tail):  # only a step was killed, so accounting says FAILED for the job: keep why
+        error["killed_by"] = "OUT_OF_MEMORY"
     write_json(job.file(ERROR_FILE), error)
     return error
 

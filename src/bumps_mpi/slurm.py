@@ -49,7 +49,7 @@ def sbatch(script: Path, job_dir: Path) -> str:
             return found
         raise SubmitError("sbatch timed out and the job is not in the queue; try again") from None
     if proc.returncode != 0:
-        raise SubmitError(f"sbatch failed: {_first_line(proc.stderr or proc.stdout)}")
+        raise SubmitError(f"sbatch failed: {_all_lines(proc.stderr or proc.stdout, 'sbatch: error: ')}")
     return proc.stdout.strip().split(";")[0]
 
 
@@ -60,6 +60,12 @@ def find_by_workdir(job_dir: Path) -> str | None:
         if workdir == str(job_dir):
             return job_id
     return None
+
+
+def _all_lines(text: str, prefix: str) -> str:
+    """Slurm's error lines joined on one line (the first often says why, the last only that it failed)."""
+    lines = [line.strip().removeprefix(prefix) for line in text.strip().splitlines() if line.strip()]
+    return "; ".join(lines) or "no message"
 
 
 class Unreachable(SubmitError):

@@ -94,6 +94,11 @@ PENDING_HINTS: dict[str, tuple[bool, str]] = {
         True,
         "more nodes than the partition allows: cancel and resubmit with fewer --nodes",
     ),
+    "PartitionConfig": (
+        True,
+        "more CPUs or nodes than the partition has: cancel and resubmit with fewer --ntasks/--nodes "
+        "or another --partition",
+    ),
     "BadConstraints": (True, "no node has what the job asks for: cancel and resubmit with other resources"),
     "DependencyNeverSatisfied": (True, "the job it depends on failed, so it will never start: cancel it"),
     "InvalidAccount": (True, "the account is not valid for you: cancel and resubmit with another --account"),
