@@ -186,6 +186,7 @@ def test_held_job_is_pending_with_reason_and_hint(slurm_cluster, isolated, monke
 
 def test_two_hundred_jobs_cost_at_most_four_accounting_calls(slurm_cluster, isolated, monkeypatch):
     """sacct in batches of 50; finished states cached in the job directory cost no query at all."""
+    monkeypatch.setenv("BUMPS_MPI_ACCOUNTING", "sacct")  # the calls counted are sacct's
     finished = submit(isolated, EXAMPLE, *SMALL_DREAM)
     assert wait_for_state(finished["job_id"])["state"] == "COMPLETED"
     shims, log = isolated / "shims", isolated / "calls.log"

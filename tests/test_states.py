@@ -86,3 +86,42 @@ def test_postmortem_names_the_rank_and_keeps_an_out_of_memory_kill(tmp_path):
     (tmp_path / "error.json").unlink()
     log.write_text("srun: error: vm: task 1: Killed\n")
     assert "killed_by" not in write_postmortem(tmp_path, 137, log)
+
+
+class _DbJob:
+    """The attributes of pyslurm.db.Job that the pyslurm backend reads."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def test_pyslurm_records_read_like_sacct():
+    from bumps_mpi.pyslurm_backend import record
+
+    job = _DbJob(id=42, name="peak", state="TIMEOUT", exit_code=0, exit_code_signal=15, elapsed_time=90061)
+    assert record(job) == {
+        "JobIDRaw": "42",
+        "JobName": "peak",
+        "State": "TIMEOUT",
+        "ExitCode": "0:15",
+        "Elapsed": "1-01:01:01",
+    }
+
+
+def test_pyslurm_backend_agrees_with_sacct(slurm_cluster):
+    """Where pyslurm imports (a build for this Slurm), it must say what sacct says for the same jobs."""
+    pytest.importorskip("pyslurm", reason="pyslurm is not built for this Slurm (PyPI has 25.11 only)")
+    import subprocess
+
+    from bumps_mpi import pyslurm_backend, slurm
+
+    ids = subprocess.run(
+        ["sacct", "-X", "-n", "-a", "-o", "JobIDRaw", "--starttime", "now-1hour"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()[:20]
+    assert ids, "no recent jobs to compare: run the Slurm tests first"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BUMPS_MPI_ACCOUNTING", "sacct")
+        expected = slurm.sacct(ids)
+    assert pyslurm_backend.jobs(ids) == expected
