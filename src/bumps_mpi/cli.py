@@ -286,7 +286,8 @@ def _follow(job: str, interval: float) -> dict[str, Any]:
                         show_eta=False,
                     )
                     bar.__enter__()
-                bar.label = f"job {job}  {_progress_text(progress)}"
+                restarts = f"  restarts {record['restarts']}" if record.get("restarts") else ""
+                bar.label = f"job {job}  {_progress_text(progress)}{restarts}"
                 bar.update(max(0, (progress["step"] or 0) - bar.pos))
             elif (record["state"], record.get("reason")) != last:
                 click.echo(
