@@ -55,10 +55,12 @@ def _rows(state) -> dict[int, np.ndarray]:
     return {int(d): points[i] for i, d in enumerate(draws)}
 
 
-def test_checkpoint_holds_the_chain_at_the_stop_and_resume_finishes_it(tmp_path):
+@pytest.mark.parametrize(("stop_at", "saved_at"), [(55, 61), (205, 211)])
+def test_checkpoint_holds_the_chain_at_the_stop_and_resume_finishes_it(tmp_path, stop_at, saved_at):
     """Stopped at a requested step: the saved chain equals an uninterrupted run's up to there (fixed seed,
     NUMBA_DISABLE_JIT=1), DREAM stops at its next outer-loop boundary, and the resumed fit ends with the
-    same number of generations as the uninterrupted one."""
+    same number of generations as the uninterrupted one. At 211 the chain has wrapped around Bumps'
+    200-generation buffer, whose own count then restarts (see checkpoint.remaining_options)."""
     from bumps.fitproblem import load_problem
 
     from bumps_mpi.fit import run_fit
@@ -67,7 +69,7 @@ def test_checkpoint_holds_the_chain_at_the_stop_and_resume_finishes_it(tmp_path)
     start = problem.getp().copy()
     full, _ = run_fit(problem, "dream", OPTIONS, seed=5)
     problem.setp(start)  # DREAM's "eps" start is the problem's current point
-    stop, saved = _StopAt(55), tmp_path / "checkpoint.h5"
+    stop, saved = _StopAt(stop_at), tmp_path / "checkpoint.h5"
     checkpointer = checkpoint.Checkpointer(saved, "dream", stop, 1e9, {})
     run_fit(
         problem,
@@ -77,15 +79,15 @@ def test_checkpoint_holds_the_chain_at_the_stop_and_resume_finishes_it(tmp_path)
         monitors=[_Steps(stop), checkpointer],
         abort_test=lambda: checkpointer.stopped,
     )
-    assert checkpointer.stopped and checkpointer.saved_step == 61  # 55 -> the boundary at 1 + 6 * 10
+    assert checkpointer.stopped and checkpointer.saved_step == saved_at  # the next 1 + 10 k
     fit_state, info = checkpoint.load(saved)
-    assert info["step"] == 61 and fit_state.generation == 61
+    assert info["step"] == saved_at == fit_state.total_generations
     whole, part = _rows(full.fitter.state), _rows(fit_state)
     common = sorted(set(whole) & set(part))
     assert common and all(np.array_equal(whole[d], part[d]) for d in common)
-    resumed, _ = run_fit(problem, "dream", OPTIONS, fit_state=fit_state)
-    assert resumed.fitter.state.generation == full.fitter.state.generation
-    assert resumed.fitter.state.draws == full.fitter.state.draws
+    options = checkpoint.remaining_options("dream", OPTIONS, fit_state)
+    resumed, _ = run_fit(problem, "dream", options, fit_state=fit_state)
+    assert resumed.fitter.state.total_generations == full.fitter.state.total_generations == 221
 
 
 def test_de_resumes_to_the_requested_number_of_steps(tmp_path):
@@ -108,7 +110,7 @@ def test_de_resumes_to_the_requested_number_of_steps(tmp_path):
     assert checkpointer.saved_step == 15
     fit_state, info = checkpoint.load(saved)
     resumed, _ = run_fit(
-        problem, "de", checkpoint.remaining_options("de", options, info), fit_state=fit_state
+        problem, "de", checkpoint.remaining_options("de", options, fit_state), fit_state=fit_state
     )
     assert resumed.monitor_runner.history.step[0] == 40
 

@@ -77,14 +77,32 @@ def load(path: Path) -> tuple[Any, dict[str, Any]]:
     return fit_state, info
 
 
-def remaining_options(fit_id: str, options: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-    """Fit options for the resumed run: DE counts its steps on top of the saved ones, DREAM does not."""
-    if fit_id == "de":
-        from .fit import fitter_class
+def remaining_options(fit_id: str, options: dict[str, Any], fit_state: Any) -> dict[str, Any]:
+    """Fit options that make the resumed run end where the uninterrupted one would have.
 
-        steps = int(options.get("steps", dict(fitter_class("de").settings)["steps"]))
-        return {**options, "steps": max(steps - int(info["step"]), 0)}
-    return options
+    DE runs its steps on top of the saved ones: ask for the rest. DREAM runs until
+    its *buffer's* generation count reaches steps + burn, and Bumps resets that
+    count to the buffer size once the chain has wrapped around it (the oldest,
+    burn-in generations are dropped), so resuming as is would run up to `burn`
+    generations too many. Only burn can change (the buffer size follows samples),
+    so burn is set to end the loop at the uninterrupted run's last generation.
+    """
+    from .fit import fitter_class
+
+    settings = {**dict(fitter_class(fit_id).settings), **options}
+    if fit_id == "de":
+        return {**options, "steps": max(int(settings["steps"]) - int(fit_state["step"][-1]), 0)}
+    if fit_id != "dream":
+        return options
+    from bumps.dream.core import Dream
+
+    period = Dream.DE_steps
+    steps = int(settings["steps"]) or math.ceil(int(settings["samples"]) / fit_state.Npop)
+    burn = int(settings["burn"])
+    last = 1 + period * math.ceil((steps + burn - 1) / period)  # the generation an uninterrupted run ends at
+    buffer = period * math.ceil(steps / period)  # Bumps' chain buffer, in generations
+    counted = min(fit_state.generation, buffer)  # where Bumps' own count starts on resume
+    return {**options, "burn": max(counted + last - fit_state.total_generations - steps, 0)}
 
 
 class StopRequest:
@@ -145,7 +163,7 @@ class Checkpointer(Monitor):
         history.requires(step=1, time=1)
 
     def __call__(self, history: Any) -> None:
-        step = int(history.step[0]) if history.step else 0
+        step = true_step(history)
         if self.stopped or step < 1 or (step - 1) % self._period:
             return  # DREAM: only where its outer loop ends (see the module docstring)
         stopping = self.stop.poll()
@@ -164,6 +182,17 @@ class Checkpointer(Monitor):
         if self.fit_id == "dream":
             return getattr(history, "fit_state", None)
         return history.snapshot()
+
+
+def true_step(history: Any) -> int:
+    """The fit's step counted from its very start: for DREAM, generations across every resume.
+
+    (Bumps' own step count restarts from its buffer size when a wrapped chain is resumed.)
+    """
+    state = getattr(history, "fit_state", None)
+    if state is not None and hasattr(state, "total_generations"):
+        return int(state.total_generations)
+    return int(history.step[0]) if history.step else 0
 
 
 def record_run(job_dir: Path, **entry: Any) -> list[dict[str, Any]]:

@@ -144,7 +144,7 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, sto
         driver, result = run_fit(
             problem,
             fit_id,
-            checkpoint.remaining_options(fit_id, options, info) if fit_state is not None else options,
+            checkpoint.remaining_options(fit_id, options, fit_state) if fit_state is not None else options,
             mapper=mapper,
             seed=spec.get("seed") if fit_state is None else None,
             monitors=monitors,

@@ -13,6 +13,7 @@ from typing import Any
 
 from bumps.monitor import Monitor
 
+from .checkpoint import true_step
 from .jobdir import write_json
 
 
@@ -45,7 +46,7 @@ class ProgressMonitor(Monitor):
 
     def __call__(self, history: Any) -> None:
         if self._first_step is None and history.step:
-            self._first_step = int(history.step[0])
+            self._first_step = true_step(history)
         values = getattr(history, "population_values", None)
         if values and values[0] is not None:
             self.failed += int(sum(1 for v in values[0] if not math.isfinite(v)))
@@ -58,13 +59,13 @@ class ProgressMonitor(Monitor):
         self._write(history, done=True)
 
     def _write(self, history: Any, done: bool) -> None:
-        step = int(history.step[0]) if history.step else 0
+        step = true_step(history)
         elapsed = float(history.time[0]) if history.time else 0.0
         nllf = float(history.value[0]) if history.value else math.nan
         steps = max(self.steps, step)
         if self._first_step is None:
             self._first_step = step
-        done_here = step - self._first_step
+        done_here = step - self._first_step + 1  # the first step seen was computed in this run too
         eta = 0.0 if done else (elapsed / done_here * (steps - step) if done_here > 0 else None)
         write_json(
             self.path,
