@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -28,8 +29,15 @@ def _squeue(job_id: str) -> str:
     return proc.stdout.strip()
 
 
-def follow(job_id: str, timeout: float, release: bool = True, until: set[str] | None = None) -> list[dict]:
-    """Poll status about once a second until the job ends (or reaches *until*), releasing requeue holds.
+def follow(
+    job_id: str,
+    timeout: float,
+    release: bool = True,
+    until: set[str] | None = None,
+    when: Callable[[dict], bool] | None = None,
+) -> list[dict]:
+    """Poll status about once a second until the job ends (or reaches *until*, or *when* holds),
+    releasing requeue holds.
 
     Returns every status record seen (the states a user would have seen, in order).
     """
@@ -40,7 +48,7 @@ def follow(job_id: str, timeout: float, release: bool = True, until: set[str] | 
     while time.monotonic() < deadline:
         record = cli_json("status", job_id)[0]
         seen.append(record)
-        if record["state"] in until:
+        if record["state"] in until or (when is not None and when(record)):
             return seen
         queue = _squeue(job_id)
         if release and queue.startswith("PENDING") and "BeginTime" in queue:
@@ -122,3 +130,33 @@ def test_cancel_of_a_requeued_job_leaves_no_requeue(slurm_cluster, isolated):
     assert final["state"] == "CANCELLED", final
     assert _squeue(job_id) == ""  # gone from the queue: nothing left to run again
     assert len(_runs(Path(submitted["job_dir"]))) == 1
+
+
+def test_preempted_fit_checkpoints_requeues_itself_and_resumes(slurm_cluster, isolated):
+    """A job in the cluster's 'urgent' partition preempts ours (PreemptMode=REQUEUE, GraceTime=60, as sites
+    run it): Slurm sends SIGTERM to the ranks, not the batch shell; rank 0 checkpoints, the job requeues
+    itself, and once the urgent job is done it resumes from the checkpoint."""
+    fit = ["--samples", "100000000", "--burn", "100", "--ntasks", "2", "--time", "10"]
+    submitted = cli_json("submit", SLOW, *fit, "--jobs-dir", isolated / "jobs")
+    job_id, job_dir = submitted["job_id"], Path(submitted["job_dir"])
+    try:
+        follow(job_id, 120, when=lambda r: (r.get("progress") or {}).get("step", 0) >= 20)
+        urgent = subprocess.run(
+            ["sbatch", "--parsable", "-p", "urgent", "-n", "2", "-o", "/dev/null", "--wrap", "sleep 5"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=isolated,
+        ).stdout.strip()
+        seen = follow(job_id, 240, when=lambda r: r["state"] == "RUNNING" and len(_runs(job_dir)) == 2)
+        assert "REQUEUED" in {r["state"] for r in seen}, seen[-1]
+        first, second = _runs(job_dir)
+        assert first["reason"] == "terminated" and first["checkpoint_step"] >= 20, first
+        assert second["resumed_from_step"] == first["checkpoint_step"]
+        done = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-j", urgent, "-o", "State"], capture_output=True, text=True
+        )
+        assert done.stdout.split() == ["COMPLETED"]
+    finally:
+        cli("cancel", job_id)
+    assert follow(job_id, 60, release=False)[-1]["state"] == "CANCELLED"

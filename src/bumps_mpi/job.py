@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopRequest(jobdir.path)
     if MPI.COMM_WORLD.rank == 0:
         stop.install()  # rank 0 checkpoints and stops the others
-    else:  # a Ctrl-C reaches every rank under mpiexec: only rank 0 acts on it
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    else:  # Ctrl-C (mpiexec) and preemption's SIGTERM (srun) reach every rank: only rank 0 acts on them
+        for signum in (signal.SIGINT, signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)  # rank 0 stops us, or the launcher's SIGKILL does
 
     from .fit import load_model
 
@@ -199,14 +199,17 @@ def _stopped(jobdir: JobDir, spec: dict[str, Any], stop: Any, checkpointer: Any)
     )
     where = f"stopped at step {checkpointer.saved_step} ({stop.reason}); checkpoint in {jobdir.path}"
     in_slurm = "SLURM_JOB_ID" in os.environ
-    if stop.reason == "time limit" and in_slurm and not jobdir.file(checkpoint.CANCEL_FILE).exists():
+    # SIGTERM reaches the ranks (not the batch shell) when Slurm preempts the job: requeue as at a time
+    # limit. scancel and the time limit's own end also kill the batch shell, so no requeue follows them.
+    requeueable = stop.reason in ("time limit", "terminated")
+    if requeueable and in_slurm and not jobdir.file(checkpoint.CANCEL_FILE).exists():
         requeues = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         limit = int(spec.get("max_requeues", DEFAULT_MAX_REQUEUES))
         if requeues < limit:
             print(f"bumps-mpi: {where}; requeue {requeues + 1} of at most {limit}", flush=True)
             return checkpoint.REQUEUE_EXIT
         message = (
-            f"time limit reached with the requeue limit ({limit}) spent: {where}; "
+            f"{stop.reason} with the requeue limit ({limit}) spent: {where}; "
             f"continue with 'bumps-submit resume {jobdir.path}' (or submit with a longer --time)"
         )
         report = {"host": socket.gethostname(), "traceback": "", "message": message}
