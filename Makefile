@@ -34,6 +34,7 @@ test-local: venv
 bench: venv
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) bench/mapper_bench.py
+	$(PY) bench/startup_bench.py
 	$(PY) bench/refl1d_bench.py
 
 lint: venv

@@ -6,10 +6,8 @@ errors exit 2.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -22,6 +20,8 @@ FIT_FLAGS = ("steps", "samples", "burn", "pop", "init", "thin")
 
 
 def _emit_json(obj: Any) -> None:
+    import json  # here, not at the top: `--help` and plain `status` start faster without it
+
     click.echo(json.dumps(obj, indent=2, sort_keys=True, allow_nan=True))
 
 
@@ -61,7 +61,7 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path())
 @click.argument("model_args", nargs=-1)
 @click.option(
     "--fit", "fit", default="dream", show_default=True, help="Bumps fitter id (dream, de, amoeba, lm, ...)."
@@ -96,12 +96,12 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--name", help="Job name [the model file's name].")
 @click.option(
     "--jobs-dir",
-    type=click.Path(path_type=Path),
-    default=Path("bumps-jobs"),
+    type=click.Path(),
+    default="bumps-jobs",
     show_default=True,
     help="Where job directories are made.",
 )
-@click.option("--job-dir", type=click.Path(path_type=Path), help="Exact job directory (must not exist).")
+@click.option("--job-dir", type=click.Path(), help="Exact job directory (must not exist).")
 @click.option("--dry-run", is_flag=True, help="Check and print the sbatch script; write and submit nothing.")
 @click.option("--local", is_flag=True, help="Run now under mpiexec here, without Slurm.")
 @click.option(
@@ -109,7 +109,7 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def submit(
-    model: Path,
+    model: str,
     model_args: tuple[str, ...],
     fit: str,
     fit_option: tuple[str, ...],
@@ -117,8 +117,8 @@ def submit(
     time_: str | None,
     profile: str | None,
     name: str | None,
-    jobs_dir: Path,
-    job_dir: Path | None,
+    jobs_dir: str,
+    job_dir: str | None,
     dry_run: bool,
     local: bool,
     ranks: int,
@@ -129,6 +129,8 @@ def submit(
 
     MODEL_ARGS are passed to the model file (put them after `--`).
     """
+    from pathlib import Path
+
     from . import api, submission
 
     fit_options = {k: flags.pop(k) for k in FIT_FLAGS if flags.get(k) is not None}
@@ -139,14 +141,14 @@ def submit(
     if time_ is not None:
         resources["time"] = time_
     request = submission.JobRequest(
-        model=model,
+        model=Path(model),
         model_args=list(model_args),
         fit=fit,
         fit_options=fit_options,
         seed=seed,
         name=name,
-        jobs_dir=jobs_dir,
-        job_dir=job_dir,
+        jobs_dir=Path(jobs_dir),
+        job_dir=None if job_dir is None else Path(job_dir),
         profile=profile,
         resources=resources,
     )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
 
 from .errors import SubmitError
 
@@ -24,10 +27,14 @@ def require(command: str) -> None:
 
 
 def _run(args: list[str], timeout: float = 30, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    import subprocess  # here: `status` for finished (cached) jobs never runs a command
+
     try:
         return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     except FileNotFoundError:
         raise _missing(args[0]) from None
+    except subprocess.TimeoutExpired as exc:  # as the builtin, so callers need not import subprocess
+        raise TimeoutError(str(exc)) from None
 
 
 def _first_line(text: str) -> str:
@@ -43,7 +50,7 @@ def sbatch(script: Path, job_dir: Path) -> str:
     """
     try:
         proc = _run(["sbatch", "--parsable", str(script)], timeout=60, cwd=job_dir)
-    except subprocess.TimeoutExpired:
+    except TimeoutError:
         found = find_by_workdir(job_dir)
         if found:
             return found
@@ -76,7 +83,7 @@ def _ask(args: list[str]) -> subprocess.CompletedProcess:
     """Run a Slurm query; a failure to answer is Unreachable, with Slurm's own last line."""
     try:
         proc = _run(args)
-    except (SubmitError, subprocess.TimeoutExpired) as exc:
+    except (SubmitError, TimeoutError) as exc:
         raise Unreachable(f"{args[0]}: {exc}") from None
     if proc.returncode != 0:
         raise Unreachable(f"{args[0]}: {_first_line(proc.stderr)}")
@@ -144,6 +151,9 @@ def squeue(job_ids: list[str], finished: bool = False) -> dict[str, dict[str, st
 
 
 def scancel(job_id: str) -> None:
-    proc = _run(["scancel", job_id])
+    try:
+        proc = _run(["scancel", job_id])
+    except TimeoutError:
+        raise SubmitError(f"scancel {job_id} timed out: is slurmctld up? try again") from None
     if proc.returncode != 0:
         raise SubmitError(f"scancel {job_id} failed: {_first_line(proc.stderr)}")
