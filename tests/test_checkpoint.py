@@ -201,7 +201,9 @@ def test_local_stop_then_resume_gives_the_full_chain(isolated, mpiexec, signum):
     runs = json.loads((job_dir / "runs.json").read_text())
     assert runs[-1]["reason"] == {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}[signum]
     stopped_at = runs[-1]["checkpoint_step"]
-    assert 60 <= stopped_at < json.loads((job_dir / "progress.json").read_text())["steps"]
+    progress = json.loads((job_dir / "progress.json").read_text())
+    assert 60 <= stopped_at < progress["steps"]
+    assert progress["done"] is False and progress["eta_s"] is None  # stopped, to continue: not done
     assert not (job_dir / "result.json").exists()
 
     shown = cli("resume", job_dir, "--json", timeout=300)

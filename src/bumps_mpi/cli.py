@@ -348,11 +348,11 @@ def _print_status(records: list[dict[str, Any]]) -> None:
     if not records:
         click.echo("No jobs yet: submit one with 'bumps-submit submit MODEL'.")
         return
-    click.echo(f"{'JOB':>8}  {'STATE':<11} {'EXIT':<6} {'ELAPSED':>10}  {'NAME':<20} DIRECTORY")
+    click.echo(f"{'JOB':>8}  {'STATE':<13} {'EXIT':<6} {'ELAPSED':>10}  {'NAME':<20} DIRECTORY")
     for r in records:
         job_id = r["job_id"] if r["job_id"] is not None else "local"
         click.echo(
-            f"{job_id:>8}  {r['state']:<11} {r['exit_code'] or '-':<6} {r['elapsed'] or '-':>10}  "
+            f"{job_id:>8}  {r['state']:<13} {r['exit_code'] or '-':<6} {r['elapsed'] or '-':>10}  "
             f"{r['name'] or '-':<20} {r['job_dir']}"
         )
         if r.get("reason") and r["state"] in ("PENDING", "REQUEUED", "UNKNOWN"):

@@ -131,16 +131,20 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, sto
             fit_state, info = checkpoint.load(saved)  # also restores the random generator
             print(f"bumps-mpi: resuming from the checkpoint at step {info['step']}", flush=True)
             checkpoint.record_run(jobdir.path, update=True, resumed_from_step=info["step"])
-        monitors: list[Any] = [
-            ProgressMonitor(
-                jobdir.file(PROGRESS_FILE), problem, fit_id, steps, restarts=prior_runs, info=info
-            )
-        ]
         checkpointer = None
         if fit_id in checkpoint.RESUMABLE:
             every = float(spec.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY))
             checkpointer = checkpoint.Checkpointer(saved, fit_id, stop, every, info)
-            monitors.append(checkpointer)
+        progress = ProgressMonitor(
+            jobdir.file(PROGRESS_FILE),
+            problem,
+            fit_id,
+            steps,
+            restarts=prior_runs,
+            info=info,
+            stopped=(lambda: checkpointer.stopped) if checkpointer else None,
+        )
+        monitors: list[Any] = [progress] + ([checkpointer] if checkpointer else [])
         driver, result = run_fit(
             problem,
             fit_id,

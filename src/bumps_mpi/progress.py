@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ class ProgressMonitor(Monitor):
         every_s: float = 2.0,
         restarts: int = 0,
         info: dict[str, Any] | None = None,
+        stopped: Callable[[], bool] | None = None,
     ):
+        self.stopped = stopped  # true when the fit ended at a checkpoint, to continue later
         self.path = path
         self.restarts = restarts  # earlier allocations of this fit (requeues, resumes)
         self.earlier_s = float((info or {}).get("elapsed_s", 0.0))  # their time, from the checkpoint
@@ -56,7 +59,8 @@ class ProgressMonitor(Monitor):
             self._write(history, done=False)
 
     def final(self, history: Any, best: dict[str, Any]) -> None:
-        self._write(history, done=True)
+        stopped = self.stopped is not None and self.stopped()
+        self._write(history, done=not stopped)  # a fit stopped at a checkpoint is not done
 
     def _write(self, history: Any, done: bool) -> None:
         step = true_step(history)
@@ -67,6 +71,8 @@ class ProgressMonitor(Monitor):
             self._first_step = step
         done_here = step - self._first_step + 1  # the first step seen was computed in this run too
         eta = 0.0 if done else (elapsed / done_here * (steps - step) if done_here > 0 else None)
+        if self.stopped is not None and self.stopped():
+            eta = None  # it waits for its next allocation: nobody knows when
         write_json(
             self.path,
             {
