@@ -223,3 +223,22 @@ def test_local_stop_then_resume_gives_the_full_chain(isolated, mpiexec, signum):
     assert list(job_dir.glob("local.json.*"))  # the stopped run's record is kept, not overwritten
     again = cli("resume", job_dir)
     assert again.returncode == 1 and "already completed" in again.stderr
+
+
+def test_a_stop_asked_for_at_the_last_generation_lets_the_fit_finish(tmp_path):
+    """Requeueing a fit that is one checkpoint boundary from its end would cost a whole allocation."""
+    from bumps.fitproblem import load_problem
+
+    from bumps_mpi.fit import run_fit
+
+    stop = _StopAt(215)  # the next boundary, 221, is DREAM's last generation here
+    checkpointer = checkpoint.Checkpointer(tmp_path / "checkpoint.h5", "dream", stop, 1e9, {}, last_step=221)
+    driver, _ = run_fit(
+        load_problem(EXAMPLE),
+        "dream",
+        OPTIONS,
+        seed=5,
+        monitors=[_Steps(stop), checkpointer],
+        abort_test=lambda: checkpointer.stopped,
+    )
+    assert stop.step == 221 and not checkpointer.stopped and driver.fitter.state.generation == 221

@@ -145,8 +145,17 @@ class Checkpointer(Monitor):
     generation whose state was saved.
     """
 
-    def __init__(self, path: Path, fit_id: str, stop: StopRequest, every_s: float, info: dict[str, Any]):
+    def __init__(
+        self,
+        path: Path,
+        fit_id: str,
+        stop: StopRequest,
+        every_s: float,
+        info: dict[str, Any],
+        last_step: int | None = None,
+    ):
         self.path, self.fit_id, self.stop, self.every_s = path, fit_id, stop, every_s
+        self.last_step = last_step  # the fit's final step: it ends there anyway, never stop for a requeue
         self.carried = info  # carried across runs: elapsed_s of earlier runs, restarts
         self.stopped = False
         self.saved_step: int | None = None
@@ -166,6 +175,8 @@ class Checkpointer(Monitor):
         step = true_step(history)
         if self.stopped or step < 1 or (step - 1) % self._period:
             return  # DREAM: only where its outer loop ends (see the module docstring)
+        if self.last_step is not None and step >= self.last_step:
+            return  # finishing costs less than a checkpoint, a requeue and a restart
         stopping = self.stop.poll()
         if not stopping and time.monotonic() - self._last < self.every_s:
             return

@@ -134,7 +134,7 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, sto
         checkpointer = None
         if fit_id in checkpoint.RESUMABLE:
             every = float(spec.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY))
-            checkpointer = checkpoint.Checkpointer(saved, fit_id, stop, every, info)
+            checkpointer = checkpoint.Checkpointer(saved, fit_id, stop, every, info, last_step=steps)
         progress = ProgressMonitor(
             jobdir.file(PROGRESS_FILE),
             problem,
@@ -167,6 +167,8 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, sto
     if checkpointer is not None and checkpointer.stopped:
         return _stopped(jobdir, spec, stop, checkpointer)
     checkpoint.record_run(jobdir.path, update=True, finished=time.time(), reason="completed")
+    if fit_state is not None:  # the fit's time across all its runs, not only this one's
+        result["elapsed_s"] += float(info.get("elapsed_s", 0.0))
     result.update(
         restarts=prior_runs,
         ranks=comm.size,

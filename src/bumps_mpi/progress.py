@@ -36,6 +36,7 @@ class ProgressMonitor(Monitor):
         self.path = path
         self.restarts = restarts  # earlier allocations of this fit (requeues, resumes)
         self.earlier_s = float((info or {}).get("elapsed_s", 0.0))  # their time, from the checkpoint
+        self.start_step = int((info or {}).get("step", 0))  # where this run resumed
         self._first_step: int | None = None  # this run's first step: the rate for the ETA
         self.problem = problem
         self.fitter = fitter
@@ -63,7 +64,7 @@ class ProgressMonitor(Monitor):
         self._write(history, done=not stopped)  # a fit stopped at a checkpoint is not done
 
     def _write(self, history: Any, done: bool) -> None:
-        step = true_step(history)
+        step = max(true_step(history), self.start_step)  # a resumed run may have no step left to take
         elapsed = float(history.time[0]) if history.time else 0.0
         nllf = float(history.value[0]) if history.value else math.nan
         steps = max(self.steps, step)
