@@ -118,6 +118,21 @@ def test_requeue_countdown_stops_with_a_message_and_the_checkpoint(slurm_cluster
     with h5py.File(job_dir / "checkpoint.h5", "r") as saved:
         assert json.loads(saved.attrs["info"])["step"] == runs[-1]["checkpoint_step"]
 
+    # `resume` continues it as a new Slurm job, from that checkpoint; the old record is kept
+    resumed = cli_json("resume", job_dir)
+    new_id = resumed["job_id"]
+    assert resumed["resumed"] and new_id != submitted["job_id"]
+    assert (job_dir / "error.json").exists() is False and list(job_dir.glob("error.json.*"))
+    try:
+        follow(new_id, 120, when=lambda r: r["state"] == "RUNNING" and len(_runs(job_dir)) == 3)
+        third = _runs(job_dir)[-1]
+        assert third["slurm_job_id"] == new_id and third["resumed_from_step"] == runs[-1]["checkpoint_step"]
+        listed = [r for r in cli_json("status") if r["job_dir"] == str(job_dir)]
+        assert [r["job_id"] for r in listed] == [new_id]  # one line per job directory, the newest id
+        assert cli_json("status", submitted["job_id"])[0]["job_id"] == new_id  # the old id still finds it
+    finally:
+        cli("cancel", new_id)
+
 
 def test_cancel_of_a_requeued_job_leaves_no_requeue(slurm_cluster, isolated):
     fit = ["--samples", "100000000", "--burn", "100", "--ntasks", "1"]

@@ -36,7 +36,9 @@ def status(
     if refs:
         return jobstate.status([resolve(r) for r in refs])
     entries = [e for e in registry.entries() if since is None or (e.get("submitted") or 0) >= since]
-    jobs = [JobDir(e["job_dir"]) for e in entries if (Path(e["job_dir"]) / JOB_FILE).is_file()]
+    seen: set[str] = set()  # a resumed job has one entry per submission: list its directory once
+    unique = [e for e in entries if not (e["job_dir"] in seen or seen.add(e["job_dir"]))]
+    jobs = [JobDir(e["job_dir"]) for e in unique if (Path(e["job_dir"]) / JOB_FILE).is_file()]
     if state is None:
         return jobstate.status(jobs[:limit])
     wanted = state.upper()
