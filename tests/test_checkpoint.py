@@ -242,3 +242,34 @@ def test_a_stop_asked_for_at_the_last_generation_lets_the_fit_finish(tmp_path):
         abort_test=lambda: checkpointer.stopped,
     )
     assert stop.step == 221 and not checkpointer.stopped and driver.fitter.state.generation == 221
+
+
+@pytest.mark.mpi_launch
+def test_checkpoint_on_request_while_the_fit_goes_on(isolated, mpiexec):
+    job_dir = isolated / "job"
+    args = ["submit", SLOW, "--samples", "100000000", "--seed", "1", "--local", "--job-dir", job_dir]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bumps_mpi", *map(str, [*args, "--", "0.002"])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while _progress_step(job_dir) < 30 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not (job_dir / "checkpoint.h5").exists()  # the periodic one is 600 s away
+        asked = cli("checkpoint", job_dir)
+        assert asked.returncode == 0 and "Asked" in asked.stdout, asked.stderr
+        while (job_dir / "checkpoint-request").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        step = checkpoint.load(job_dir / "checkpoint.h5")[1]["step"]
+        assert step >= 30 and proc.poll() is None  # saved, and the fit goes on
+        while _progress_step(job_dir) <= step + 10 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _progress_step(job_dir) > step + 10
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    ended = cli("checkpoint", EXAMPLE.parent / "no-such-job")
+    assert ended.returncode == 1 and ended.stderr.count("\n") == 1

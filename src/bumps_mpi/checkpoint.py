@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 from bumps.monitor import Monitor
 
-from .jobdir import CANCEL_FILE, CHECKPOINT_FILE, RUNS_FILE, STOP_FILE, read_json, write_json
+from .jobdir import (
+    CANCEL_FILE,
+    CHECKPOINT_FILE,
+    CHECKPOINT_REQUEST_FILE,
+    RUNS_FILE,
+    STOP_FILE,
+    read_json,
+    write_json,
+)
 
 __all__ = ["CANCEL_FILE", "CHECKPOINT_FILE", "RUNS_FILE", "STOP_FILE", "Checkpointer", "StopRequest"]
 RESUMABLE = ("dream", "de")
@@ -106,18 +114,29 @@ def remaining_options(fit_id: str, options: dict[str, Any], fit_state: Any) -> d
 
 
 class StopRequest:
-    """Why the fit should stop at its next checkpoint: a signal on rank 0, or the stop file."""
+    """Why the fit should stop at its next checkpoint (a signal on rank 0, or the stop file), and
+    whether a checkpoint is wanted without stopping (SIGUSR2, or the checkpoint-request file)."""
 
     def __init__(self, job_dir: Path):
         self.stop_file = job_dir / STOP_FILE
+        self.checkpoint_file = job_dir / CHECKPOINT_REQUEST_FILE
         self.reason: str | None = None
         self.requested_at: float | None = None
+        self.checkpoint_wanted = False
 
     def install(self) -> None:
-        """SIGUSR1: time limit soon; SIGTERM: preemption or kill; SIGINT: Ctrl-C (locally)."""
+        """SIGUSR1: time limit soon; SIGTERM: preemption or kill; SIGINT: Ctrl-C (locally); SIGUSR2: save."""
         names = {signal.SIGUSR1: "time limit", signal.SIGTERM: "terminated", signal.SIGINT: "interrupted"}
         for signum, reason in names.items():
             signal.signal(signum, lambda _s, _f, reason=reason: self.request(reason))
+        signal.signal(signal.SIGUSR2, lambda _s, _f: setattr(self, "checkpoint_wanted", True))
+
+    def wants_checkpoint(self) -> bool:
+        return self.checkpoint_wanted or self.checkpoint_file.exists()
+
+    def checkpoint_done(self) -> None:
+        self.checkpoint_wanted = False
+        self.checkpoint_file.unlink(missing_ok=True)
 
     def request(self, reason: str, at: float | None = None) -> None:
         if self.reason is None:
@@ -177,8 +196,8 @@ class Checkpointer(Monitor):
             return  # DREAM: only where its outer loop ends (see the module docstring)
         if self.last_step is not None and step >= self.last_step:
             return  # finishing costs less than a checkpoint, a requeue and a restart
-        stopping = self.stop.poll()
-        if not stopping and time.monotonic() - self._last < self.every_s:
+        stopping, wanted = self.stop.poll(), self.stop.wants_checkpoint()
+        if not stopping and not wanted and time.monotonic() - self._last < self.every_s:
             return
         state = self._fit_state(history)
         if state is None:
@@ -188,6 +207,8 @@ class Checkpointer(Monitor):
         self.save_s = save(self.path, self.fit_id, state, info)
         self.saved_step, self._last = step, time.monotonic()
         self.stopped = stopping
+        if wanted:
+            self.stop.checkpoint_done()
 
     def _fit_state(self, history: Any) -> Any:
         if self.fit_id == "dream":

@@ -333,6 +333,22 @@ def resume(job: str, ranks: int | None, as_json: bool) -> None:
 @main.command()
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def checkpoint(job: str, as_json: bool) -> None:
+    """Ask a running DREAM or DE fit to save its checkpoint now (at its next boundary); it goes on."""
+    from . import api
+
+    done = api.request_checkpoint(job)
+    if as_json:
+        _emit_json(done)
+    else:
+        click.echo(
+            f"Asked {job} for a checkpoint: checkpoint.h5 in {done['job_dir']} within a few generations"
+        )
+
+
+@main.command()
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def cancel(job: str, as_json: bool) -> None:
     """Cancel a submitted job."""
     from . import api

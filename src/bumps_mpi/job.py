@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if MPI.COMM_WORLD.rank == 0:
         stop.install()  # rank 0 checkpoints and stops the others
     else:  # Ctrl-C (mpiexec) and preemption's SIGTERM (srun) reach every rank: only rank 0 acts on them
-        for signum in (signal.SIGINT, signal.SIGUSR1, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)  # rank 0 stops us, or the launcher's SIGKILL does
 
     from .fit import load_model

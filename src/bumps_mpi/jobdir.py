@@ -21,6 +21,7 @@ MODEL_DIR = "model"
 EXPORT_DIR = "export"
 CHECKPOINT_FILE = "checkpoint.h5"  # the fit's state, to continue after a stop (bumps_mpi.checkpoint)
 STOP_FILE = "stop-request"  # written by the sbatch script's time-limit trap: checkpoint and stop
+CHECKPOINT_REQUEST_FILE = "checkpoint-request"  # `bumps-submit checkpoint`: save now, go on
 CANCEL_FILE = "cancel-request"  # written by `bumps-submit cancel`: never requeue after it
 RUNS_FILE = "runs.json"  # one entry per allocation: started, finished, why, checkpoint timings
 
