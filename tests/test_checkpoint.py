@@ -50,6 +50,23 @@ class _Steps:
         pass
 
 
+def _fit_stopped_at(problem, fit_id: str, options: dict, stop_at: int, saved: Path, seed: int, **kw):
+    """Run the fit with a stop asked for at *stop_at*; returns (driver, stop, checkpointer)."""
+    from bumps_mpi.fit import run_fit
+
+    stop = _StopAt(stop_at)
+    checkpointer = checkpoint.Checkpointer(saved, fit_id, stop, 1e9, {}, **kw)
+    driver, _ = run_fit(
+        problem,
+        fit_id,
+        options,
+        seed=seed,
+        monitors=[_Steps(stop), checkpointer],
+        abort_test=lambda: checkpointer.stopped,
+    )
+    return driver, stop, checkpointer
+
+
 def _rows(state) -> dict[int, np.ndarray]:
     draws, points, _ = state.chains()
     return {int(d): points[i] for i, d in enumerate(draws)}
@@ -69,16 +86,8 @@ def test_checkpoint_holds_the_chain_at_the_stop_and_resume_finishes_it(tmp_path,
     start = problem.getp().copy()
     full, _ = run_fit(problem, "dream", OPTIONS, seed=5)
     problem.setp(start)  # DREAM's "eps" start is the problem's current point
-    stop, saved = _StopAt(stop_at), tmp_path / "checkpoint.h5"
-    checkpointer = checkpoint.Checkpointer(saved, "dream", stop, 1e9, {})
-    run_fit(
-        problem,
-        "dream",
-        OPTIONS,
-        seed=5,
-        monitors=[_Steps(stop), checkpointer],
-        abort_test=lambda: checkpointer.stopped,
-    )
+    saved = tmp_path / "checkpoint.h5"
+    _, _, checkpointer = _fit_stopped_at(problem, "dream", OPTIONS, stop_at, saved, seed=5)
     assert checkpointer.stopped and checkpointer.saved_step == saved_at  # the next 1 + 10 k
     fit_state, info = checkpoint.load(saved)
     assert info["step"] == saved_at == fit_state.total_generations
@@ -95,18 +104,9 @@ def test_de_resumes_to_the_requested_number_of_steps(tmp_path):
 
     from bumps_mpi.fit import run_fit
 
-    problem = load_problem(EXAMPLE)
-    stop, saved = _StopAt(15), tmp_path / "checkpoint.h5"
-    checkpointer = checkpoint.Checkpointer(saved, "de", stop, 1e9, {})
+    problem, saved = load_problem(EXAMPLE), tmp_path / "checkpoint.h5"
     options = {"steps": 40, "pop": 5}
-    run_fit(
-        problem,
-        "de",
-        options,
-        seed=2,
-        monitors=[_Steps(stop), checkpointer],
-        abort_test=lambda: checkpointer.stopped,
-    )
+    _, _, checkpointer = _fit_stopped_at(problem, "de", options, 15, saved, seed=2)
     assert checkpointer.saved_step == 15
     fit_state, info = checkpoint.load(saved)
     resumed, _ = run_fit(
@@ -229,17 +229,9 @@ def test_a_stop_asked_for_at_the_last_generation_lets_the_fit_finish(tmp_path):
     """Requeueing a fit that is one checkpoint boundary from its end would cost a whole allocation."""
     from bumps.fitproblem import load_problem
 
-    from bumps_mpi.fit import run_fit
-
-    stop = _StopAt(215)  # the next boundary, 221, is DREAM's last generation here
-    checkpointer = checkpoint.Checkpointer(tmp_path / "checkpoint.h5", "dream", stop, 1e9, {}, last_step=221)
-    driver, _ = run_fit(
-        load_problem(EXAMPLE),
-        "dream",
-        OPTIONS,
-        seed=5,
-        monitors=[_Steps(stop), checkpointer],
-        abort_test=lambda: checkpointer.stopped,
+    saved = tmp_path / "checkpoint.h5"  # the next boundary after 215, 221, is DREAM's last generation
+    driver, stop, checkpointer = _fit_stopped_at(
+        load_problem(EXAMPLE), "dream", OPTIONS, 215, saved, seed=5, last_step=221
     )
     assert stop.step == 221 and not checkpointer.stopped and driver.fitter.state.generation == 221
 

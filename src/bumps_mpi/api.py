@@ -13,7 +13,7 @@ from typing import Any
 
 from . import jobstate, registry, slurm
 from .errors import JobFailed, JobNotFound, UsageError
-from .jobdir import CANCEL_FILE, CHECKPOINT_REQUEST_FILE, JOB_FILE, JobDir
+from .jobdir import CANCEL_FILE, CHECKPOINT_REQUEST_FILE, JOB_FILE, RESUMABLE_FITTERS, JobDir
 
 
 def resolve(ref: str) -> JobDir:
@@ -67,8 +67,9 @@ def request_checkpoint(ref: str) -> dict[str, Any]:
     """Ask a running DREAM or DE fit to save a checkpoint at its next boundary; it goes on running."""
     job = resolve(ref)
     spec = job.spec
-    if spec.get("fit") not in ("dream", "de"):
-        raise UsageError(f"fitter {spec.get('fit')!r} keeps no checkpoint (only dream and de do)")
+    if spec.get("fit") not in RESUMABLE_FITTERS:
+        only = " and ".join(RESUMABLE_FITTERS)
+        raise UsageError(f"fitter {spec.get('fit')!r} keeps no checkpoint (only {only} do)")
     if job.result is not None or job.error is not None:
         raise UsageError(f"{ref} has ended: there is nothing to checkpoint")
     job.file(CHECKPOINT_REQUEST_FILE).write_text(f"{time.time()}\n")

@@ -24,18 +24,8 @@ from typing import Any
 import numpy as np
 from bumps.monitor import Monitor
 
-from .jobdir import (
-    CANCEL_FILE,
-    CHECKPOINT_FILE,
-    CHECKPOINT_REQUEST_FILE,
-    RUNS_FILE,
-    STOP_FILE,
-    read_json,
-    write_json,
-)
+from .jobdir import CHECKPOINT_REQUEST_FILE, RUNS_FILE, STOP_FILE, read_json, write_json
 
-__all__ = ["CANCEL_FILE", "CHECKPOINT_FILE", "RUNS_FILE", "STOP_FILE", "Checkpointer", "StopRequest"]
-RESUMABLE = ("dream", "de")
 REQUEUE_EXIT = 3  # the job's exit code for "checkpointed at the time limit: requeue me"
 
 

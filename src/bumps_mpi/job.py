@@ -16,7 +16,16 @@ import time
 import traceback
 from typing import Any
 
-from .jobdir import ERROR_FILE, EXPORT_DIR, RESULT_FILE, JobDir, read_json, write_json
+from .jobdir import (
+    CANCEL_FILE,
+    CHECKPOINT_FILE,
+    ERROR_FILE,
+    EXPORT_DIR,
+    RESULT_FILE,
+    RESUMABLE_FITTERS,
+    JobDir,
+    write_json,
+)
 from .postmortem import RANKS_FILE
 
 DEFAULT_CHECKPOINT_EVERY = 600.0  # seconds between checkpoints (and one at every requested stop)
@@ -118,21 +127,21 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, sto
 
     mapper = Mapper(problem, comm)
     started = time.time()
-    prior_runs = len(read_json(jobdir.file(checkpoint.RUNS_FILE)) or [])
-    checkpoint.record_run(
+    runs = checkpoint.record_run(
         jobdir.path, started=started, slurm_job_id=os.environ.get("SLURM_JOB_ID"), host=socket.gethostname()
     )
+    prior_runs = len(runs) - 1  # allocations before this one: requeues and resumes
     try:
         fit_id, options = spec["fit"], spec.get("fit_options", {})
         steps = fitter_class(fit_id).max_steps(problem, options)
         fit_state, info = None, {"elapsed_s": 0.0}
-        saved = jobdir.file(checkpoint.CHECKPOINT_FILE)
-        if fit_id in checkpoint.RESUMABLE and saved.exists():
+        saved = jobdir.file(CHECKPOINT_FILE)
+        if fit_id in RESUMABLE_FITTERS and saved.exists():
             fit_state, info = checkpoint.load(saved)  # also restores the random generator
             print(f"bumps-mpi: resuming from the checkpoint at step {info['step']}", flush=True)
             checkpoint.record_run(jobdir.path, update=True, resumed_from_step=info["step"])
         checkpointer = None
-        if fit_id in checkpoint.RESUMABLE:
+        if fit_id in RESUMABLE_FITTERS:
             every = float(spec.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY))
             checkpointer = checkpoint.Checkpointer(saved, fit_id, stop, every, info, last_step=steps)
         progress = ProgressMonitor(
@@ -208,7 +217,7 @@ def _stopped(jobdir: JobDir, spec: dict[str, Any], stop: Any, checkpointer: Any)
     # SIGTERM reaches the ranks (not the batch shell) when Slurm preempts the job: requeue as at a time
     # limit. scancel and the time limit's own end also kill the batch shell, so no requeue follows them.
     requeueable = stop.reason in ("time limit", "terminated")
-    if requeueable and in_slurm and not jobdir.file(checkpoint.CANCEL_FILE).exists():
+    if requeueable and in_slurm and not jobdir.file(CANCEL_FILE).exists():
         requeues = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         limit = int(spec.get("max_requeues", DEFAULT_MAX_REQUEUES))
         if requeues < limit:

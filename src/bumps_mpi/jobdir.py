@@ -20,6 +20,7 @@ LOCAL_STATE_FILE = "local.json"
 MODEL_DIR = "model"
 EXPORT_DIR = "export"
 CHECKPOINT_FILE = "checkpoint.h5"  # the fit's state, to continue after a stop (bumps_mpi.checkpoint)
+RESUMABLE_FITTERS = ("dream", "de")  # the fitters whose state Bumps can save and resume
 STOP_FILE = "stop-request"  # written by the sbatch script's time-limit trap: checkpoint and stop
 CHECKPOINT_REQUEST_FILE = "checkpoint-request"  # `bumps-submit checkpoint`: save now, go on
 CANCEL_FILE = "cancel-request"  # written by `bumps-submit cancel`: never requeue after it

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import slurm
-from .jobdir import RUNS_FILE, JobDir, read_json, write_json
+from .jobdir import JobDir, read_json, write_json
 from .states import JobState, pending_hint
 
 STATE_FILE = "state.json"
@@ -74,6 +74,7 @@ class _SlurmView:
 def _record(job: JobDir, cached: dict | None, view: _SlurmView) -> dict[str, Any]:
     spec = job.spec
     job_id = job_id_of(job)
+    progress, error, result = read_json(job.file(PROGRESS_FILE)), job.error, job.result  # each read once
     record: dict[str, Any] = {
         "job_id": job_id,
         "job_dir": str(job.path),
@@ -89,11 +90,11 @@ def _record(job: JobDir, cached: dict | None, view: _SlurmView) -> dict[str, Any
     if cached is not None:
         record.update(cached)
     elif job_id is None:
-        record.update(_local_state(job))
+        record.update(_local_state(job, finished=result is not None or error is not None))
     elif job_id in view.accounting and view.accounting[job_id]["State"] != "PENDING":
         row = view.accounting[job_id]
         state = JobState.from_slurm(row["State"])
-        if state is JobState.FAILED and (job.error or {}).get("killed_by") == JobState.OUT_OF_MEMORY.value:
+        if state is JobState.FAILED and (error or {}).get("killed_by") == JobState.OUT_OF_MEMORY.value:
             state = JobState.OUT_OF_MEMORY  # a rank's step hit --mem; the batch script itself did not
         found = {
             "state": state.value,
@@ -120,25 +121,24 @@ def _record(job: JobDir, cached: dict | None, view: _SlurmView) -> dict[str, Any
         record.update(state=JobState.PENDING.value, reason="not yet in accounting")
     else:  # Slurm did not answer: say so, never guess
         record.update(reason=f"Slurm not reachable ({view.unreachable or 'accounting failed'})")
-    runs = read_json(job.file(RUNS_FILE)) or []
-    if runs:
-        record["restarts"] = len(runs) - 1  # allocations after the first: requeues and resumes
-    if record["state"] == JobState.PENDING.value and runs and job.result is None:
-        record["state"] = JobState.REQUEUED.value  # it ran and stopped at a checkpoint: it will continue
+    if progress is not None:
+        record["restarts"] = progress.get("restarts", 0)  # allocations after the first: requeues, resumes
+        if record["state"] == JobState.PENDING.value and not progress.get("done"):
+            record["state"] = JobState.REQUEUED.value  # it ran, stopped unfinished, and will continue
     if record["state"] == JobState.UNKNOWN.value and record["slurm_state"]:
         record["warning"] = f"Slurm state {record['slurm_state']!r} is not one bumps-mpi knows"
     if record["state"] in (JobState.PENDING.value, JobState.REQUEUED.value):
         hint = pending_hint(record["reason"])
         if hint:
             record["never_starts"], record["hint"] = hint
-    _join_job_dir(job, record)
+    _join_job_dir(record, progress, error, result)
     return record
 
 
-def _local_state(job: JobDir) -> dict[str, Any]:
+def _local_state(job: JobDir, finished: bool) -> dict[str, Any]:
     local = job.local_state
     if local is None:
-        return {"state": JobState.RUNNING.value if job.result is None and job.error is None else "UNKNOWN"}
+        return {"state": "UNKNOWN" if finished else JobState.RUNNING.value}
     import datetime
 
     seconds = int(local["finished"] - local["started"])
@@ -150,9 +150,10 @@ def _local_state(job: JobDir) -> dict[str, Any]:
     }
 
 
-def _join_job_dir(job: JobDir, record: dict[str, Any]) -> None:
+def _join_job_dir(
+    record: dict[str, Any], progress: dict | None, error: dict | None, result: dict | None
+) -> None:
     """The fit's own view: progress while it runs, the error or the chi-square at the end."""
-    progress = read_json(job.file(PROGRESS_FILE))
     if progress is not None:
         steps = max(int(progress.get("steps") or 1), 1)
         record["progress"] = {
@@ -164,11 +165,9 @@ def _join_job_dir(job: JobDir, record: dict[str, Any]) -> None:
             "failed_evaluations": progress.get("failed_evaluations"),
             "done": progress.get("done"),
         }
-    error = job.error
     if error is not None:
         record["error"] = {
             k: error.get(k) for k in ("message", "rank", "host", "point", "phase", "traceback")
         }
-    result = job.result
     if result is not None:
         record["chisq"] = result.get("chisq")

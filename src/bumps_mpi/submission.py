@@ -22,8 +22,20 @@ from typing import Any
 from . import __version__, jobstate, registry, slurm
 from .config import load_settings, slurm_dir
 from .errors import SubmitError, UsageError
-from .jobdir import JOB_FILE, LOCAL_STATE_FILE, MODEL_DIR, SCRIPT_FILE, JobDir, write_atomic, write_json
-from .postmortem import write_postmortem
+from .jobdir import (
+    CANCEL_FILE,
+    CHECKPOINT_FILE,
+    JOB_FILE,
+    LOCAL_STATE_FILE,
+    MODEL_DIR,
+    RESUMABLE_FITTERS,
+    SCRIPT_FILE,
+    JobDir,
+    read_json,
+    write_atomic,
+    write_json,
+)
+from .postmortem import RANKS_FILE, write_postmortem
 from .render import DIRECTIVES, render_sbatch
 
 JOB_SETTINGS = ("checkpoint_every", "signal_grace", "max_requeues")  # settings for the job, not sbatch
@@ -101,8 +113,8 @@ def _spec(
         "fit_options": checked["fit_options"],
         "seed": request.seed,
         "threads": settings.get("threads", 1),
-        "checkpoint_every": settings.get("checkpoint_every", 600),
-        "max_requeues": settings.get("max_requeues", 10),
+        "checkpoint_every": settings["checkpoint_every"],  # defaults: slurm/defaults.toml
+        "max_requeues": settings["max_requeues"],
         "parameters": checked["check"]["parameters"],
         "start_nllf": checked["check"]["nllf"],
         "resources": {k: settings.get(k) for k in (*DIRECTIVES, "launcher", "profile") if settings.get(k)},
@@ -154,7 +166,7 @@ def prepare(request: JobRequest, cli_settings: dict[str, Any] | None = None) -> 
         prologue=settings.get("prologue", []),
         epilogue=settings.get("epilogue", []),
         version=__version__,
-        signal_grace=settings.get("signal_grace", 120),
+        signal_grace=settings["signal_grace"],
     )
     return target, spec, script
 
@@ -209,8 +221,6 @@ def run_local_job(job: JobDir, ranks: int, echo: Any = None) -> dict[str, Any]:
     """
     import signal
 
-    from .checkpoint import CHECKPOINT_FILE
-
     command = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "bumps_mpi.job"]
     command.append(str(job.path))
     started = time.time()
@@ -256,9 +266,6 @@ def run_local_job(job: JobDir, ranks: int, echo: Any = None) -> dict[str, Any]:
 
 
 def _rank0_pid(job: JobDir) -> int | None:
-    from .jobdir import read_json
-    from .postmortem import RANKS_FILE
-
     ranks = read_json(job.file(RANKS_FILE))
     return int(ranks[0]["pid"]) if ranks else None
 
@@ -268,13 +275,11 @@ def resume(job: JobDir, ranks: int | None = None, echo: Any = None) -> dict[str,
 
     Nothing is lost: the old error.json and cached state are kept under new names.
     """
-    from .checkpoint import CANCEL_FILE, CHECKPOINT_FILE, RESUMABLE
-
     spec = job.spec
     if job.result is not None:
         raise UsageError(f"{job.path} already completed: see 'bumps-submit results {job.path}'")
-    if spec["fit"] not in RESUMABLE:
-        only = ", ".join(RESUMABLE)
+    if spec["fit"] not in RESUMABLE_FITTERS:
+        only = ", ".join(RESUMABLE_FITTERS)
         raise UsageError(f"fitter {spec['fit']!r} cannot resume (only {only} can); submit it again")
     if not job.file(CHECKPOINT_FILE).exists():
         raise UsageError(f"{job.path} has no checkpoint yet: submit the model again")
