@@ -15,11 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from bumps_mpi.states import TERMINAL as TERMINAL_STATES
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "peak.py"
 MODELS = Path(__file__).resolve().parent / "models"
 REQUIRE = os.environ.get("BUMPS_MPI_REQUIRE_CLUSTER") == "1"
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED"}
+TERMINAL = {state.value for state in TERMINAL_STATES}
+NOBODY = 65534  # the unprivileged user hostile-input tests run as (root ignores permissions)
 # a small DREAM fit: 40 points a generation, 150 generations
 SMALL_DREAM = ["--samples", "2000", "--burn", "100", "--seed", "7"]
 # a fit whose random start reaches the failing region of the failing test models at once
@@ -48,15 +51,92 @@ def isolated(tmp_path, monkeypatch):
     return tmp_path
 
 
-def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """bumps-submit as a user runs it: a new process, its exit code, stdout and stderr."""
+def cli(
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 300,
+    env: dict | None = None,
+    user: int | None = None,
+) -> subprocess.CompletedProcess:
+    """bumps-submit as a user runs it: a new process, its exit code, stdout and stderr.
+
+    *user* runs it as that unprivileged uid (the test process must be root to switch).
+    """
+    prefix = [] if user is None else as_user(user)
     return subprocess.run(
-        [sys.executable, "-m", "bumps_mpi", *map(str, args)],
+        [*prefix, sys.executable, "-m", "bumps_mpi", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
     )
+
+
+def as_user(uid: int) -> list[str]:
+    """A command prefix that runs what follows as *uid* (util-linux's setpriv), or a skip/failure."""
+    if os.geteuid() != 0:
+        unavailable("switching to an unprivileged user needs root")
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Assert the bumps-submit contract for bad input: exit 1, one line 'bumps-submit: error: ...'."""
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bumps-submit: error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "Traceback" not in proc.stdout + proc.stderr
+    return lines[0]
+
+
+def write_model(path: Path, prelude: str = "", body: str = "problem = FitProblem(model)\n") -> Path:
+    """A copy of examples/peak.py with *prelude* code run first and *body* defining the problem."""
+    text = EXAMPLE.read_text().replace("problem = FitProblem(model)\n", "")
+    path.write_text(prelude + "\n" + text + "\n" + body)
+    return path
+
+
+def fake_job(
+    job_dir: Path, state: str = "COMPLETED", result: bool = True, register: bool = True, **spec: object
+) -> Path:
+    """A finished local job directory written by hand (no MPI run): for tests of what reads one."""
+    job_dir.mkdir(parents=True)
+    now = time.time()
+    (job_dir / "job.json").write_text(
+        json.dumps({"name": "fake", "model": str(EXAMPLE), "fit": "dream", "created": now, **spec})
+    )
+    (job_dir / "local.json").write_text(
+        json.dumps({"state": state, "exit_code": 0, "started": now - 5, "finished": now})
+    )
+    if result:
+        parameter = {"name": "height", "best": 2.0, "mean": 2.0, "std": 0.1}
+        (job_dir / "result.json").write_text(
+            json.dumps(
+                {
+                    "fitter": "dream",
+                    "chisq": 1.0,
+                    "chisq_str": "1.0(1)",
+                    "nllf": 40.0,
+                    "elapsed_s": 1.0,
+                    "parameters": [parameter],
+                    "ranks": 2,
+                }
+            )
+        )
+    if register:
+        from bumps_mpi import registry
+
+        registry.add(
+            {
+                "job_id": spec.get("slurm", {}).get("job_id"),
+                "job_dir": str(job_dir),
+                "name": "fake",
+                "submitted": now,
+            }
+        )
+    return job_dir
 
 
 def cli_json(*args: str, **kw) -> object:
@@ -88,13 +168,22 @@ def mpiexec():
     return str(exe)
 
 
-def wait_for_state(job: str, states: set[str] = TERMINAL, timeout: float = 240) -> dict:
-    """Poll `status --json` (once a second) until the job reaches one of *states*; fail past *timeout*."""
+def wait_for_state(
+    job: str, states: set[str] = TERMINAL, timeout: float = 240, exit_known: bool = True
+) -> dict:
+    """Poll `status --json` (once a second) until the job reaches one of *states*; fail past *timeout*.
+
+    A Slurm job that has ended is returned once its exit is known too (the script's own exit-status
+    file, or accounting): the controller and the job directory may show the end a moment earlier.
+    """
     deadline = time.monotonic() + timeout
     record: dict = {}
     while time.monotonic() < deadline:
         record = cli_json("status", job)[0]
-        if record["state"] in states:
+        ended = record["state"] in TERMINAL
+        if record["state"] in states and not (
+            exit_known and ended and record["job_id"] and record["exit"] is None
+        ):
             return record
         time.sleep(1)
     pytest.fail(f"job {job} did not reach {sorted(states)} in {timeout} s; last status: {record}")
@@ -113,3 +202,14 @@ def serial_fit(model: Path, fit: str, options: dict, seed: int) -> dict:
     x, _ = driver.fit()
     problem.setp(x)
     return {"best": [float(v) for v in x], "chisq": float(problem.chisq()), "labels": problem.labels()}
+
+
+def sbatch_wrap(cwd: Path, command: str, *options: str) -> str:
+    """A plain job straight through sbatch (not bumps-submit): a neighbour that preempts ours, or a victim."""
+    return subprocess.run(
+        ["sbatch", "--parsable", "-o", "/dev/null", *options, "--wrap", command],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=cwd,
+    ).stdout.strip()

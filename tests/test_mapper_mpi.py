@@ -39,6 +39,16 @@ def test_equivalent_to_serial(mpiexec, ranks, balance):
 
 
 @pytest.mark.mpi_launch
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_each_strategy_alone_equals_serial(mpiexec, ranks):
+    """StaticSplit and GuidedChunks called directly, not through Mapper's choice between them."""
+    proc = launch(mpiexec, ranks, "mapper_strategies.py", EXAMPLE)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sizes = {1, ranks - 1, ranks, ranks + 1, 7, 101, 3001} - {0}
+    assert f"OK {2 * len(sizes)} checks on {ranks} ranks" in proc.stdout
+
+
+@pytest.mark.mpi_launch
 @BALANCE
 @pytest.mark.parametrize("mode", ["raise", "base", "kill"])
 def test_failure_on_a_worker_ends_the_run(mpiexec, mode, balance):

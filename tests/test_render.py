@@ -36,6 +36,7 @@ def render(**overrides) -> str:
         prologue=["module load python/3.11"],
         epilogue=["echo done"],
         version="0.1.0",
+        signal_grace=120,
     )
     args.update(overrides)
     return render_sbatch(**args)
@@ -71,10 +72,77 @@ def test_hostile_job_name_refused(value):
         render(name=value)
 
 
-@pytest.mark.parametrize("value", ["--constraint=a b", "--x=1\n#SBATCH --y", "constraint=cpu", "--c=$(id)"])
-def test_bad_extra_directive_refused(value):
-    with pytest.raises(UsageError, match="extra directive"):
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        ("--constraint=a b", "as 2 options"),  # sbatch splits #SBATCH lines on spaces: a second option
+        ("--comment=x --array=1-9", "as 2 options"),
+        ("--x=1\n#SBATCH --y", "line break"),
+        ("--x=1\r--y", "line break"),
+        ("constraint=cpu", "long option"),
+        ("-C cpu", "long option"),
+        ("--comment='open", "quotation"),
+    ],
+)
+def test_extra_directive_sbatch_would_misread_is_refused(value, why):
+    with pytest.raises(UsageError, match=f"extra directive.*{why}"):
         render(extra=[value])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "--signal=USR1@10",
+        "--sig=USR1@10",  # sbatch takes unambiguous abbreviations of long options
+        "--requeue",
+        "--no-requeue",
+        "--output=/tmp/x.out",
+        "--out=x",
+        "--error=err.txt",
+        "--open-mode=truncate",
+        "--array=0-9",
+        "--arr=1",
+        "--job-name=x",
+        "--chdir=/tmp",
+        "--wrap=id",
+        "--test-only",
+        "--wait",
+    ],
+)
+def test_extra_directive_cannot_replace_what_the_job_relies_on(value):
+    with pytest.raises(UsageError, match=r"is not allowed: bumps-mpi sets --"):
+        render(extra=[value])
+
+
+@pytest.mark.parametrize("value", ["--time=5", "--part=debug", "--ntasks=9"])
+def test_extra_directive_for_a_setting_names_the_setting(value):
+    with pytest.raises(UsageError, match="use the .* setting"):
+        render(extra=[value])
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["--exclude=cn[01-03]", "--constraint=intel|amd", "--gres=gpu:2", "--comment='two words'", "--exclusive"],
+)
+def test_ordinary_slurm_syntax_in_extra_is_written_verbatim(value):
+    assert f"\n#SBATCH {value}\n" in render(extra=[value])
+
+
+@pytest.mark.parametrize("option", ["signal", "requeue", "output", "open-mode", "job-name", "--signal"])
+def test_skip_cannot_remove_what_the_job_relies_on(option):
+    with pytest.raises(UsageError, match="bumps-mpi needs this directive"):
+        render(skip=[option])
+
+
+def test_skip_of_an_unknown_directive_is_an_error():
+    with pytest.raises(UsageError, match="skip 'memory': no such directive.*mem"):
+        render(skip=["memory"])
+
+
+def test_prologue_is_shell_written_verbatim():
+    """Documented: prologue and epilogue lines are shell, written as given (the site's or user's own)."""
+    text = render(prologue=["module load x && source $HOME/env"], epilogue=["echo $SLURM_JOB_ID"])
+    assert "\nmodule load x && source $HOME/env\n" in text and "\necho $SLURM_JOB_ID\n" in text
 
 
 @pytest.mark.parametrize("job_dir", [d for d in HOSTILE if "\n" not in d])
@@ -102,7 +170,15 @@ def test_srun_always_kills_the_step_when_a_rank_dies():
 
 @pytest.mark.parametrize(
     ("time", "grace", "expected"),
-    [("00:10:00", 120, 120), ("1", 120, 30), ("1", 15, 15), ("2-00:00:00", 300, 300), (None, 120, 120)],
+    [
+        ("00:10:00", 120, 120),
+        ("1", 120, 30),
+        ("1", 15, 15),
+        ("2-00:00:00", 300, 300),
+        (None, 120, 120),
+        ("0", 120, 120),  # Slurm: no limit
+        ("UNLIMITED", 120, 120),
+    ],
 )
 def test_time_limit_signal_leaves_room_to_checkpoint(time, grace, expected):
     """Slurm warns the batch shell (B:) *grace* s before the limit, never more than half the limit."""

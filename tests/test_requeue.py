@@ -16,7 +16,7 @@ from pathlib import Path
 
 import h5py
 import pytest
-from conftest import MODELS, cli, cli_json
+from conftest import MODELS, TERMINAL, cli, cli_json, sbatch_wrap
 
 pytestmark = pytest.mark.slurm
 
@@ -41,14 +41,15 @@ def follow(
 
     Returns every status record seen (the states a user would have seen, in order).
     """
-    until = until or {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
+    until = until or TERMINAL - {"PREEMPTED"}
     seen: list[dict] = []
     held_since: float | None = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         record = cli_json("status", job_id)[0]
         seen.append(record)
-        if record["state"] in until or (when is not None and when(record)):
+        ended = record["state"] in TERMINAL and record["exit"] is None  # wait for its exit too
+        if (record["state"] in until and not ended) or (when is not None and when(record)):
             return seen
         queue = _squeue(job_id)
         if release and queue.startswith("PENDING") and "BeginTime" in queue:
@@ -81,7 +82,7 @@ def test_fit_three_times_its_time_limit_requeues_itself_to_completion(slurm_clus
     job_id, job_dir = submitted["job_id"], Path(submitted["job_dir"])
     seen = follow(job_id, timeout=600)
     final = seen[-1]
-    assert final["state"] == "COMPLETED" and final["exit_code"] == "0:0", final
+    assert final["state"] == "COMPLETED" and final["exit"] == "0", final
     assert "REQUEUED" in {r["state"] for r in seen}  # what status showed between allocations
     runs = _runs(job_dir)
     assert len(runs) >= 3 and final["restarts"] == len(runs) - 1, runs
@@ -124,7 +125,12 @@ def test_requeue_countdown_stops_with_a_message_and_the_checkpoint(slurm_cluster
     assert resumed["resumed"] and new_id != submitted["job_id"]
     assert (job_dir / "error.json").exists() is False and list(job_dir.glob("error.json.*"))
     try:
-        follow(new_id, 120, when=lambda r: r["state"] == "RUNNING" and len(_runs(job_dir)) == 3)
+
+        def resumed(record: dict) -> bool:  # the third run has started and loaded the checkpoint
+            runs = _runs(job_dir)
+            return record["state"] == "RUNNING" and len(runs) == 3 and "resumed_from_step" in runs[-1]
+
+        follow(new_id, 120, when=resumed)
         third = _runs(job_dir)[-1]
         assert third["slurm_job_id"] == new_id and third["resumed_from_step"] == runs[-1]["checkpoint_step"]
         listed = [r for r in cli_json("status") if r["job_dir"] == str(job_dir)]
@@ -156,13 +162,7 @@ def test_preempted_fit_checkpoints_requeues_itself_and_resumes(slurm_cluster, is
     job_id, job_dir = submitted["job_id"], Path(submitted["job_dir"])
     try:
         follow(job_id, 120, when=lambda r: (r.get("progress") or {}).get("step", 0) >= 20)
-        urgent = subprocess.run(
-            ["sbatch", "--parsable", "-p", "urgent", "-n", "2", "-o", "/dev/null", "--wrap", "sleep 5"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=isolated,
-        ).stdout.strip()
+        urgent = sbatch_wrap(isolated, "sleep 5", "-p", "urgent", "-n", "2")
         seen = follow(job_id, 240, when=lambda r: r["state"] == "RUNNING" and len(_runs(job_dir)) == 2)
         assert "REQUEUED" in {r["state"] for r in seen}, seen[-1]
         first, second = _runs(job_dir)

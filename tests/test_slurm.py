@@ -18,6 +18,8 @@ from conftest import (
     SMALL_DREAM,
     cli,
     cli_json,
+    fake_job,
+    sbatch_wrap,
     serial_fit,
     unavailable,
     wait_for_state,
@@ -43,7 +45,12 @@ def test_fit_completes_and_equals_serial(slurm_cluster, isolated):
     assert first["state"] in ("PENDING", "RUNNING", "COMPLETED") and first["job_dir"] == str(job_dir)
     record = wait_for_state(job_id)
     assert record["state"] == "COMPLETED", record
-    assert record["exit_code"] == "0:0" and record["elapsed_s"] >= 0 and record["elapsed"]
+    assert record["exit"] == "0" and record["elapsed_s"] >= 0  # exit_code: once accounting has caught up
+    umask = os.umask(0o022)
+    os.umask(umask)  # sbatch passes the submitter's umask to the job: its files follow it
+    for path in (job_dir, job_dir / "export", job_dir / "result.json", job_dir / f"slurm-{job_id}.out"):
+        want = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert path.stat().st_mode & 0o777 == want, (str(path), oct(path.stat().st_mode))
     found = cli_json("results", job_id)
     reference = serial_fit(EXAMPLE, "dream", {"samples": 2000, "burn": 100}, seed=7)
     assert found["ranks"] == 2
@@ -57,7 +64,7 @@ def test_fit_completes_and_equals_serial(slurm_cluster, isolated):
 def test_failing_model_ends_failed_with_traceback(slurm_cluster, isolated):
     submitted = submit(isolated, MODELS / "fails_in_fit.py", *FAILING_FIT)
     record = wait_for_state(submitted["job_id"])
-    assert record["state"] == "FAILED" and record["exit_code"] == "1:0", record
+    assert record["state"] == "FAILED" and record["exit"] == "exit 1", record
     assert "model exploded at height=" in record["error"]["traceback"]
     assert record["error"]["point"][0] > 4.5
     shown = cli("status", submitted["job_id"])
@@ -131,8 +138,18 @@ def test_dead_rank_ends_failed_and_is_named(slurm_cluster, isolated):
     record = wait_for_state(submitted["job_id"])
     assert record["state"] == "FAILED", record
     error = record["error"]
-    assert error["phase"] == "run" and error["rank"] == 1, (error, _slurm_out(submitted["job_dir"]))
+    log = _slurm_out(submitted["job_dir"])
+    assert error["phase"] == "run" and error["rank"] == 1, (error, log)
     assert f"rank {error['rank']} on " in error["message"] and "Killed" in error["message"]
+    # rank 0's watchdog ended the job at once, not Slurm's SIGKILL after KillWait
+    assert "rank 0: terminated while waiting" in log and "ending this rank" in log, log
+    assert record["elapsed_s"] < _kill_wait(), (record, log)
+    assert record["exit"] == "killed by signal 9 (SIGKILL)", record  # Slurm itself says 9:0
+
+
+def _kill_wait() -> int:
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    return int(next(line for line in config.splitlines() if line.startswith("KillWait")).split()[2])
 
 
 def test_progress_while_running_then_watch(slurm_cluster, isolated):
@@ -149,6 +166,7 @@ def test_progress_while_running_then_watch(slurm_cluster, isolated):
     watched = cli("watch", submitted["job_id"], "--interval", "1", timeout=600)
     assert watched.returncode == 0, watched.stderr
     assert "COMPLETED" in watched.stdout and "chisq" in watched.stdout
+    assert "(None)" not in watched.stderr and "RUNNING -" not in watched.stdout
     done = cli_json("status", submitted["job_id"])[0]
     assert done["progress"]["done"] and done["progress"]["step"] == done["progress"]["steps"]
     assert (Path(submitted["job_dir"]) / "state.json").is_file()  # finished: cached
@@ -163,12 +181,14 @@ def test_watch_a_failing_fit_exits_non_zero(slurm_cluster, isolated):
 
 def test_held_job_is_pending_with_reason_and_hint(slurm_cluster, isolated, monkeypatch):
     """Submitted held through a site profile's extra directive (also checks those reach sbatch)."""
-    site = isolated / "site.toml"
-    site.write_text('[profiles.default]\nextra = ["--hold"]\n')
+    site = isolated / "site.toml"  # any Slurm syntax sbatch reads as one option, quoting included
+    site.write_text('[profiles.default]\nextra = ["--hold", "--comment=\'two words|cn[01-03]\'"]\n')
     monkeypatch.setenv("BUMPS_MPI_CONFIG", str(site))
     submitted = submit(isolated, EXAMPLE, *SMALL_DREAM)
     job_id = submitted["job_id"]
     assert "#SBATCH --hold" in (Path(submitted["job_dir"]) / "run.sbatch").read_text()
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    assert "Comment=two words|cn[01-03]" in shown, shown
     try:
         record = cli_json("status", job_id)[0]
         deadline = time.monotonic() + 60
@@ -220,6 +240,10 @@ def registry_add(job_dir: Path, job_id: str) -> None:
 
 def test_accounting_down_falls_back_to_the_controller_then_recovers(slurm_cluster, isolated):
     """slurmdbd stopped: a running job is still RUNNING (from squeue) with a notice; then it recovers."""
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    assert "ClusterName             = ci" in config  # the project's own test cluster, and no other,
+    slurm_conf = next(line for line in config.splitlines() if line.startswith("SLURM_CONF")).split()[-1]
+    assert Path(slurm_conf).read_text().startswith("# generated by scripts/slurm-cluster")  # is stopped here
     running = submit(
         isolated, EXAMPLE, "--ntasks", "1", "--fit-option", "samples=100000000", "--burn", "100000"
     )
@@ -237,13 +261,26 @@ def test_accounting_down_falls_back_to_the_controller_then_recovers(slurm_cluste
         assert record["state"] == "RUNNING" and "unavailable" in record["accounting"], record
         human = cli("status", running["job_id"])
         assert human.stderr.count("accounting unavailable") == 1 and "RUNNING" in human.stdout
+        cancelled = cli("cancel", running["job_id"])
+        assert cancelled.returncode == 0, cancelled.stderr
+        record = wait_for_state(running["job_id"], exit_known=False)  # the controller's word: no exit code
+        assert record["state"] == "CANCELLED" and record["accounting"], record
     finally:
         subprocess.run(["scancel", running["job_id"]], check=False)
         restart = {**os.environ, "SLURM_SKIP_SELFTEST": "1"}
         subprocess.run(
             [str(ROOT / "scripts" / "slurm-cluster"), "start"], capture_output=True, check=True, env=restart
         )
-    record = wait_for_state(running["job_id"])
+    # accounting is back and catches up with a lag: the state never goes back to RUNNING meanwhile
+    state_file = Path(running["job_dir"]) / "state.json"
+    seen = []
+    deadline = time.monotonic() + 120
+    while not state_file.exists() and time.monotonic() < deadline:
+        seen.append(cli_json("status", running["job_id"])[0]["state"])
+        time.sleep(0.2)
+    assert state_file.exists(), seen
+    assert set(seen) <= {"CANCELLED"}, seen
+    record = cli_json("status", running["job_id"])[0]
     assert record["state"] == "CANCELLED" and not record.get("accounting")
 
 
@@ -342,3 +379,54 @@ def test_memory_no_node_has_is_refused_at_submit(slurm_cluster, isolated):
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("bumps-submit: error: sbatch failed: Memory specification can not be sat")
     assert not (isolated / "jobs").exists() or not any((isolated / "jobs").iterdir())  # nothing left
+
+
+def test_a_model_that_imports_its_neighbour_runs_under_slurm(slurm_cluster, isolated):
+    submitted = submit(isolated, MODELS / "neighbours" / "model.py", *SMALL_DREAM)
+    record = wait_for_state(submitted["job_id"])
+    assert record["state"] == "COMPLETED", (record, _slurm_out(submitted["job_dir"]))
+
+
+def test_a_job_slurm_does_not_know_is_pending_then_unknown(slurm_cluster, isolated):
+    """Accounting lags sbatch by seconds, so an unknown id is PENDING at first, UNKNOWN after a while."""
+    fresh = fake_job(
+        isolated / "fresh", result=False, slurm={"job_id": "987654321", "submitted": time.time()}
+    )
+    old = fake_job(
+        isolated / "old", result=False, slurm={"job_id": "987654322", "submitted": time.time() - 3600}
+    )
+    records = {r["job_id"]: r for r in cli_json("status", fresh, old)}
+    assert records["987654321"]["state"] == "PENDING", records
+    assert (
+        records["987654322"]["state"] == "UNKNOWN"
+        and "Slurm knows no job 987654322" in records["987654322"]["reason"]
+    ), records
+    assert not (old / "state.json").exists() and not (fresh / "state.json").exists()
+
+
+def test_a_preempted_state_is_never_cached(slurm_cluster, isolated):
+    """A job that ends PREEMPTED (here: one that may not requeue) is reported, and asked again next time."""
+    job_id = sbatch_wrap(isolated, "sleep 300", "--no-requeue", "-n", "2")
+    job = fake_job(isolated / "victim", result=False, slurm={"job_id": job_id, "submitted": time.time()})
+    wait_for_state(str(job), {"RUNNING"}, timeout=60)
+    urgent = sbatch_wrap(isolated, "sleep 1", "-p", "urgent", "-n", "2")
+    try:
+        record = wait_for_state(str(job), timeout=180)
+        assert record["state"] == "PREEMPTED", record
+        assert not (job / "state.json").exists()  # Slurm may still requeue it: never cached
+    finally:
+        subprocess.run(["scancel", job_id, urgent], check=False)
+
+
+def test_a_pyslurm_failure_falls_back_to_sacct_and_says_so(slurm_cluster, monkeypatch):
+    from bumps_mpi import pyslurm_backend, slurm
+
+    def broken(ids):
+        raise RuntimeError("RPC failed")
+
+    monkeypatch.setattr(pyslurm_backend, "available", lambda: True)
+    monkeypatch.setattr(pyslurm_backend, "jobs", broken)
+    slurm.NOTICES.clear()
+    found = slurm.sacct(["1"])
+    assert slurm.NOTICES == ["pyslurm failed (RuntimeError: RPC failed); asked sacct instead"]
+    assert isinstance(found, dict)

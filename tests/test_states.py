@@ -31,15 +31,12 @@ def test_slurm_words(word, state):
 
 
 def test_terminal_states():
-    assert {s for s in JobState if s.terminal} == {
-        JobState.COMPLETED,
-        JobState.FAILED,
-        JobState.CANCELLED,
-        JobState.TIMEOUT,
-        JobState.OUT_OF_MEMORY,
-        JobState.NODE_FAIL,
-        JobState.PREEMPTED,
-    }
+    """The ends a job can reach: what `watch` stops at (conftest.TERMINAL is this set, imported)."""
+    ends = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED"}
+    assert {s.value for s in JobState if s.terminal} == ends
+    assert not any(
+        s.terminal for s in (JobState.PENDING, JobState.RUNNING, JobState.REQUEUED, JobState.UNKNOWN)
+    )
 
 
 def test_pending_hints():
@@ -125,3 +122,55 @@ def test_pyslurm_backend_agrees_with_sacct(slurm_cluster):
         patch.setenv("BUMPS_MPI_ACCOUNTING", "sacct")
         expected = slurm.sacct(ids)
     assert pyslurm_backend.jobs(ids) == expected
+
+
+@pytest.mark.parametrize(
+    "slurm_code, script_status, words",
+    [
+        ("0:0", None, "0"),
+        ("1:0", None, "exit 1"),
+        ("0:9", None, "killed by signal 9 (SIGKILL)"),
+        ("0:15", None, "killed by signal 15 (SIGTERM)"),
+        ("9:0", 137, "killed by signal 9 (SIGKILL)"),  # what Slurm stores for a script's exit 137
+        ("15:0", 143, "killed by signal 15 (SIGTERM)"),
+        ("1:0", 1, "exit 1"),
+        (None, 0, "0"),  # accounting has not caught up; the script's own record is enough
+        (None, None, None),
+    ],
+)
+def test_exit_codes_in_words(slurm_code, script_status, words):
+    from bumps_mpi.states import describe_exit
+
+    assert describe_exit(slurm_code, script_status) == words
+
+
+def test_a_launcher_failure_names_no_rank_it_does_not_know(tmp_path):
+    """No 'rank None (None)': when the launcher's output names no rank, the message says what is known."""
+    from bumps_mpi.errors import JobFailed
+    from bumps_mpi.postmortem import write_postmortem
+
+    (tmp_path / "job.json").write_text("{}")
+    log = tmp_path / "local.out"
+    log.write_text("mpiexec: cannot start proxy\n")
+    error = write_postmortem(tmp_path, 255, log)
+    assert error["rank"] is None and error["message"].startswith(
+        "the launcher failed (launcher exit status 255"
+    )
+    assert str(JobFailed(error)) == f"the fit failed: {error['message']}"
+    assert "None" not in str(JobFailed(error))
+
+
+def test_terminal_control_sequences_are_stripped():
+    from bumps_mpi.text import one_line, plain
+
+    hostile = "a\x1b[2J\x1b]0;title\x07b\rc\x00d\x9b31me\nnext\tline"
+    assert plain(hostile) == "abcde\nnext\tline"
+    assert one_line(hostile) == "abcde next\tline"
+
+
+def test_preempted_and_node_fail_are_terminal_but_never_final():
+    from bumps_mpi.states import FINAL, TERMINAL
+
+    assert JobState.PREEMPTED.terminal and not JobState.PREEMPTED.final
+    assert JobState.NODE_FAIL.terminal and not JobState.NODE_FAIL.final
+    assert FINAL == TERMINAL - {JobState.PREEMPTED, JobState.NODE_FAIL}

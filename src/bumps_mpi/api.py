@@ -1,4 +1,4 @@
-"""The Python API behind bumps-submit's status, results, watch and cancel.
+"""The Python API behind bumps-submit's status, results, watch, checkpoint and cancel.
 
 The click layer only parses and prints; a notebook can call these directly.
 Submitting lives in bumps_mpi.submission. Importing this module stays cheap:
@@ -12,46 +12,82 @@ from pathlib import Path
 from typing import Any
 
 from . import jobstate, registry, slurm
-from .errors import JobFailed, JobNotFound, UsageError
-from .jobdir import CANCEL_FILE, CHECKPOINT_REQUEST_FILE, JOB_FILE, RESUMABLE_FITTERS, JobDir
+from .errors import BumpsMpiError, JobFailed, JobNotFound, UsageError
+from .jobdir import (
+    CANCEL_FILE,
+    CHECKPOINT_FILE,
+    CHECKPOINT_REQUEST_FILE,
+    JOB_FILE,
+    LOCAL_LOG_FILE,
+    RESUMABLE_FITTERS,
+    JobDir,
+    slurm_log,
+)
+from .states import JobState
 
 
 def resolve(ref: str) -> JobDir:
-    """A job id (from the registry) or a job directory."""
+    """A job id (from the registry) or a job directory; its job.json must be readable."""
     path = Path(ref)
-    if path.is_dir() and (path / JOB_FILE).is_file():
-        return JobDir(path)
-    entry = registry.find(ref)
-    if entry is not None:
-        return JobDir(entry["job_dir"])
-    if path.is_dir():
-        raise JobNotFound(f"{ref} is a directory but not a bumps-mpi job directory (no {JOB_FILE})")
-    raise JobNotFound(f"no job {ref!r}: give a job directory, or a job id that bumps-submit submitted")
+    if path.is_dir() and (path / JOB_FILE).exists():
+        job = JobDir(path)
+    else:
+        entry = registry.find(ref)
+        if entry is not None:
+            job = JobDir(entry["job_dir"])
+        elif path.is_dir():
+            raise JobNotFound(f"{ref} is a directory but not a bumps-mpi job directory (no {JOB_FILE})")
+        elif path.exists():
+            raise JobNotFound(f"{ref} is a file: give a job directory or a job id")
+        else:
+            raise JobNotFound(
+                f"no job {ref!r}: give a job directory, or a job id that bumps-submit submitted"
+            )
+    job.spec  # noqa: B018 - read now, so that a broken job.json is one clear error here
+    return job
 
 
 def status(
     refs: list[str] | None = None, limit: int = 20, state: str | None = None, since: float | None = None
 ) -> list[dict[str, Any]]:
-    """One record per job (see bumps_mpi.jobstate); no refs: my jobs, newest first, filtered."""
+    """One record per job (see bumps_mpi.jobstate); no refs: my jobs, newest first, filtered.
+
+    A job whose directory cannot be read is still listed, with `unreadable`
+    saying why (a directory deleted by hand is left out of the listing).
+    """
     if refs:
         return jobstate.status([resolve(r) for r in refs])
-    entries = [e for e in registry.entries() if since is None or (e.get("submitted") or 0) >= since]
+    entries = [e for e in registry.entries() if since is None or _number(e.get("submitted")) >= since]
     seen: set[str] = set()  # a resumed job has one entry per submission: list its directory once
     unique = [e for e in entries if not (e["job_dir"] in seen or seen.add(e["job_dir"]))]
-    jobs = [JobDir(e["job_dir"]) for e in unique if (Path(e["job_dir"]) / JOB_FILE).is_file()]
+    present = [e for e in unique if Path(e["job_dir"]).is_dir()]
+    jobs = [JobDir(e["job_dir"]) for e in present]
+    ids = {str(JobDir(e["job_dir"]).path): e.get("job_id") for e in present}
+
+    def look(chunk: list[JobDir]) -> list[dict[str, Any]]:
+        found = jobstate.status(chunk)
+        for record in found:  # a broken job.json: the registry still knows its id
+            if record["job_id"] is None and record.get("unreadable"):
+                record["job_id"] = ids.get(record["job_dir"])
+        return found
+
     if state is None:
-        return jobstate.status(jobs[:limit])
+        return look(jobs[:limit]) if limit else look(jobs)
     wanted = state.upper()
     found: list[dict[str, Any]] = []
     for start in range(0, len(jobs), 50):  # a state filter may need to look further back than limit
-        found += [r for r in jobstate.status(jobs[start : start + 50]) if r["state"] == wanted]
-        if len(found) >= limit:
+        found += [r for r in look(jobs[start : start + 50]) if r["state"] == wanted]
+        if limit and len(found) >= limit:
             break
-    return found[:limit]
+    return found[:limit] if limit else found
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def results(ref: str) -> dict[str, Any]:
-    """The fit's result.json; JobNotFound-style errors say why there is none."""
+    """The fit's result.json; an error that says why there is none and what to do."""
     job = resolve(ref)
     result = job.result
     if result is not None:
@@ -59,8 +95,22 @@ def results(ref: str) -> dict[str, Any]:
     error = job.error
     if error is not None:
         raise JobFailed(error)
-    state = jobstate.status([job])[0]["state"]
-    raise JobNotFound(f"job {ref} has no results yet (state {state})")
+    record = jobstate.status([job])[0]
+    state = record["state"]
+    if state in (JobState.PENDING.value, JobState.REQUEUED.value):
+        raise JobNotFound(f"job {ref} has no results yet: it is {state}")
+    if state == JobState.RUNNING.value:
+        done = (record.get("progress") or {}).get("percent")
+        raise JobNotFound(
+            f"job {ref} has no results yet: it is RUNNING" + (f" ({done:.0f}%)" if done else "")
+        )
+    resumable = job.file(CHECKPOINT_FILE).exists() and job.spec.get("fit") in RESUMABLE_FITTERS
+    hint = f"; continue it with 'bumps-submit resume {ref}'" if resumable else ""
+    if state == JobState.COMPLETED.value:
+        raise JobNotFound(f"job {ref} is COMPLETED but its result.json is missing from {job.path} (deleted?)")
+    log = job.path / (slurm_log(record["job_id"]) if record["job_id"] else LOCAL_LOG_FILE)
+    why = f" ({record['reason']})" if record.get("reason") else ""
+    raise JobNotFound(f"job {ref} ended {state}{why} without results; its log: {log}{hint}")
 
 
 def request_checkpoint(ref: str) -> dict[str, Any]:
@@ -70,17 +120,31 @@ def request_checkpoint(ref: str) -> dict[str, Any]:
     if spec.get("fit") not in RESUMABLE_FITTERS:
         only = " and ".join(RESUMABLE_FITTERS)
         raise UsageError(f"fitter {spec.get('fit')!r} keeps no checkpoint (only {only} do)")
-    if job.result is not None or job.error is not None:
-        raise UsageError(f"{ref} has ended: there is nothing to checkpoint")
-    job.file(CHECKPOINT_REQUEST_FILE).write_text(f"{time.time()}\n")
+    state = jobstate.status([job])[0]["state"]
+    if JobState(state).terminal:
+        raise UsageError(f"{ref} has ended ({state}): there is nothing to checkpoint")
+    _write_request(job, CHECKPOINT_REQUEST_FILE)
     return {"job_id": jobstate.job_id_of(job), "job_dir": str(job.path), "requested": True}
 
 
+def _write_request(job: JobDir, name: str) -> None:
+    try:
+        job.file(name).write_text(f"{time.time()}\n")
+    except OSError as exc:
+        raise BumpsMpiError(f"cannot write {job.file(name)}: {exc.strerror or exc}") from None
+
+
 def cancel(ref: str) -> dict[str, Any]:
+    """Cancel a Slurm job, or stop a live local run (rank 0 checkpoints first where the fitter can)."""
     job = resolve(ref)
     job_id = jobstate.job_id_of(job)
     if job_id is None:
-        raise UsageError(f"{ref} ran locally: stop it with Ctrl-C where it runs")
-    job.file(CANCEL_FILE).write_text(f"{time.time()}\n")  # a job at its time limit must not requeue now
+        from . import local
+
+        return local.cancel(job)
+    state = jobstate.status([job])[0]["state"]
+    if JobState(state).terminal and state not in (JobState.PREEMPTED.value, JobState.NODE_FAIL.value):
+        raise UsageError(f"job {job_id} has already ended ({state}): there is nothing to cancel")
+    _write_request(job, CANCEL_FILE)  # a job at its time limit must not requeue now
     slurm.scancel(job_id)
     return {"job_id": job_id, "job_dir": str(job.path), "cancelled": True}

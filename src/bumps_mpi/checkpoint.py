@@ -17,6 +17,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,14 @@ REQUEUE_EXIT = 3  # the job's exit code for "checkpointed at the time limit: req
 
 
 def save(path: Path, fit_id: str, fit_state: Any, info: dict[str, Any]) -> float:
-    """Write the checkpoint atomically; returns the seconds it took."""
+    """Write the checkpoint atomically; returns the seconds it took.
+
+    HDF5 builds the file in memory and Python writes it: libhdf5 writing to a full
+    disk crashed rank 0 (SIGSEGV) here, where Python raises OSError (ENOSPC), the
+    temporary file is removed and the previous checkpoint stays as it was.
+    """
+    import io
+
     import h5py
 
     from .fit import fitter_class
@@ -39,15 +47,18 @@ def save(path: Path, fit_id: str, fit_state: Any, info: dict[str, Any]) -> float
     path = Path(path)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed while saving
         stale.unlink(missing_ok=True)
+    image = io.BytesIO()
+    with h5py.File(image, "w") as h5:
+        fitter_class(fit_id).h5dump(h5.create_group("fit_state"), fit_state)
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        h5.create_dataset("rng_keys", data=keys)
+        h5.attrs["rng"] = json.dumps([name, int(pos), int(has_gauss), float(gauss)])
+        h5.attrs["info"] = json.dumps({**info, "fit": fit_id})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with h5py.File(tmp, "w") as h5:
-            fitter_class(fit_id).h5dump(h5.create_group("fit_state"), fit_state)
-            name, keys, pos, has_gauss, gauss = np.random.get_state()
-            h5.create_dataset("rng_keys", data=keys)
-            h5.attrs["rng"] = json.dumps([name, int(pos), int(has_gauss), float(gauss)])
-            h5.attrs["info"] = json.dumps({**info, "fit": fit_id})
-        with open(tmp, "rb") as fh:
+        with open(tmp, "wb") as fh:
+            fh.write(image.getbuffer())
+            fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         directory = os.open(path.parent, os.O_RDONLY)
@@ -169,6 +180,7 @@ class Checkpointer(Monitor):
         self.stopped = False
         self.saved_step: int | None = None
         self.save_s: float | None = None
+        self.save_error: str | None = None  # why the last save failed (a full disk): said, not fatal
         self._started = time.monotonic()
         self._last = time.monotonic()
         self._period = 1
@@ -194,7 +206,23 @@ class Checkpointer(Monitor):
             return
         elapsed = self.carried.get("elapsed_s", 0.0) + time.monotonic() - self._started
         info = {**self.carried, "step": step, "elapsed_s": elapsed}
-        self.save_s = save(self.path, self.fit_id, state, info)
+        try:
+            self.save_s = save(self.path, self.fit_id, state, info)
+        except OSError as exc:  # the fit goes on (a periodic save) or stops with this error (a stop's save)
+            kept = f" (step {self.saved_step})" if self.saved_step else ""
+            self.save_error = (
+                f"the checkpoint at step {step} could not be saved: {exc.strerror or exc} "
+                f"({self.path.parent}); the previous checkpoint{kept} is kept: free space there, then "
+                "'bumps-submit resume'"
+            )
+            try:
+                print(f"bumps-mpi: {self.save_error}", file=sys.stderr, flush=True)
+            except OSError:  # the log is on the same full disk
+                pass
+            self._last = time.monotonic()
+            self.stopped = stopping
+            return
+        self.save_error = None
         self.saved_step, self._last = step, time.monotonic()
         self.stopped = stopping
         if wanted:
@@ -219,10 +247,16 @@ def true_step(history: Any) -> int:
 
 def record_run(job_dir: Path, **entry: Any) -> list[dict[str, Any]]:
     """Add to (or with `update=True`, complete) this allocation's entry in runs.json."""
-    runs = read_json(job_dir / RUNS_FILE) or []
+    try:
+        runs = read_json(job_dir / RUNS_FILE, kind=list) or []
+    except Exception:  # a broken record of earlier runs: start a new one rather than fail the fit
+        runs = []
     if entry.pop("update", False) and runs:
         runs[-1].update(entry)
     else:
         runs.append(entry)
-    write_json(job_dir / RUNS_FILE, runs)
+    try:
+        write_json(job_dir / RUNS_FILE, runs)
+    except OSError:  # a record, not the fit: a full disk must not end the fit here
+        pass
     return runs

@@ -1,7 +1,10 @@
 """bumps-submit: the command line. Parses options, calls bumps_mpi.api, prints.
 
-Errors from the API are one line on stderr and exit code 1; click's own usage
-errors exit 2.
+Errors from the API are one line on stderr and exit code 1, followed where
+there is one by what the user's code printed (a failed model check) or its
+traceback (a failed fit); click's own usage errors exit 2. Everything printed
+that a model controls (names, messages, tracebacks, output) is stripped of
+terminal control sequences.
 """
 
 from __future__ import annotations
@@ -13,10 +16,15 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import BumpsMpiError, JobFailed
+from .errors import BumpsMpiError, JobFailed, where
 from .states import JobState
+from .text import one_line, plain
 
 FIT_FLAGS = ("steps", "samples", "burn", "pop", "init", "thin")
+
+
+def echo(text: object = "", err: bool = False, nl: bool = True) -> None:
+    click.echo(plain(text), err=err, nl=nl)
 
 
 def _emit_json(obj: Any) -> None:
@@ -25,8 +33,10 @@ def _emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True, allow_nan=True))
 
 
-def _fail(message: str) -> None:
-    click.echo(f"bumps-submit: error: {message}", err=True)
+def _fail(message: str, details: str | None = None) -> None:
+    echo(f"bumps-submit: error: {one_line(message)}", err=True)
+    if details:
+        echo(details.rstrip(), err=True)
     sys.exit(1)
 
 
@@ -37,11 +47,13 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except JobFailed as exc:
-            click.echo(f"bumps-submit: error: {exc}", err=True)
-            click.echo((exc.error.get("traceback") or "").rstrip(), err=True)
-            sys.exit(1)
+            _fail(str(exc), exc.error.get("traceback"))
         except BumpsMpiError as exc:
-            _fail(str(exc))
+            details = None
+            if exc.output:
+                lines = "\n".join(f"  | {line}" for line in exc.output.splitlines())
+                details = f"what the model printed (last lines):\n{lines}"
+            _fail(str(exc), details)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,13 +75,11 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @main.command(context_settings={"ignore_unknown_options": False})
 @click.argument("model", type=click.Path())
 @click.argument("model_args", nargs=-1)
-@click.option(
-    "--fit", "fit", default="dream", show_default=True, help="Bumps fitter id (dream, de, amoeba, lm, ...)."
-)
+@click.option("--fit", "fit", help="Bumps fitter id: dream (the default), de, amoeba, lm, ...")
 @click.option("--steps", type=int, help="Fit steps (generations for DREAM and DE).")
 @click.option("--samples", type=int, help="DREAM: number of draws.")
 @click.option("--burn", type=int, help="DREAM: burn-in generations.")
-@click.option("--pop", type=float, help="Population size (per parameter).")
+@click.option("--pop", type=float, help="Population size per parameter (DREAM: negative for a total).")
 @click.option("--init", help="DREAM: population initializer (eps, lhs, cov, random).")
 @click.option("--thin", type=int, help="DREAM: thinning.")
 @click.option(
@@ -83,55 +93,46 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--account", help="Slurm account.")
 @click.option("--qos", help="Slurm QOS.")
 @click.option("--mem", help="Memory per node, e.g. 8G.")
-@click.option("--threads", type=int, help="Numeric-library threads per rank [1].")
-@click.option("--checkpoint-every", type=int, metavar="SECONDS", help="DREAM/DE checkpoint interval [600].")
+@click.option("--threads", type=int, help="Numeric-library threads per rank.")
+@click.option("--checkpoint-every", type=int, metavar="SECONDS", help="DREAM/DE checkpoint interval.")
 @click.option(
-    "--signal-grace",
-    type=int,
-    metavar="SECONDS",
-    help="Checkpoint and requeue this long before the limit [120].",
+    "--signal-grace", type=int, metavar="SECONDS", help="Checkpoint and requeue this long before the limit."
 )
-@click.option("--max-requeues", type=int, help="Time limits to requeue through before stopping [10].")
+@click.option("--max-requeues", type=int, help="Time limits to requeue through before stopping.")
+@click.option("--check-timeout", type=int, metavar="SECONDS", help="Time limit of the model check here.")
 @click.option("--profile", help="Site profile from your site.toml.")
 @click.option("--name", help="Job name [the model file's name].")
-@click.option(
-    "--jobs-dir",
-    type=click.Path(),
-    default="bumps-jobs",
-    show_default=True,
-    help="Where job directories are made.",
-)
+@click.option("--jobs-dir", type=click.Path(), help="Where job directories are made [site setting jobs_dir].")
 @click.option("--job-dir", type=click.Path(), help="Exact job directory (must not exist).")
 @click.option("--dry-run", is_flag=True, help="Check and print the sbatch script; write and submit nothing.")
 @click.option("--local", is_flag=True, help="Run now under mpiexec here, without Slurm.")
-@click.option(
-    "-n", "ranks", type=int, default=2, show_default=True, help="With --local: number of MPI ranks."
-)
+@click.option("-n", "ranks", type=int, help="With --local: number of MPI ranks [site setting local_ranks].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def submit(
     model: str,
     model_args: tuple[str, ...],
-    fit: str,
+    fit: str | None,
     fit_option: tuple[str, ...],
     seed: int | None,
     time_: str | None,
     profile: str | None,
     name: str | None,
-    jobs_dir: str,
+    jobs_dir: str | None,
     job_dir: str | None,
     dry_run: bool,
     local: bool,
-    ranks: int,
+    ranks: int | None,
     as_json: bool,
     **flags: Any,
 ) -> None:
     """Check MODEL, then submit it to Slurm (or run it here with --local).
 
-    MODEL_ARGS are passed to the model file (put them after `--`).
+    MODEL_ARGS are passed to the model file (put them after `--`). Defaults come
+    from your site profile and the packaged defaults: `bumps-submit config`.
     """
     from pathlib import Path
 
-    from . import api, submission
+    from . import submission
 
     fit_options = {k: flags.pop(k) for k in FIT_FLAGS if flags.get(k) is not None}
     for k in FIT_FLAGS:
@@ -143,40 +144,51 @@ def submit(
     request = submission.JobRequest(
         model=Path(model),
         model_args=list(model_args),
-        fit=fit,
+        **({} if fit is None else {"fit": fit}),  # the default fitter is JobRequest's
         fit_options=fit_options,
         seed=seed,
         name=name,
-        jobs_dir=Path(jobs_dir),
+        jobs_dir=None if jobs_dir is None else Path(jobs_dir),
         job_dir=None if job_dir is None else Path(job_dir),
         profile=profile,
         resources=resources,
     )
     if dry_run:
-        target, spec, script = submission.prepare(request)
+        prepared = submission.prepare(request)
         if as_json:
-            _emit_json({"job_dir": str(target), "script": script, "spec": spec})
+            _emit_json({"job_dir": str(prepared.target), "script": prepared.script, "spec": prepared.spec})
         else:
-            click.echo(script, nl=False)
+            click.echo(prepared.script, nl=False)
         return
     if local:
-        echo = None if as_json else (lambda line: click.echo(line, err=True))
-        record = submission.run_local(request, ranks, echo=echo)
-        if as_json:
-            _emit_json(record)
-        else:
-            _print_status([record])
-            if record["state"] == "COMPLETED":
-                _print_results(api.results(record["job_dir"]))
-        if record["state"] != "COMPLETED":
-            _print_error(record)
-            sys.exit(1)
+        live = None if as_json else _stderr
+        record = submission.run_local(request, ranks, echo=live, warn=_stderr)
+        _show_ended(record, as_json, shown_live=live is not None)
         return
     submitted = submission.submit(request)
     if as_json:
         _emit_json(submitted)
     else:
-        click.echo(f"Submitted job {submitted['job_id']}\n  directory: {submitted['job_dir']}")
+        echo(f"Submitted job {submitted['job_id']}\n  directory: {submitted['job_dir']}")
+
+
+def _stderr(line: str) -> None:
+    echo(line, err=True)
+
+
+def _show_ended(record: dict[str, Any], as_json: bool, shown_live: bool) -> None:
+    """A local run (or its resume) has ended: its status and results, or why it failed; exit 1 unless done."""
+    from . import api
+
+    if as_json:
+        _emit_json(record)
+    else:
+        _print_status([record])
+        if record["state"] == JobState.COMPLETED.value:
+            _print_results(api.results(record["job_dir"]))
+    if record["state"] != JobState.COMPLETED.value:
+        _print_error(record, traceback=not shown_live)  # a live run has shown its traceback already
+        sys.exit(1)
 
 
 def _since(text: str | None) -> float | None:
@@ -196,9 +208,25 @@ def _since(text: str | None) -> float | None:
         ) from None
 
 
+def _notices() -> None:
+    """Fallbacks and skipped registry lines: said once per command, on stderr."""
+    from . import registry, slurm
+
+    for line in dict.fromkeys(registry.SKIPPED):
+        echo(f"bumps-submit: warning: skipped {line}", err=True)
+    for line in dict.fromkeys(slurm.NOTICES):
+        echo(f"bumps-submit: warning: {line}", err=True)
+
+
 @main.command()
 @click.argument("jobs", nargs=-1)
-@click.option("--limit", type=int, default=20, show_default=True, help="With no JOB: how many recent jobs.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="With no JOB: how many (0: all).",
+)
 @click.option(
     "--state",
     "state",
@@ -212,15 +240,24 @@ def status(jobs: tuple[str, ...], limit: int, state: str | None, since: str | No
     from . import api
 
     records = api.status(list(jobs), limit=limit, state=state, since=_since(since))
+    _notices()
     notice = next((r["accounting"] for r in records if r.get("accounting")), None)
     if notice:
-        click.echo(f"bumps-submit: accounting {notice}, for the jobs it still knows", err=True)
+        echo(f"bumps-submit: accounting {notice}, for the jobs it still knows", err=True)
+    broken = [r for r in records if r.get("unreadable")]
     if as_json:
         _emit_json(records)
-        return
-    _print_status(records)
-    if len(jobs) == 1:
-        _print_error(records[0])
+    else:
+        if not records and (state or since):
+            echo("No jobs match: try without --state/--since.")
+        else:
+            _print_status(records)
+        if len(jobs) == 1 and not broken:
+            _print_error(records[0])
+    for record in broken:
+        echo(f"bumps-submit: {'error' if jobs else 'warning'}: {one_line(record['unreadable'])}", err=True)
+    if jobs and broken:
+        sys.exit(1)
 
 
 @main.command()
@@ -256,7 +293,7 @@ def watch(job: str, interval: float) -> None:
     try:
         record = _follow(job, max(interval, 0.2))
     except KeyboardInterrupt:
-        click.echo(f"\nStopped watching; job {job} goes on.", err=True)
+        echo(f"\nStopped watching; job {job} goes on.", err=True)
         sys.exit(130)
     _print_status([record])
     if record["state"] == JobState.COMPLETED.value:
@@ -276,6 +313,8 @@ def _follow(job: str, interval: float) -> dict[str, Any]:
     try:
         while True:
             record = api.status([job])[0]
+            if record.get("unreadable"):
+                raise BumpsMpiError(record["unreadable"])
             progress = record.get("progress")
             if JobState(record["state"]).terminal:
                 return record
@@ -292,11 +331,8 @@ def _follow(job: str, interval: float) -> dict[str, Any]:
                 bar.label = f"job {job}  {_progress_text(progress)}{restarts}"
                 bar.update(max(0, (progress["step"] or 0) - bar.pos))
             elif (record["state"], record.get("reason")) != last:
-                click.echo(
-                    f"job {job}: {record['state']}"
-                    + (f" ({record['reason']})" if record.get("reason") else ""),
-                    err=True,
-                )
+                reason = f" ({one_line(record['reason'])})" if record.get("reason") else ""
+                echo(f"job {job}: {record['state']}{reason}", err=True)
             key = (record["state"], progress and progress.get("step"))
             wait = interval if key != last else min(wait * 1.5, 30.0)
             last = key if progress else (record["state"], record.get("reason"))
@@ -315,19 +351,15 @@ def resume(job: str, ranks: int | None, as_json: bool) -> None:
     from . import api, submission
 
     jobdir = api.resolve(job)
-    echo = None if as_json else (lambda line: click.echo(line, err=True))
-    done = submission.resume(jobdir, ranks, echo)
-    if as_json:
-        _emit_json(done)
-    elif done.get("resumed"):
-        click.echo(f"Resubmitted as job {done['job_id']}\n  directory: {done['job_dir']}")
-    else:
-        _print_status([done])
-        if done["state"] == "COMPLETED":
-            _print_results(api.results(done["job_dir"]))
-    if not done.get("resumed") and done["state"] != "COMPLETED":
-        _print_error(done)
-        sys.exit(1)
+    live = None if as_json else _stderr
+    done = submission.resume(jobdir, ranks, live, warn=_stderr)
+    if done.get("resumed"):
+        if as_json:
+            _emit_json(done)
+        else:
+            echo(f"Resubmitted as job {done['job_id']}\n  directory: {done['job_dir']}")
+        return
+    _show_ended(done, as_json, shown_live=live is not None)
 
 
 @main.command()
@@ -341,45 +373,82 @@ def checkpoint(job: str, as_json: bool) -> None:
     if as_json:
         _emit_json(done)
     else:
-        click.echo(
-            f"Asked {job} for a checkpoint: checkpoint.h5 in {done['job_dir']} within a few generations"
-        )
+        echo(f"Asked {job} for a checkpoint: checkpoint.h5 in {done['job_dir']} within a few generations")
 
 
 @main.command()
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def cancel(job: str, as_json: bool) -> None:
-    """Cancel a submitted job."""
+    """Cancel a submitted job, or stop a local run (DREAM and DE checkpoint first, to resume later)."""
     from . import api
 
     done = api.cancel(job)
     if as_json:
         _emit_json(done)
+    elif done["job_id"] is not None:
+        echo(f"Cancelled job {done['job_id']}")
     else:
-        click.echo(f"Cancelled job {done['job_id']}")
+        how = {
+            "stopped": "it saved its checkpoint and stopped" if _resumable(done) else "it stopped",
+            "killed": "it did not stop in time and was killed",
+            "stale": "its processes were already gone",
+        }[done["how"]]
+        echo(f"Cancelled the local run in {done['job_dir']}: {how}")
+
+
+def _resumable(done: dict[str, Any]) -> bool:
+    from pathlib import Path
+
+    from .jobdir import CHECKPOINT_FILE
+
+    return (Path(done["job_dir"]) / CHECKPOINT_FILE).exists()
+
+
+@main.command()
+@click.option("--profile", help="Site profile to show [the default profile].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def config(profile: str | None, as_json: bool) -> None:
+    """The settings a submit would use, and where each comes from (option, variable, file, defaults)."""
+    from .config import load_settings, user_config_path
+
+    settings = load_settings(profile)
+    if as_json:
+        _emit_json({"profile": settings["profile"], "settings": dict(settings), "sources": settings.sources})
+        return
+    echo(f"profile {settings['profile']} (site file: {user_config_path()})")
+    for key in sorted(k for k in settings if k != "profile"):
+        echo(f"  {key:<17} {settings[key]!r:<32} {settings.sources.get(key, '')}")
 
 
 def _print_status(records: list[dict[str, Any]]) -> None:
     if not records:
-        click.echo("No jobs yet: submit one with 'bumps-submit submit MODEL'.")
+        echo("No jobs yet: submit one with 'bumps-submit submit MODEL'.")
         return
-    click.echo(f"{'JOB':>8}  {'STATE':<13} {'EXIT':<6} {'ELAPSED':>10}  {'NAME':<20} DIRECTORY")
+    echo(f"{'JOB':>8}  {'STATE':<13} {'EXIT':<8} {'ELAPSED':>10}  {'NAME':<20} DIRECTORY")
     for r in records:
         job_id = r["job_id"] if r["job_id"] is not None else "local"
-        click.echo(
-            f"{job_id:>8}  {r['state']:<13} {r['exit_code'] or '-':<6} {r['elapsed'] or '-':>10}  "
+        echo(
+            f"{job_id:>8}  {r['state']:<13} {_short_exit(r.get('exit')):<8} {r['elapsed'] or '-':>10}  "
             f"{r['name'] or '-':<20} {r['job_dir']}"
         )
-        if r.get("reason") and r["state"] in ("PENDING", "REQUEUED", "UNKNOWN"):
-            click.echo(
-                f"{'':>10}{r['state'].lower()}: {r['reason']}" + (f": {r['hint']}" if r.get("hint") else "")
-            )
+        if r.get("reason"):
+            hint = f": {r['hint']}" if r.get("hint") else ""
+            echo(f"{'':>10}{r['state'].lower()}: {one_line(r['reason'])}{hint}")
         if r.get("warning"):
-            click.echo(f"{'':>10}warning: {r['warning']}", err=True)
+            echo(f"{'':>10}warning: {one_line(r['warning'])}", err=True)
         if r.get("progress") and r["state"] in (JobState.RUNNING.value, JobState.REQUEUED.value):
             restarts = f"  restarts {r['restarts']}" if r.get("restarts") else ""
-            click.echo(f"{'':>10}{_progress_text(r['progress'])}{restarts}")
+            echo(f"{'':>10}{_progress_text(r['progress'])}{restarts}")
+
+
+def _short_exit(text: str | None) -> str:
+    """'exit 1' -> '1', 'killed by signal 9 (SIGKILL)' -> 'SIGKILL' (the whole text is in --json)."""
+    if not text:
+        return "-"
+    if text.startswith("killed by signal"):
+        return text.rpartition("(")[2].rstrip(")") if "(" in text else "sig " + text.split()[-1]
+    return text.removeprefix("exit ")
 
 
 def _duration(seconds: float | None) -> str:
@@ -396,25 +465,24 @@ def _progress_text(p: dict[str, Any]) -> str:
     return f"{p['percent']:.0f}%  step {p['step']}/{p['steps']}{chisq}  ETA {_duration(p.get('eta_s'))}"
 
 
-def _print_error(record: dict[str, Any]) -> None:
+def _print_error(record: dict[str, Any], traceback: bool = True) -> None:
     error = record.get("error")
     if error:
-        click.echo(
-            f"\nThe fit failed on rank {error.get('rank')} ({error.get('host')}): {error.get('message')}",
-            err=True,
-        )
+        echo(f"\nThe fit failed{where(error)}: {one_line(error.get('message'))}", err=True)
         if error.get("point") is not None:
-            click.echo(f"at point {error['point']}", err=True)
-        click.echo((error.get("traceback") or "").rstrip(), err=True)
+            echo(f"at point {error['point']}", err=True)
+        if traceback:
+            echo((error.get("traceback") or "").rstrip(), err=True)
 
 
 def _print_results(found: dict[str, Any]) -> None:
-    click.echo(
+    echo(
         f"\nFit: {found['fitter']}   chisq = {found['chisq_str']}   "
         f"({found['elapsed_s']:.1f} s on {found.get('ranks', '?')} ranks)"
     )
-    width = max([len(p["name"]) for p in found["parameters"]] + [9])
-    click.echo(f"{'parameter':<{width}}  {'best':>14}  {'mean':>14}  {'std':>12}")
-    for p in found["parameters"]:
-        click.echo(f"{p['name']:<{width}}  {p['best']:>14.6g}  {p['mean']:>14.6g}  {p['std']:>12.4g}")
-    click.echo(f"directory: {found['job_dir']}")
+    names = [one_line(p["name"]) for p in found["parameters"]]
+    width = max([len(n) for n in names] + [9])
+    echo(f"{'parameter':<{width}}  {'best':>14}  {'mean':>14}  {'std':>12}")
+    for name, p in zip(names, found["parameters"], strict=True):
+        echo(f"{name:<{width}}  {p['best']:>14.6g}  {p['mean']:>14.6g}  {p['std']:>12.4g}")
+    echo(f"directory: {found['job_dir']}")

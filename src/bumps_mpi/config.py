@@ -1,24 +1,20 @@
-"""Site configuration: named profiles of Slurm resources and launch settings.
+"""Site configuration: named profiles of Slurm resources, launch and job settings.
 
-Layers, lowest first: the packaged defaults (slurm/defaults.toml), the user
-file ($BUMPS_MPI_CONFIG, else ~/.config/bumps-mpi/site.toml), environment
-variables BUMPS_MPI_<KEY>, then the command line. In each file the profile
-named "default" applies first, then the selected one on top of it.
+Layers, lowest first: the packaged defaults (slurm/defaults.toml, the one place
+where every default lives), the user file ($BUMPS_MPI_CONFIG, else
+~/.config/bumps-mpi/site.toml), environment variables BUMPS_MPI_<KEY>, then the
+command line. In each file the profile named "default" applies first, then the
+selected one on top of it. Every value remembers where it came from, so an
+error can name the option, the variable or the file to fix.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from .errors import UnreadableFile, UsageError
 
 # key -> type; lists are lines or arguments
 KEYS: dict[str, type] = {
@@ -34,15 +30,28 @@ KEYS: dict[str, type] = {
     "launcher": str,
     "launcher_args": list,
     "python": str,
-    "prologue": list,
-    "epilogue": list,
+    "prologue": list,  # shell lines, written verbatim into the script before the launch
+    "epilogue": list,  # shell lines, written verbatim after it
     "extra": list,
     "skip": list,
     "checkpoint_every": int,  # seconds between checkpoints of DREAM and DE fits
     "signal_grace": int,  # seconds before the time limit at which the job checkpoints and requeues
     "max_requeues": int,  # how many time limits a job may requeue through
+    "check_timeout": int,  # seconds the login-node model check may take
+    "jobs_dir": str,  # where job directories are made (~ and $VARIABLES are expanded)
+    "local_ranks": int,  # MPI ranks of a --local run
 }
+TOP_LEVEL = ("default_profile", "profiles")
 DEFAULT_PROFILE = "default"
+PACKAGED = "the packaged defaults"
+
+
+class Settings(dict):
+    """The merged settings, and for each key where its value came from (for error messages)."""
+
+    def __init__(self, values: dict[str, Any], sources: dict[str, str]):
+        super().__init__(values)
+        self.sources = sources
 
 
 def slurm_dir() -> Path:
@@ -63,13 +72,40 @@ def user_config_path() -> Path:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            data = tomllib.load(fh)
     except FileNotFoundError:
         return {}
+    except IsADirectoryError:
+        raise UnreadableFile(path, "is a directory, not a site configuration file") from None
+    except OSError as exc:
+        raise UnreadableFile(path, exc.strerror or str(exc)) from None
+    except UnicodeDecodeError:
+        raise UnreadableFile(path, "not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"site configuration {path}: {exc}") from None
+    for key in data:
+        if key not in TOP_LEVEL:
+            raise UsageError(
+                f"site configuration {path}: unknown top-level key {key!r}; known: {', '.join(TOP_LEVEL)} "
+                "(profiles are [profiles.NAME] tables)"
+            )
+    if not isinstance(data.get("profiles", {}), dict):
+        raise UsageError(f"site configuration {path}: profiles must be a table of [profiles.NAME] tables")
+    if not isinstance(data.get("default_profile", ""), str):
+        raise UsageError(f"site configuration {path}: default_profile must be a string")
+    for name, profile in data.get("profiles", {}).items():
+        if not isinstance(profile, dict):
+            raise UsageError(f"site configuration {path}: profiles.{name} must be a table of settings")
+    return data
 
 
 def _check(values: dict[str, Any], where: str) -> dict[str, Any]:
@@ -91,40 +127,52 @@ def _check(values: dict[str, Any], where: str) -> dict[str, Any]:
 def _from_environment() -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, want in KEYS.items():
-        raw = os.environ.get(f"BUMPS_MPI_{key.upper()}")
+        name = f"BUMPS_MPI_{key.upper()}"
+        raw = os.environ.get(name)
         if raw is None:
             continue
         if want is int:
             try:
                 values[key] = int(raw)
             except ValueError:
-                raise UsageError(
-                    f"environment BUMPS_MPI_{key.upper()}={raw!r} is not a whole number"
-                ) from None
+                raise UsageError(f"environment variable {name}={raw!r} is not a whole number") from None
         elif want is list:
-            values[key] = raw.split() if key in ("launcher_args", "skip") else raw.splitlines()
+            values[key] = raw.split() if key in ("launcher_args", "skip", "extra") else raw.splitlines()
         else:
             values[key] = raw
     return values
 
 
-def load_settings(profile: str | None = None, cli: dict[str, Any] | None = None) -> dict[str, Any]:
+def packaged_defaults() -> dict[str, Any]:
+    """The packaged default profile: the value of every setting nobody set."""
+    return dict(_read_toml(slurm_dir() / "defaults.toml")["profiles"][DEFAULT_PROFILE])
+
+
+def load_settings(profile: str | None = None, cli: dict[str, Any] | None = None) -> Settings:
     """The merged settings for *profile*; unknown profiles and settings are errors, not surprises."""
-    layers = [(slurm_dir() / "defaults.toml", _read_toml(slurm_dir() / "defaults.toml"))]
+    layers = [(PACKAGED, _read_toml(slurm_dir() / "defaults.toml"))]
     user = user_config_path()
-    layers.append((user, _read_toml(user)))
+    layers.append((str(user), _read_toml(user)))
     chosen = profile or os.environ.get("BUMPS_MPI_PROFILE") or layers[1][1].get("default_profile")
     chosen = chosen or DEFAULT_PROFILE
-    settings: dict[str, Any] = {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     known = set()
     for path, data in layers:
         profiles = data.get("profiles", {})
         known.update(profiles)
         for name in dict.fromkeys([DEFAULT_PROFILE, chosen]):
-            settings.update(_check(dict(profiles.get(name, {})), f"{path} [profiles.{name}]"))
+            where = path if path == PACKAGED else f"{path} [profiles.{name}]"
+            layer = _check(dict(profiles.get(name, {})), where)
+            values.update(layer)
+            sources.update(dict.fromkeys(layer, where))
     if chosen not in known:
         raise UsageError(f"unknown profile {chosen!r}; profiles: {', '.join(sorted(known))} (see {user})")
-    settings.update(_from_environment())
-    settings.update({k: v for k, v in (cli or {}).items() if v is not None})
-    settings["profile"] = chosen
-    return settings
+    environment = _from_environment()
+    values.update(environment)
+    sources.update({k: f"environment variable BUMPS_MPI_{k.upper()}" for k in environment})
+    given = {k: v for k, v in (cli or {}).items() if v is not None}
+    values.update(given)
+    sources.update({k: f"--{k.replace('_', '-')}" for k in given})
+    values["profile"] = chosen
+    return Settings(values, sources)

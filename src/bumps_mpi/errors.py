@@ -4,7 +4,15 @@ from __future__ import annotations
 
 
 class BumpsMpiError(Exception):
-    """Base class; the CLI prints str(error) on one line and exits non-zero."""
+    """Base class; the CLI prints str(error) on one line and exits non-zero.
+
+    *output* is what the user's code printed before it failed (the tail of it):
+    the CLI shows it below the one-line message.
+    """
+
+    def __init__(self, message: str = "", output: str | None = None):
+        super().__init__(message)
+        self.output = output or None
 
 
 class UsageError(BumpsMpiError):
@@ -19,6 +27,14 @@ class SubmitError(BumpsMpiError):
     """sbatch refused the job or could not be run."""
 
 
+class UnreadableFile(BumpsMpiError):
+    """A file bumps-mpi reads (job.json, result.json, the registry, the site config) is broken."""
+
+    def __init__(self, path: object, why: str):
+        self.path = path
+        super().__init__(f"cannot read {path}: {why}")
+
+
 class JobNotFound(BumpsMpiError):
     """No job directory or registry entry matches what the user named."""
 
@@ -28,9 +44,7 @@ class JobFailed(JobNotFound):
 
     def __init__(self, error: dict):
         self.error = error
-        super().__init__(
-            f"the fit failed on rank {error.get('rank')} ({error.get('host')}): {error.get('message')}"
-        )
+        super().__init__(f"the fit failed{where(error)}: {error.get('message')}")
 
 
 class RemoteError(BumpsMpiError):
@@ -43,3 +57,11 @@ class RemoteError(BumpsMpiError):
         self.remote_traceback = remote_traceback
         last = remote_traceback.strip().splitlines()[-1] if remote_traceback.strip() else "unknown error"
         super().__init__(f"rank {rank} on {host} failed at point {point}: {last}")
+
+
+def where(error: dict) -> str:
+    """' on rank 1 (node7)', ' on node7', or '' when the launcher could not say which rank died."""
+    rank, host = error.get("rank"), error.get("host")
+    if rank is not None:
+        return f" on rank {rank}" + (f" ({host})" if host else "")
+    return f" on {host}" if host else ""

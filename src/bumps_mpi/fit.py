@@ -7,6 +7,8 @@ same in bumps 1.0.4 and 1.0.5 (DESIGN.md section 5).
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,15 +19,12 @@ import numpy as np
 from .errors import ModelCheckError, UsageError
 from .jobdir import write_atomic
 
-# Population fitters that map whole generations but that Bumps leaves unregistered.
-UNREGISTERED_MAPPING_FITTERS = ("PSFit", "RLFit")
-
 
 def fitter_class(fit_id: str) -> Any:
     from bumps import fitters
 
-    extra = [getattr(fitters, name) for name in UNREGISTERED_MAPPING_FITTERS if hasattr(fitters, name)]
-    classes = [*fitters.FITTERS, *extra]
+    extra = [getattr(fitters, name) for name in ("PSFit", "RLFit") if hasattr(fitters, name)]
+    classes = [*fitters.FITTERS, *extra]  # PS and RL map whole generations but Bumps leaves them out
     for cls in classes:
         if cls.id == fit_id:
             return cls
@@ -33,55 +32,61 @@ def fitter_class(fit_id: str) -> Any:
     raise UsageError(f"unknown fitter {fit_id!r}; choose one of: {known}")
 
 
-def validate_fit_options(fit_id: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Options checked against the fitter's own settings and coerced to their types."""
-    settings = dict(fitter_class(fit_id).settings)
-    clean: dict[str, Any] = {}
-    for key, value in options.items():
-        if key not in settings:
-            names = ", ".join(sorted(settings))
-            raise UsageError(f"fitter {fit_id!r} has no option {key!r}; its options are: {names}")
-        clean[key] = _coerce(key, value, settings[key])
-    return clean
-
-
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if isinstance(default, int):
-            number = float(value)
-            if not number.is_integer():
-                raise ValueError(value)
-            value = int(number)
-        elif isinstance(default, float):
-            value = float(value)
-        else:
-            return str(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"fit option {key}={value!r} is not a {type(default).__name__}") from None
-    if value < 0:
-        raise UsageError(f"fit option {key}={value!r} must not be negative")
-    return value
-
-
 def load_model(path: Path | str, args: list[str] | None = None) -> Any:
-    """Load a Bumps model file; any failure becomes a one-line ModelCheckError."""
-    from bumps.fitproblem import load_problem
+    """Load a Bumps model file as `python model.py` would; any failure becomes a one-line ModelCheckError.
+
+    The model's directory goes first on sys.path, so a model can import the helper
+    modules beside it (Bumps itself only changes into that directory while loading).
+    """
+    from bumps.fitproblem import FitProblem, load_problem
 
     path = Path(path)
+    if path.is_dir():
+        raise ModelCheckError(f"{path} is a directory: give the model's Python file")
     if not path.is_file():
         raise ModelCheckError(f"model file not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise ModelCheckError(f"model file {path} is not readable (permissions)")
+    directory = str(path.resolve().parent)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
     try:
-        return load_problem(path, list(args or []))
+        problem = load_problem(path, list(args or []))
     except SyntaxError as exc:
         raise ModelCheckError(f"{path}: syntax error at line {exc.lineno}: {exc.msg}") from exc
     except BaseException as exc:  # noqa: B036 - a model may sys.exit(); still a check failure
-        raise ModelCheckError(f"{path}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        loaded = _problem_bumps_loaded(exc)  # Bumps uses whatever `problem` is, and fails on a wrong one
+        if loaded is not None and not isinstance(loaded, FitProblem):
+            raise ModelCheckError(_wrong_type(path, loaded)) from exc
+        raise ModelCheckError(_one_line(path, exc)) from exc
+    if not isinstance(problem, FitProblem):
+        raise ModelCheckError(_wrong_type(path, problem))
+    return problem
+
+
+def _one_line(path: Path, exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"{path}: the model called sys.exit({exc.code!r}) while loading"
+    return f"{path}: {type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def _wrong_type(path: Path, problem: Any) -> str:
+    return (
+        f"{path}: `problem` is a {type(problem).__name__}, not a FitProblem: a model must define "
+        "problem = FitProblem(model) (from bumps.names import FitProblem)"
+    )
+
+
+def _problem_bumps_loaded(exc: BaseException) -> Any:
+    """The `problem` Bumps' loader had in hand when *exc* was raised (after the model ran), or None."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        loader = code.co_name in ("load_problem", "_load_script_from_path")
+        if loader and code.co_filename.endswith("fitproblem.py") and "problem" in tb.tb_frame.f_locals:
+            return tb.tb_frame.f_locals["problem"]
+        tb = tb.tb_next
+    return None
 
 
 def check_model(path: Path | str, args: list[str] | None = None) -> dict[str, Any]:

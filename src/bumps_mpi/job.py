@@ -21,15 +21,13 @@ from .jobdir import (
     CHECKPOINT_FILE,
     ERROR_FILE,
     EXPORT_DIR,
+    PROGRESS_FILE,
+    RANKS_FILE,
     RESULT_FILE,
     RESUMABLE_FITTERS,
     JobDir,
     write_json,
 )
-from .postmortem import RANKS_FILE
-
-DEFAULT_CHECKPOINT_EVERY = 600.0  # seconds between checkpoints (and one at every requested stop)
-DEFAULT_MAX_REQUEUES = 10  # time limits a job may checkpoint and requeue through before it gives up
 
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -60,14 +58,30 @@ def _report(exc: BaseException) -> dict[str, Any]:
     }
 
 
+def _say(text: str) -> None:
+    """To the job's log, which may be on a full disk: a failure to say something must not fail the job."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
 def _write_error(jobdir: JobDir, phase: str, rank: int, report: dict[str, Any], **extra: Any) -> None:
     error = {"phase": phase, "rank": rank, "time": time.time(), **report, **extra}
-    write_json(jobdir.file(ERROR_FILE), error)
-    print(
-        f"bumps-mpi: {phase} failed on rank {rank} ({report['host']}):\n{report['traceback']}",
-        file=sys.stderr,
-        flush=True,
-    )
+    _say(f"bumps-mpi: {phase} failed on rank {rank} ({report['host']}):\n{report['traceback']}")
+    try:
+        write_json(jobdir.file(ERROR_FILE), error)
+    except OSError as exc:  # a full disk: the log line above (if it got out) and status's warning remain
+        _say(f"bumps-mpi: could not write {ERROR_FILE}: {exc.strerror or exc}")
+
+
+def _setting(spec: dict[str, Any], key: str) -> Any:
+    """A job setting from job.json (submit writes them all), else the packaged default."""
+    if key in spec:
+        return spec[key]
+    from .config import packaged_defaults
+
+    return packaged_defaults()[key]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,35 +91,44 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     jobdir = JobDir(argv[0])
     spec = jobdir.spec
-    limit_threads(int(spec.get("threads", 1)))
+    limit_threads(int(_setting(spec, "threads")))
 
     from mpi4py import MPI
 
+    from . import processes
     from .checkpoint import StopRequest
+    from .watchdog import Watchdog
 
     stop = StopRequest(jobdir.path)
-    if MPI.COMM_WORLD.rank == 0:
+    comm = MPI.COMM_WORLD
+    if comm.rank == 0:
         stop.install()  # rank 0 checkpoints and stops the others
     else:  # Ctrl-C (mpiexec) and preemption's SIGTERM (srun) reach every rank: only rank 0 acts on them
-        for signum in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(signum, signal.SIG_IGN)  # rank 0 stops us, or the launcher's SIGKILL does
+        signal.signal(signal.SIGTERM, lambda _s, _f: None)  # ignored too, but seen by the watchdog
+    watchdog = Watchdog(comm)
 
     from .fit import load_model
 
-    comm = MPI.COMM_WORLD
     problem, failure = None, None
     try:
         problem = load_model(spec["model"], spec.get("model_args", []))
     except BaseException as exc:  # noqa: B036 - every rank must reach the allgather below
         failure = _report(exc)
-    me = {"rank": comm.rank, "host": socket.gethostname(), "pid": os.getpid(), "failure": failure}
+    me = {"rank": comm.rank, **processes.identity(), "failure": failure}
     everyone = comm.allgather(me)  # start-up only: pickling is fine here
+    watchdog.know_ranks(everyone)
     if comm.rank == 0:  # who is who, so a post-mortem can name a rank that dies
-        write_json(
-            jobdir.file(RANKS_FILE), [{k: v for k, v in r.items() if k != "failure"} for r in everyone]
-        )
+        try:
+            write_json(
+                jobdir.file(RANKS_FILE), [{k: v for k, v in r.items() if k != "failure"} for r in everyone]
+            )
+        except OSError as exc:
+            _say(f"bumps-mpi: could not write {RANKS_FILE}: {exc.strerror or exc}")
     for entry in everyone:
         if entry["failure"] is not None:
+            watchdog.disarm()
             if comm.rank == 0:
                 _write_error(jobdir, "model load", entry["rank"], entry["failure"])
             return 1
@@ -113,19 +136,23 @@ def main(argv: list[str] | None = None) -> int:
         from .mapper import serve
 
         serve(problem, comm)
+        watchdog.disarm()  # rank 0 said stop: its end from now on is no one's death
         return 0
-    return _run_root(jobdir, spec, problem, comm, stop)
+    try:
+        return _run_root(jobdir, spec, problem, comm, stop, watchdog)
+    finally:
+        watchdog.disarm()
 
 
-def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, stop: Any) -> int:
+def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, stop: Any, watchdog: Any) -> int:
     from . import checkpoint
     from .errors import RemoteError
     from .fit import fitter_class, run_fit, write_exports
-    from .jobstate import PROGRESS_FILE
     from .mapper import Mapper
     from .progress import ProgressMonitor
 
     mapper = Mapper(problem, comm)
+    watchdog.watch(mapper)
     started = time.time()
     runs = checkpoint.record_run(
         jobdir.path, started=started, slurm_job_id=os.environ.get("SLURM_JOB_ID"), host=socket.gethostname()
@@ -142,7 +169,7 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, sto
             checkpoint.record_run(jobdir.path, update=True, resumed_from_step=info["step"])
         checkpointer = None
         if fit_id in RESUMABLE_FITTERS:
-            every = float(spec.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY))
+            every = float(_setting(spec, "checkpoint_every"))
             checkpointer = checkpoint.Checkpointer(saved, fit_id, stop, every, info, last_step=steps)
         progress = ProgressMonitor(
             jobdir.file(PROGRESS_FILE),
@@ -190,7 +217,13 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, sto
         result["exports"] = write_exports(driver, spec["fit"], jobdir.file(EXPORT_DIR))
     except Exception as exc:  # the fit's result must not be lost to a failed export
         result["export_error"] = _report(exc)["message"]
-    write_json(jobdir.file(RESULT_FILE), result)
+    try:
+        write_json(jobdir.file(RESULT_FILE), result)
+    except OSError as exc:  # a full disk: say so where we can, with the numbers, and fail visibly
+        message = f"the fit finished but {RESULT_FILE} could not be written: {exc.strerror or exc}"
+        _write_error(jobdir, "result", 0, {"host": socket.gethostname(), "traceback": "", "message": message})
+        _say(f"bumps-mpi: the result: {result}")
+        return 1
     print(
         f"bumps-mpi: fit done, chisq={result['chisq_str']}, {result['elapsed_s']:.1f} s on {comm.size} ranks",
         flush=True,
@@ -212,6 +245,10 @@ def _stopped(jobdir: JobDir, spec: dict[str, Any], stop: Any, checkpointer: Any)
         checkpoint_step=checkpointer.saved_step,
         checkpoint_s=checkpointer.save_s,
     )
+    if checkpointer.save_error:  # the stop's checkpoint failed (a full disk): requeueing would not help
+        report = {"host": socket.gethostname(), "traceback": "", "message": checkpointer.save_error}
+        _write_error(jobdir, "checkpoint", 0, report)
+        return 1
     where = f"stopped at step {checkpointer.saved_step} ({stop.reason}); checkpoint in {jobdir.path}"
     in_slurm = "SLURM_JOB_ID" in os.environ
     # SIGTERM reaches the ranks (not the batch shell) when Slurm preempts the job: requeue as at a time
@@ -219,7 +256,7 @@ def _stopped(jobdir: JobDir, spec: dict[str, Any], stop: Any, checkpointer: Any)
     requeueable = stop.reason in ("time limit", "terminated")
     if requeueable and in_slurm and not jobdir.file(CANCEL_FILE).exists():
         requeues = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-        limit = int(spec.get("max_requeues", DEFAULT_MAX_REQUEUES))
+        limit = int(_setting(spec, "max_requeues"))
         if requeues < limit:
             print(f"bumps-mpi: {where}; requeue {requeues + 1} of at most {limit}", flush=True)
             return checkpoint.REQUEUE_EXIT

@@ -1,8 +1,10 @@
-"""The job directory: the contract between the login node and the job.
+"""The job directory: the contract between the login node and the job, and every file name in it.
 
 Everything written here is written atomically (temporary name in the same
 directory, fsync, rename), so a reader never sees half a file and a crash
-never leaves one behind.
+never leaves one behind. Files and directories get the permissions the
+user's umask gives (as Bumps' own exports do), so a group that shares project
+storage can read each other's results when its umask says so.
 """
 
 from __future__ import annotations
@@ -12,29 +14,59 @@ import os
 from pathlib import Path
 from typing import Any
 
-JOB_FILE = "job.json"
-SCRIPT_FILE = "run.sbatch"
-RESULT_FILE = "result.json"
-ERROR_FILE = "error.json"
-LOCAL_STATE_FILE = "local.json"
-MODEL_DIR = "model"
-EXPORT_DIR = "export"
+from .errors import UnreadableFile
+
+JOB_FILE = "job.json"  # what was asked: model, fit, resources, versions, Slurm id(s)
+SCRIPT_FILE = "run.sbatch"  # the exact script submitted
+RESULT_FILE = "result.json"  # rank 0, on success
+ERROR_FILE = "error.json"  # rank 0 or the post-mortem, on failure
+PROGRESS_FILE = "progress.json"  # rank 0, every few seconds (bumps_mpi.progress)
+STATE_FILE = "state.json"  # the final Slurm state, cached by `status`
+LOCAL_STATE_FILE = "local.json"  # a --local run: its processes while it runs, its end state after
+LOCAL_LOG_FILE = "local.out"  # a --local run's output (append mode)
+SLURM_LOG_PATTERN = "slurm-%j.out"  # sbatch's --output, relative to the job directory (append mode)
+EXIT_STATUS_FILE = "exit-status"  # the batch script's own exit status (Slurm shows 137 as 9:0)
+RANKS_FILE = "ranks.json"  # host, pid and start time of every rank
+RUNS_FILE = "runs.json"  # one entry per allocation: started, finished, why, checkpoint timings
+MODEL_DIR = "model"  # a copy of the model file, for the record
+EXPORT_DIR = "export"  # Bumps' own exports
 CHECKPOINT_FILE = "checkpoint.h5"  # the fit's state, to continue after a stop (bumps_mpi.checkpoint)
-RESUMABLE_FITTERS = ("dream", "de")  # the fitters whose state Bumps can save and resume
 STOP_FILE = "stop-request"  # written by the sbatch script's time-limit trap: checkpoint and stop
 CHECKPOINT_REQUEST_FILE = "checkpoint-request"  # `bumps-submit checkpoint`: save now, go on
 CANCEL_FILE = "cancel-request"  # written by `bumps-submit cancel`: never requeue after it
-RUNS_FILE = "runs.json"  # one entry per allocation: started, finished, why, checkpoint timings
+
+RESUMABLE_FITTERS = ("dream", "de")  # the fitters whose state Bumps can save and resume
+
+
+def slurm_log(job_id: str | None) -> str:
+    """The name sbatch gives the job's output (SLURM_LOG_PATTERN with the id filled in)."""
+    return SLURM_LOG_PATTERN.replace("%j", str(job_id or 0))
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_dir(path: Path, parents: bool = False) -> None:
+    """mkdir with the umask's permissions (tempfile.mkdtemp would give 0700 whatever the umask)."""
+    Path(path).mkdir(mode=0o777, parents=parents, exist_ok=False)
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write *data* to *path* so that readers see the old file or the new one, never a mix."""
+    """Write *data* to *path* so that readers see the old file or the new one, never a mix.
+
+    The temporary file is removed on any failure (a full disk included), and the
+    file gets the permissions open() would give it (mkstemp alone gives 0600).
+    """
     import tempfile  # only when writing: keeps `bumps-submit status` start-up small
 
     path = Path(path)
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as fh:
             fh.write(data)
             fh.flush()
@@ -52,12 +84,26 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
-def read_json(path: Path) -> Any | None:
-    """The parsed file, or None when it does not exist (yet)."""
+def read_json(path: Path, kind: type | None = dict) -> Any | None:
+    """The parsed file, or None when it does not exist (yet).
+
+    Anything else that is wrong with it (not JSON, truncated, not UTF-8, a
+    directory, unreadable, or not a *kind*) is UnreadableFile, naming the file.
+    """
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        raise UnreadableFile(path, "not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise UnreadableFile(path, f"not valid JSON ({exc.msg} at line {exc.lineno}); truncated?") from None
+    except OSError as exc:
+        raise UnreadableFile(path, exc.strerror or str(exc)) from None
+    if kind is not None and not isinstance(data, kind):
+        raise UnreadableFile(path, f"holds a JSON {type(data).__name__}, not a {kind.__name__}")
+    return data
 
 
 class JobDir:
@@ -77,9 +123,11 @@ class JobDir:
     def spec(self) -> dict[str, Any]:
         """job.json, read once: it changes only through update_spec (results and progress are re-read)."""
         if self._spec is None:
+            if not self.path.is_dir():
+                raise UnreadableFile(self.path, "the job directory no longer exists (deleted or moved?)")
             spec = read_json(self.file(JOB_FILE))
             if spec is None:
-                raise FileNotFoundError(f"{self.path} is not a bumps-mpi job directory (no {JOB_FILE})")
+                raise UnreadableFile(self.file(JOB_FILE), "missing: not a bumps-mpi job directory")
             self._spec = spec
         return self._spec
 

@@ -1,22 +1,36 @@
 """The job-state layer: Slurm's view of each job joined with its job directory's.
 
-Slurm accounting (sacct, batched) is the truth for the job's state; squeue
-adds what accounting lacks (pending reasons, jobs it does not know yet); the
-job directory is the truth for the fit (progress.json, result.json,
-error.json). A terminal state is cached in the job directory (state.json), so
-a finished job never costs another accounting query.
+Slurm is the truth for the job's state: the controller (squeue, one call) for
+what it still knows, accounting (sacct, batched) for exit codes and for jobs
+the controller has forgotten; accounting lags the controller by seconds, so the
+controller's word wins while it has one, and a state never goes back from an
+end the controller or the job's own files have shown. The job directory is the
+truth for the fit (progress.json, result.json, error.json). A final state is
+cached in the job directory (state.json), so a finished job never costs another
+query; caching is best effort and never breaks a read.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from . import slurm
-from .jobdir import JobDir, read_json, write_json
-from .states import JobState, pending_hint
+from .errors import BumpsMpiError
+from .jobdir import (
+    ERROR_FILE,
+    EXIT_STATUS_FILE,
+    PROGRESS_FILE,
+    RESULT_FILE,
+    STATE_FILE,
+    JobDir,
+    read_json,
+    write_json,
+)
+from .states import JobState, describe_exit, pending_hint
 
-STATE_FILE = "state.json"
-PROGRESS_FILE = "progress.json"  # written by bumps_mpi.progress on rank 0
+UNKNOWN_AFTER_S = 300  # a job neither accounting nor the controller knows this long after sbatch is lost
+FULL_BELOW_BYTES = 1 << 20  # free space under which a job's file system is reported full
 
 
 def job_id_of(job: JobDir) -> str | None:
@@ -29,16 +43,37 @@ def elapsed_seconds(text: str | None) -> int | None:
     if not text or text in ("INVALID", "UNLIMITED"):
         return None
     days, _, clock = text.rpartition("-")
-    parts = [float(p) for p in clock.split(":")]
+    try:
+        parts = [float(p) for p in clock.split(":")]
+    except ValueError:
+        return None
     while len(parts) < 3:
         parts.insert(0, 0.0)
-    return int((int(days) if days else 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2])
+    return int((int(days) if days.isdigit() else 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2])
+
+
+def _cached(job: JobDir) -> dict | None:
+    try:
+        return read_json(job.file(STATE_FILE))
+    except BumpsMpiError:  # a cache that cannot be read is no cache: ask Slurm again
+        return None
+
+
+def _id_or_none(job: JobDir) -> str | None:
+    try:
+        return job_id_of(job)
+    except BumpsMpiError:
+        return None
 
 
 def status(jobs: list[JobDir]) -> list[dict[str, Any]]:
-    """One record per job; at most one sacct call per 50 uncached jobs and one squeue call."""
-    cached = {job.path: read_json(job.file(STATE_FILE)) for job in jobs}
-    ids = [i for job in jobs if (i := job_id_of(job)) and cached[job.path] is None]
+    """One record per job; at most one sacct call per 50 uncached jobs and one squeue call.
+
+    A job directory that cannot be read gives a record with state UNKNOWN and
+    `unreadable` saying why; the others are still reported.
+    """
+    cached = {job.path: _cached(job) for job in jobs}
+    ids = [i for job in jobs if (i := _id_or_none(job)) and cached[job.path] is None]
     problems: list[str] = []
     accounting: dict[str, dict[str, str]] = {}
     queue: dict[str, dict[str, str]] | None = {}
@@ -46,9 +81,8 @@ def status(jobs: list[JobDir]) -> list[dict[str, Any]]:
         accounting = slurm.sacct(ids) if ids else {}
     except slurm.Unreachable as exc:
         problems.append(str(exc))
-    waiting = [i for i in ids if i not in accounting or accounting[i]["State"] == "PENDING"]
     try:
-        queue = slurm.squeue(waiting, finished=bool(problems)) if waiting else {}
+        queue = slurm.squeue(ids) if ids else {}
     except slurm.Unreachable as exc:
         problems.append(str(exc))
         queue = None
@@ -58,11 +92,32 @@ def status(jobs: list[JobDir]) -> list[dict[str, Any]]:
         accounting_ok=not problems,
         unreachable="; ".join(problems) if problems and queue is None else None,
     )
-    records = [_record(job, cached[job.path], view) for job in jobs]
+    records = []
+    for job in jobs:
+        try:
+            records.append(_record(job, cached[job.path], view))
+        except BumpsMpiError as exc:
+            records.append(_unreadable(job, exc))
     if problems and queue is not None:  # slurmdbd down, controller up: say so (the CLI prints it once)
         for record in records:
             record["accounting"] = f"unavailable ({problems[0]}); states from the controller"
     return records
+
+
+def _unreadable(job: JobDir, exc: BumpsMpiError) -> dict[str, Any]:
+    return {
+        "job_id": None,
+        "job_dir": str(job.path),
+        "name": None,
+        "state": JobState.UNKNOWN.value,
+        "slurm_state": None,
+        "exit_code": None,
+        "exit": None,
+        "elapsed": None,
+        "elapsed_s": None,
+        "reason": None,
+        "unreadable": str(exc),
+    }
 
 
 class _SlurmView:
@@ -71,10 +126,21 @@ class _SlurmView:
         self.accounting_ok, self.unreachable = accounting_ok, unreachable
 
 
+def _read(job: JobDir, name: str, warnings: list[str]) -> dict | None:
+    try:
+        return read_json(job.file(name))
+    except BumpsMpiError as exc:
+        warnings.append(str(exc))
+        return None
+
+
 def _record(job: JobDir, cached: dict | None, view: _SlurmView) -> dict[str, Any]:
     spec = job.spec
     job_id = job_id_of(job)
-    progress, error, result = read_json(job.file(PROGRESS_FILE)), job.error, job.result  # each read once
+    warnings: list[str] = []
+    progress, error, result = (
+        _read(job, name, warnings) for name in (PROGRESS_FILE, ERROR_FILE, RESULT_FILE)
+    )
     record: dict[str, Any] = {
         "job_id": job_id,
         "job_dir": str(job.path),
@@ -90,12 +156,63 @@ def _record(job: JobDir, cached: dict | None, view: _SlurmView) -> dict[str, Any
     if cached is not None:
         record.update(cached)
     elif job_id is None:
-        record.update(_local_state(job, finished=result is not None or error is not None))
-    elif job_id in view.accounting and view.accounting[job_id]["State"] != "PENDING":
-        row = view.accounting[job_id]
-        state = JobState.from_slurm(row["State"])
-        if state is JobState.FAILED and (error or {}).get("killed_by") == JobState.OUT_OF_MEMORY.value:
-            state = JobState.OUT_OF_MEMORY  # a rank's step hit --mem; the batch script itself did not
+        from . import local
+
+        record.update(local.state(job, finished=result is not None or error is not None))
+    else:
+        record.update(_slurm_state(job, job_id, view, error, record["submitted"]))
+    record["state"] = _out_of_memory(JobState(record["state"]), error).value
+    state = JobState(record["state"])
+    if state in (JobState.RUNNING, JobState.UNKNOWN) and (result is not None or error is not None):
+        # the fit has ended and said how; the Slurm job is finishing, or Slurm cannot be asked: never
+        # show it running again after the controller (or these files) showed its end
+        ended = JobState.COMPLETED if result is not None else _out_of_memory(JobState.FAILED, error)
+        record["state"] = ended.value
+        record["reason"] = (
+            None if state is JobState.RUNNING else f"from the job directory; {record['reason']}"
+        )
+    if progress is not None:
+        record["restarts"] = progress.get("restarts", 0)  # allocations after the first: requeues, resumes
+        if record["state"] == JobState.PENDING.value and not progress.get("done"):
+            record["state"] = JobState.REQUEUED.value  # it ran, stopped unfinished, and will continue
+    if record["state"] == JobState.UNKNOWN.value and record["slurm_state"]:
+        warnings.append(f"Slurm state {record['slurm_state']!r} is not one bumps-mpi knows")
+    if record["state"] in (JobState.PENDING.value, JobState.REQUEUED.value):
+        hint = pending_hint(record["reason"])
+        if hint:
+            record["never_starts"], record["hint"] = hint
+    if JobState(record["state"]).terminal:
+        record["exit"] = describe_exit(record["exit_code"], _script_status(job, job_id, record["exit_code"]))
+    else:
+        record["exit_code"] = record["exit"] = None  # a running job has no exit code yet
+    full = _full(job) if record["state"] != JobState.COMPLETED.value else None
+    if full:
+        warnings.append(full)
+    if warnings:
+        record["warning"] = "; ".join(dict.fromkeys(warnings))
+    _join_job_dir(record, progress, error, result)
+    return record
+
+
+def _slurm_state(
+    job: JobDir, job_id: str, view: _SlurmView, error: dict | None, submitted: float | None
+) -> dict[str, Any]:
+    """State from the controller while it knows the job (it is ahead of accounting), else accounting."""
+    row = view.accounting.get(job_id)
+    live = view.queue.get(job_id)
+    if live is not None:
+        state = JobState.from_slurm(live["State"])
+        found: dict[str, Any] = {
+            "state": state.value,
+            "slurm_state": live["State"],
+            "reason": None if live["Reason"] in ("None", "") else live["Reason"],
+            "elapsed": live["Elapsed"],
+            "elapsed_s": elapsed_seconds(live["Elapsed"]),
+        }
+        if not state.terminal or row is None or not JobState.from_slurm(row["State"]).terminal:
+            return found  # still going, or ended but accounting has not caught up: no exit code yet
+    if row is not None and (row["State"] != "PENDING" or live is None):
+        state = _out_of_memory(JobState.from_slurm(row["State"]), error)
         found = {
             "state": state.value,
             "slurm_state": row["State"],
@@ -103,51 +220,51 @@ def _record(job: JobDir, cached: dict | None, view: _SlurmView) -> dict[str, Any
             "elapsed": row["Elapsed"],
             "elapsed_s": elapsed_seconds(row["Elapsed"]),
         }
-        record.update(found)
-        if state.terminal:
-            write_json(job.file(STATE_FILE), found)
-    elif job_id in view.queue:
-        row = view.queue[job_id]
-        record.update(
-            state=JobState.from_slurm(row["State"]).value,
-            slurm_state=row["State"],
-            reason=row["Reason"],
-            elapsed=row["Elapsed"],
-            elapsed_s=elapsed_seconds(row["Elapsed"]),
-        )
-    elif (
-        view.accounting_ok
-    ):  # accounting lags a few seconds behind sbatch: unknown yet is pending, never done
-        record.update(state=JobState.PENDING.value, reason="not yet in accounting")
-    else:  # Slurm did not answer: say so, never guess
-        record.update(reason=f"Slurm not reachable ({view.unreachable or 'accounting failed'})")
-    if progress is not None:
-        record["restarts"] = progress.get("restarts", 0)  # allocations after the first: requeues, resumes
-        if record["state"] == JobState.PENDING.value and not progress.get("done"):
-            record["state"] = JobState.REQUEUED.value  # it ran, stopped unfinished, and will continue
-    if record["state"] == JobState.UNKNOWN.value and record["slurm_state"]:
-        record["warning"] = f"Slurm state {record['slurm_state']!r} is not one bumps-mpi knows"
-    if record["state"] in (JobState.PENDING.value, JobState.REQUEUED.value):
-        hint = pending_hint(record["reason"])
-        if hint:
-            record["never_starts"], record["hint"] = hint
-    _join_job_dir(record, progress, error, result)
-    return record
+        if state.final:
+            try:
+                write_json(job.file(STATE_FILE), found)
+            except OSError:  # a full or read-only file system: the answer stands, uncached
+                pass
+        return found
+    if view.accounting_ok:
+        age = time.time() - float(submitted or time.time())
+        if age < UNKNOWN_AFTER_S:  # accounting lags a few seconds behind sbatch: pending, never done
+            return {"state": JobState.PENDING.value, "reason": "not yet in accounting"}
+        return {
+            "state": JobState.UNKNOWN.value,
+            "reason": f"Slurm knows no job {job_id} ({int(age // 60)} min after it was submitted): "
+            "purged from accounting, or submitted to another cluster?",
+        }
+    return {"reason": f"Slurm not reachable ({view.unreachable or 'accounting failed'})"}
 
 
-def _local_state(job: JobDir, finished: bool) -> dict[str, Any]:
-    local = job.local_state
-    if local is None:
-        return {"state": "UNKNOWN" if finished else JobState.RUNNING.value}
-    import datetime
+def _out_of_memory(state: JobState, error: dict | None) -> JobState:
+    """OUT_OF_MEMORY when the cgroup killed a rank's step: Slurm marks only the step, the job FAILED."""
+    if state is JobState.FAILED and (error or {}).get("killed_by") == JobState.OUT_OF_MEMORY.value:
+        return JobState.OUT_OF_MEMORY
+    return state
 
-    seconds = int(local["finished"] - local["started"])
-    return {
-        "state": local["state"],
-        "exit_code": f"{local['exit_code']}:0",
-        "elapsed": str(datetime.timedelta(seconds=seconds)),
-        "elapsed_s": seconds,
-    }
+
+def _script_status(job: JobDir, job_id: str | None, exit_code: str | None) -> int | None:
+    """The run's real exit status: the batch script's own record, or a local run's mpiexec status."""
+    try:
+        if job_id is None:
+            return int((exit_code or "").split(":")[0])
+        return int(job.file(EXIT_STATUS_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _full(job: JobDir) -> str | None:
+    import shutil
+
+    try:
+        free = shutil.disk_usage(job.path).free
+    except OSError:
+        return None
+    if free >= FULL_BELOW_BYTES:
+        return None
+    return f"no space left on the file system of {job.path} ({free} bytes free): the fit cannot save there"
 
 
 def _join_job_dir(

@@ -13,6 +13,8 @@ array, sends, and evaluates its own share while the messages are in flight.
 When points are expensive (over 100 us each, measured on rank 0), the map
 balances itself: guided self-scheduling hands out shrinking contiguous chunks,
 still slices of the points and of the result (BUMPS_MPI_BALANCE=auto|always|never).
+The two strategies are two small classes, StaticSplit and GuidedChunks, each
+usable (and tested) alone; Mapper chooses between them.
 Each worker waits in a blocking Recv on a buffer whose capacity rank 0 also
 tracks; a share that would not fit is preceded by a one-number "grow" message
 (once or twice a fit: DREAM's population size does not change).
@@ -27,7 +29,6 @@ comparison per worker for this. Workers stay in their loop, ready for the stop.
 from __future__ import annotations
 
 import atexit
-import os
 import socket
 import traceback
 from collections.abc import Callable
@@ -77,98 +78,69 @@ def _describe(exc: BaseException) -> dict[str, Any]:
     }
 
 
-class _Plan:
-    """Who gets which rows for one population size, as plain ints; cached between calls."""
+class StaticSplit:
+    """One contiguous block of rows per rank, sent at once; rank 0 evaluates its own while they travel.
 
-    def __init__(self, npop: int, size: int, nvar: int = 0):
-        counts, displs = split(npop, size)
-        self.npop, self.nvar = npop, nvar
-        self.mine = int(counts[ROOT])
-        self.workers = [(r, int(displs[r]), int(displs[r] + counts[r])) for r in range(1, size) if counts[r]]
-        self.statuses = [MPI.Status() for _ in range(2 * len(self.workers))]
-        self.receives = self.statuses[0::2]  # requests alternate receive, send
-
-
-class Mapper:
-    """The root side: a callable that maps an (npop, nvar) array to npop nllf values.
-
-    Created on rank 0 while every other rank enters serve() (both duplicate
-    *comm*, so the mapper's messages never meet anyone else's).
+    The cheapest map when every point costs about the same: one message to and
+    one from each worker that has rows, receives posted straight into the result.
+    The plan (who gets which rows) is cached while the population size stays;
+    *grow* makes room in a worker's buffer when a new plan gives it more rows.
     """
 
-    failures = 0  # in this process, for callers (like Bumps' CLI) that swallow the exception
+    def __init__(self, comm: MPI.Comm, grow: Callable[[int, int], None]):
+        self.comm, self.grow = comm, grow
+        self._plan = (0, 0, 0, [], [], [])  # npop, nvar, rank 0's rows, workers, statuses, receives
 
-    def __init__(self, problem: Any, comm: MPI.Comm = MPI.COMM_WORLD):
-        self.problem = problem
-        self.comm = comm.Dup()
-        self._plan = _Plan(0, self.comm.size)
-        self._capacity = [START_CAPACITY] * self.comm.size  # each worker's receive buffer, in doubles
-        self._cost = 0.0  # seconds per point on rank 0 in the last call: chooses static or guided
-        self._balance = os.environ.get("BUMPS_MPI_BALANCE", "auto")
-        if self._balance not in ("auto", "always", "never"):
-            raise ValueError(f"BUMPS_MPI_BALANCE={self._balance!r}: use auto, always or never")
+    def plan(self, npop: int, nvar: int) -> list[tuple[int, int, int]]:
+        """(rank, first row, end row) for each worker with rows, for *npop* points of *nvar* parameters."""
+        if self._plan[:2] != (npop, nvar):
+            counts, displs = split(npop, self.comm.size)
+            workers = [
+                (r, int(displs[r]), int(displs[r] + counts[r])) for r in range(1, self.comm.size) if counts[r]
+            ]
+            statuses = [MPI.Status() for _ in range(2 * len(workers))]
+            self._plan = (npop, nvar, int(counts[ROOT]), workers, statuses, statuses[0::2])
+            for rank, start, stop in workers:
+                self.grow(rank, (stop - start) * nvar)
+        return self._plan[3]
 
-    def _grow(self, rank: int, need: int) -> None:
-        """Tell a worker whose buffer is too small for *need* doubles to enlarge it (before the share)."""
-        if need > self._capacity[rank]:
-            self._capacity[rank] = need
-            self.comm.Send(np.array([need], dtype=np.float64), dest=rank, tag=_GROW)
-
-    def __call__(self, points: Any) -> np.ndarray:
-        points = np.ascontiguousarray(points, dtype=np.float64)
-        if points.size == 0 and points.ndim <= 2:  # [] or (0, nvar): nothing to map, nothing to send
-            return np.empty(0, dtype=np.float64)
-        if points.ndim != 2:
-            raise ValueError(f"mapper expects a 2-D array of points, got shape {points.shape}")
-        npop, nvar = points.shape
-        if nvar == 0:
-            raise ValueError("mapper got points with no parameters")
-        plan = self._plan
-        if plan.npop != npop or plan.nvar != nvar:
-            plan = self._plan = _Plan(npop, self.comm.size, nvar)
-            for rank, start, stop in plan.workers:
-                self._grow(rank, (stop - start) * nvar)
+    def map(self, problem: Any, points: np.ndarray, result: np.ndarray, tag: int) -> tuple[list, Any, float]:
+        """Fill *result*; returns (failed workers' blocks, rank 0's failure, rank 0's seconds per point)."""
         comm = self.comm
-        result = np.empty(npop, dtype=np.float64)
-        if self._guided(npop):
-            remote, failed = self._map_guided(points, result, _MAP + nvar)
-            if remote or failed is not None:
-                self._raise_failure(points, remote, failed)
-            return result
+        workers = self.plan(*points.shape)
+        mine, statuses, receives = self._plan[2], self._plan[4], self._plan[5]
         requests = []
-        irecv, isend, post, any_tag, tag = comm.Irecv, comm.Isend, requests.append, MPI.ANY_TAG, _MAP + nvar
-        for r, a, b in plan.workers:
+        irecv, isend, post, any_tag = comm.Irecv, comm.Isend, requests.append, MPI.ANY_TAG
+        for r, a, b in workers:
             post(irecv(result[a:b], r, any_tag))
             post(isend(points[a:b], r, tag))
         started = perf_counter()
-        failed = _evaluate(self.problem, points[: plan.mine], result[: plan.mine])
-        self._cost = (perf_counter() - started) / max(plan.mine, 1)
-        MPI.Request.Waitall(requests, plan.statuses)
-        for status in plan.receives:
+        failed = _evaluate(problem, points[:mine], result[:mine])
+        cost = (perf_counter() - started) / max(mine, 1)
+        MPI.Request.Waitall(requests, statuses)
+        for status in receives:
             if status.tag != _RESULT:
                 break
         else:
-            if failed is None:
-                return result
-        remote = [w for w, s in zip(plan.workers, plan.receives, strict=True) if s.tag != _RESULT]
-        self._raise_failure(points, remote, failed)
-        raise AssertionError("unreachable")  # _raise_failure always raises
+            return [], failed, cost
+        return [w for w, s in zip(workers, receives, strict=True) if s.tag != _RESULT], failed, cost
 
-    def _guided(self, npop: int) -> bool:
-        """Balance dynamically when points are expensive enough that a message per chunk is free."""
-        if self.comm.size == 1 or self._balance == "never":
-            return False
-        return self._balance == "always" or (self._cost > GUIDED_ABOVE_S and npop > 2 * self.comm.size)
 
-    def _map_guided(self, points: np.ndarray, result: np.ndarray, tag: int) -> tuple[list, Any]:
-        """Guided self-scheduling: workers take shrinking contiguous chunks from the front, rank 0 single
-        points from the back, so every rank finishes within about one point of the others.
+class GuidedChunks:
+    """Guided self-scheduling: workers take shrinking contiguous chunks from the front, rank 0 single
+    points from the back, so every rank finishes within about one point of the others.
 
-        Costs per point vary a lot in real models (refl1d: with the layer profile), and a static split
-        of a 170-point generation then waits about 10% for its slower half. Chunks are slices of the
-        points and of the result: still no copies. Returns (failed workers' chunks, rank 0's failure).
-        """
-        comm, problem, size, nvar = self.comm, self.problem, self.comm.size, points.shape[1]
+    Costs per point vary a lot in real models (refl1d: with the layer profile), and a static split
+    of a 170-point generation then waits about 10% for its slower half. Chunks are slices of the
+    points and of the result: still no copies. *grow* makes room in a worker's buffer first.
+    """
+
+    def __init__(self, comm: MPI.Comm, grow: Callable[[int, int], None]):
+        self.comm, self.grow = comm, grow
+
+    def map(self, problem: Any, points: np.ndarray, result: np.ndarray, tag: int) -> tuple[list, Any, float]:
+        """Fill *result*; returns (failed workers' chunks, rank 0's failure, rank 0's seconds per point)."""
+        comm, size, nvar = self.comm, self.comm.size, points.shape[1]
         front, back = 0, len(points)
         pending: dict[int, list[tuple]] = {
             rank: [] for rank in range(1, size)
@@ -179,7 +151,7 @@ class Mapper:
             nonlocal front
             rows = max(1, (back - front) // (2 * size))
             start, front = front, front + rows
-            self._grow(rank, rows * nvar)
+            self.grow(rank, rows * nvar)
             status = MPI.Status()
             receive = comm.Irecv(result[start:front], rank, MPI.ANY_TAG)
             pending[rank].append((receive, comm.Isend(points[start:front], rank, tag), start, front, status))
@@ -210,11 +182,69 @@ class Mapper:
             for rank, chunks in pending.items():
                 if chunks and collect(rank, wait=False) and front < back and failed is None and not remote:
                     give(rank)
-        self._cost = (perf_counter() - started) / max(own, 1)
+        cost = (perf_counter() - started) / max(own, 1)
         for rank, chunks in pending.items():
             while chunks:
                 collect(rank, wait=True)
-        return remote, failed
+        return remote, failed, cost
+
+
+class Mapper:
+    """The root side: a callable that maps an (npop, nvar) array to npop nllf values.
+
+    Created on rank 0 while every other rank enters serve() (both duplicate
+    *comm*, so the mapper's messages never meet anyone else's). Chooses
+    StaticSplit or GuidedChunks by rank 0's measured cost per point, keeps each
+    worker's buffer large enough, and turns any failure into RemoteError.
+    """
+
+    failures = 0  # in this process, for callers (like Bumps' CLI) that swallow the exception
+
+    def __init__(self, problem: Any, comm: MPI.Comm = MPI.COMM_WORLD):
+        from .validation import environment_choice
+
+        self.problem = problem
+        self.comm = comm.Dup()
+        self._capacity = [START_CAPACITY] * self.comm.size  # each worker's receive buffer, in doubles
+        self._cost = 0.0  # seconds per point on rank 0 in the last call: chooses static or guided
+        self._balance = environment_choice("BUMPS_MPI_BALANCE")
+        self.static = StaticSplit(self.comm, self._grow)
+        self.guided = GuidedChunks(self.comm, self._grow)
+        self.call_started: float | None = None  # for the watchdog: when the call in progress began
+        self.longest_call_s = 0.0
+
+    def _grow(self, rank: int, need: int) -> None:
+        """Tell a worker whose buffer is too small for *need* doubles to enlarge it (before the share)."""
+        if need > self._capacity[rank]:
+            self._capacity[rank] = need
+            self.comm.Send(np.array([need], dtype=np.float64), dest=rank, tag=_GROW)
+
+    def __call__(self, points: Any) -> np.ndarray:
+        points = np.ascontiguousarray(points, dtype=np.float64)
+        if points.size == 0 and points.ndim <= 2:  # [] or (0, nvar): nothing to map, nothing to send
+            return np.empty(0, dtype=np.float64)
+        if points.ndim != 2:
+            raise ValueError(f"mapper expects a 2-D array of points, got shape {points.shape}")
+        npop, nvar = points.shape
+        if nvar == 0:
+            raise ValueError("mapper got points with no parameters")
+        result = np.empty(npop, dtype=np.float64)
+        started = self.call_started = perf_counter()
+        if self._guided(npop):
+            remote, failed, self._cost = self.guided.map(self.problem, points, result, _MAP + nvar)
+        else:
+            remote, failed, self._cost = self.static.map(self.problem, points, result, _MAP + nvar)
+        self.call_started = None
+        self.longest_call_s = max(self.longest_call_s, perf_counter() - started)
+        if remote or failed is not None:
+            self._raise_failure(points, remote, failed)
+        return result
+
+    def _guided(self, npop: int) -> bool:
+        """Balance dynamically when points are expensive enough that a message per chunk is free."""
+        if self.comm.size == 1 or self._balance == "never":
+            return False
+        return self._balance == "always" or (self._cost > GUIDED_ABOVE_S and npop > 2 * self.comm.size)
 
     def _raise_failure(self, points: np.ndarray, remote: list, failed: Any) -> NoReturn:
         """Ask each failed worker for its reports (in chunk order), then raise the first failure."""

@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from .jobdir import ERROR_FILE, JobDir, read_json, write_json
+from .jobdir import ERROR_FILE, RANKS_FILE, JobDir, read_json, write_json
+from .states import describe_exit
 
-RANKS_FILE = "ranks.json"
 SRUN_TASK = re.compile(r"srun: error: (\S+): tasks? ([0-9,-]+): (.+)")
 HYDRA_PID = re.compile(r"PID (\d+) RUNNING AT (\S+)")
 HYDRA_EXIT = re.compile(r"EXIT (?:CODE|STRING): (.+)")
@@ -44,26 +44,41 @@ def explain(log_tail: str, ranks: list[dict] | None) -> tuple[int | None, str | 
 def write_postmortem(job_dir: Path, status: int, log: Path) -> dict | None:
     """Write error.json unless the job already did; returns what was written."""
     job = JobDir(job_dir)
-    if job.error is not None or job.result is not None:
+    try:
+        if job.error is not None or job.result is not None:
+            return None
+    except Exception:  # unreadable: the run's own record exists, do not overwrite it
         return None
     try:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:])
     except FileNotFoundError:
         tail = ""
-    rank, host, what = explain(tail, read_json(job.file(RANKS_FILE)))
-    who = f"rank {rank}" if rank is not None else "a rank"
+    try:
+        ranks = read_json(job.file(RANKS_FILE), kind=list)
+    except Exception:  # a broken ranks.json: the launcher's own line still names the host
+        ranks = None
+    rank, host, what = explain(tail, ranks)
+    how = f"launcher exit status {status}" + (f": {describe_exit(None, status)}" if status > 128 else "")
+    if rank is None and host is None:
+        message = f"the launcher failed ({how}); its output is in {log.name}"
+    else:
+        who = f"rank {rank}" if rank is not None else "a rank"
+        message = f"{who}{f' on {host}' if host else ''} died: {what} ({how})"
     error = {
         "phase": "run",
         "rank": rank,
         "host": host,
         "point": None,
-        "message": f"{who}{f' on {host}' if host else ''} died: {what} (launcher exit status {status})",
+        "message": message,
         "traceback": tail,
         "time": time.time(),
     }
     if OOM.search(tail):  # only a step was killed, so accounting says FAILED for the job: keep why
         error["killed_by"] = "OUT_OF_MEMORY"
-    write_json(job.file(ERROR_FILE), error)
+    try:
+        write_json(job.file(ERROR_FILE), error)
+    except OSError as exc:  # a full disk: at least the log says why
+        print(f"bumps-mpi: {message} ({ERROR_FILE} could not be written: {exc.strerror})", file=sys.stderr)
     return error
 
 

@@ -7,6 +7,7 @@ end), never on the mapper's hot path. Only rank 0 runs it.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,7 @@ class ProgressMonitor(Monitor):
         self.every_s = every_s
         self.failed = 0  # evaluations that gave NaN or inf (Bumps maps model failures to inf)
         self._last = -math.inf
+        self.unwritten = 0  # progress writes that failed (a full disk): said once
 
     def config_history(self, history: Any) -> None:
         history.requires(time=1, value=1, step=1, population_values=1)
@@ -74,19 +76,25 @@ class ProgressMonitor(Monitor):
         eta = 0.0 if done else (elapsed / done_here * (steps - step) if done_here > 0 else None)
         if self.stopped is not None and self.stopped():
             eta = None  # it waits for its next allocation: nobody knows when
-        write_json(
-            self.path,
-            {
-                "fitter": self.fitter,
-                "step": step,
-                "steps": steps,
-                "best_nllf": nllf,
-                "chisq": float(self.problem.chisq(nllf=nllf)) if math.isfinite(nllf) else None,
-                "elapsed_s": self.earlier_s + elapsed,
-                "restarts": self.restarts,
-                "eta_s": eta,
-                "failed_evaluations": self.failed,
-                "done": done,
-                "updated": time.time(),
-            },
-        )
+        progress = {
+            "fitter": self.fitter,
+            "step": step,
+            "steps": steps,
+            "best_nllf": nllf,
+            "chisq": float(self.problem.chisq(nllf=nllf)) if math.isfinite(nllf) else None,
+            "elapsed_s": self.earlier_s + elapsed,
+            "restarts": self.restarts,
+            "eta_s": eta,
+            "failed_evaluations": self.failed,
+            "done": done,
+            "updated": time.time(),
+        }
+        try:
+            write_json(self.path, progress)
+        except OSError as exc:  # progress is for the user's eyes: a full disk must not end the fit
+            if not self.unwritten:
+                try:
+                    print(f"bumps-mpi: cannot write {self.path.name}: {exc.strerror or exc}", file=sys.stderr)
+                except OSError:
+                    pass
+            self.unwritten += 1

@@ -1,7 +1,9 @@
 """The per-user list of submitted jobs, so `status` with no argument can list mine.
 
 One JSON line per job, appended with a single write (atomic for short lines
-with O_APPEND); readers skip a line they cannot parse rather than fail.
+with O_APPEND). A line that is not a JSON object with a job directory (a
+crash mid-write, a hand edit, bytes that are not UTF-8) is skipped, and said
+once, naming the file and the line: the other jobs are still listed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from .errors import BumpsMpiError, UnreadableFile
+
+SKIPPED: list[str] = []  # lines skipped by the last entries(), for the CLI to say once
 
 
 def registry_path() -> Path:
@@ -22,27 +28,44 @@ def registry_path() -> Path:
 
 def add(entry: dict[str, Any]) -> None:
     path = registry_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise BumpsMpiError(f"cannot add to your list of jobs {path}: {exc.strerror or exc}") from None
 
 
 def entries() -> list[dict[str, Any]]:
-    """Newest first."""
+    """Newest first; unusable lines are skipped and listed in SKIPPED."""
+    path = registry_path()
+    SKIPPED.clear()
     try:
-        text = registry_path().read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise UnreadableFile(path, exc.strerror or str(exc)) from None
     found = []
-    for line in text.splitlines():
-        try:
-            found.append(json.loads(line))
-        except json.JSONDecodeError:
+    for number, raw in enumerate(data.splitlines(), start=1):
+        if not raw.strip():
             continue
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            SKIPPED.append(f"{path} line {number}: not UTF-8")
+            continue
+        except json.JSONDecodeError:
+            SKIPPED.append(f"{path} line {number}: not JSON")
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("job_dir"), str):
+            SKIPPED.append(f"{path} line {number}: not a job entry")
+            continue
+        found.append(entry)
     return found[::-1]
 
 

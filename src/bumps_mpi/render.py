@@ -2,8 +2,12 @@
 
 Directive values must be plain words (Slurm parses #SBATCH lines itself, not
 the shell), so anything outside a safe character set is refused with the
-setting's name. Values in the script body go through shlex.quote. The only
-verbatim lines are the prologue and epilogue the user wrote in a site file.
+setting's name. A site's `extra` directives may use any Slurm syntax
+(`--exclude=cn[01-03]`, `--constraint=intel|amd`) as long as sbatch reads each
+as one option, and none may replace or remove what bumps-mpi itself relies on
+(its output file, requeue, time-limit signal, one job per submission). Values
+in the script body go through shlex.quote. The only verbatim lines are the
+prologue and epilogue: shell, written by the site or the user.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import shlex
 from string import Template
 
 from .errors import UsageError
+from .jobdir import CANCEL_FILE, ERROR_FILE, EXIT_STATUS_FILE, SLURM_LOG_PATTERN, STOP_FILE
 
 # sbatch option for each resource setting
 DIRECTIVES = {
@@ -26,7 +31,23 @@ DIRECTIVES = {
     "time": "time",
 }
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9_@%+=:,./\-]+$")
-SAFE_EXTRA = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_@%+=:,./\-]+)?$")
+EXTRA_NAME = re.compile(r"^--([a-z][a-z0-9-]*)(=|$)")
+# sbatch options the script itself depends on: why each may not be set, replaced or skipped by a site
+MANAGED = {
+    "job-name": "set it with --name",
+    "output": "the job's log is slurm-<id>.out in its directory, appended to across requeues",
+    "error": "the job's log is slurm-<id>.out in its directory, appended to across requeues",
+    "open-mode": "the log is appended to across requeues",
+    "requeue": "the job requeues itself at its time limit",
+    "no-requeue": "the job requeues itself at its time limit",
+    "signal": "the time-limit signal is set by signal_grace",
+    "array": "one job directory is one job",
+    "chdir": "the job runs in its job directory",
+    "wrap": "bumps-mpi writes the script",
+    "parsable": "bumps-mpi reads the job id itself",
+    "test-only": "nothing would be submitted",
+    "wait": "submit returns at once; use bumps-submit watch",
+}
 MPIRUN_LAUNCHERS = {"mpirun", "mpiexec", "mpiexec.hydra"}
 
 
@@ -40,7 +61,7 @@ def _directive(option: str, value: object, setting: str) -> str:
 
 
 def limit_seconds(text: object) -> int | None:
-    """Slurm's --time (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in seconds; None if absent or unlimited."""
+    """Slurm's --time (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in seconds; None if absent or unlimited (0)."""
     if text in (None, "") or str(text).upper() in ("UNLIMITED", "INFINITE"):
         return None
     days, _, clock = str(text).rpartition("-")
@@ -49,8 +70,8 @@ def limit_seconds(text: object) -> int | None:
         if len(parts) > 3:
             return None
         scale = (3600, 60, 1) if days or len(parts) == 3 else (60, 1)
-        seconds = sum(p * s for p, s in zip(parts, scale, strict=False))
-        return seconds + int(days or 0) * 86400
+        seconds = sum(p * s for p, s in zip(parts, scale, strict=False)) + int(days or 0) * 86400
+        return seconds or None  # Slurm: a time limit of 0 is no limit
     except ValueError:
         return None
 
@@ -61,6 +82,32 @@ def signal_seconds(grace: int, time_limit: object) -> int:
         raise UsageError(f"signal_grace must be at least 1 second, got {grace}")
     limit = limit_seconds(time_limit)
     return grace if limit is None else max(1, min(grace, limit // 2))
+
+
+def _extra_name(item: str) -> str:
+    """The option an extra directive sets, after refusing what sbatch would misread or what we manage."""
+    if any(c in item for c in "\n\r\0"):
+        raise UsageError(f"extra directive {item!r} contains a line break")
+    match = EXTRA_NAME.match(item)
+    if not match:
+        raise UsageError(f"extra directive {item!r} must be a long option: --option or --option=value")
+    try:
+        words = shlex.split(item, comments=True)  # sbatch reads #SBATCH lines with the same quoting rules
+    except ValueError as exc:
+        raise UsageError(f"extra directive {item!r}: {exc}") from None
+    if len(words) != 1:
+        raise UsageError(
+            f"extra directive {item!r} would be read by sbatch as {len(words)} options; write one option "
+            "per entry, with no spaces (quote a value that has them)"
+        )
+    name = match.group(1)
+    for managed, why in MANAGED.items():  # sbatch accepts unambiguous abbreviations: --sig is --signal
+        if managed.startswith(name):
+            raise UsageError(f"extra directive {item!r} is not allowed: bumps-mpi sets --{managed} ({why})")
+    for setting, option in DIRECTIVES.items():
+        if option.startswith(name):
+            raise UsageError(f"extra directive {item!r}: use the {setting} setting for --{option}")
+    return name
 
 
 def render_sbatch(
@@ -77,14 +124,14 @@ def render_sbatch(
     prologue: list[str] | tuple[str, ...] = (),
     epilogue: list[str] | tuple[str, ...] = (),
     version: str = "",
-    signal_grace: int = 120,
+    signal_grace: int,
 ) -> str:
     """The sbatch text for one job; the keyword arguments are the whole set of options."""
     if "\n" in job_dir or "\r" in job_dir:
         raise UsageError("the job directory path contains a line break; choose another --jobs-dir")
     lines = {
         "job-name": _directive("job-name", name, "name"),
-        "output": "#SBATCH --output=slurm-%j.out",  # relative: sbatch runs in the job directory
+        "output": f"#SBATCH --output={SLURM_LOG_PATTERN}",  # relative: sbatch runs in the job directory
         "open-mode": "#SBATCH --open-mode=append",  # requeued runs append, never overwrite
         "requeue": "#SBATCH --requeue",  # the job requeues itself at its time limit (see job.sbatch)
     }
@@ -95,11 +142,17 @@ def render_sbatch(
         if value not in (None, ""):
             lines[option] = _directive(option, value, setting)
     for item in extra:
-        if not SAFE_EXTRA.match(item):
-            raise UsageError(f"extra directive {item!r} must look like --option=value with a plain value")
-        lines[item[2:].split("=", 1)[0]] = f"#SBATCH {item}"
+        lines[_extra_name(item)] = f"#SBATCH {item}"
     for option in skip:
-        lines.pop(option.replace("_", "-").lstrip("-"), None)
+        name = option.replace("_", "-").lstrip("-")
+        if name in MANAGED:
+            raise UsageError(f"skip {option!r}: bumps-mpi needs this directive ({MANAGED[name]})")
+        if name not in lines and name not in DIRECTIVES.values():
+            known = sorted({*DIRECTIVES.values(), *(_extra_name(i) for i in extra)})
+            raise UsageError(
+                f"skip {option!r}: no such directive; directives you can skip: {', '.join(known)}"
+            )
+        lines.pop(name, None)
     launch = [launcher, *launcher_args]
     program = launcher.rsplit("/", 1)[-1]
     if program in MPIRUN_LAUNCHERS:
@@ -120,4 +173,9 @@ def render_sbatch(
         launch=f"{launch_text} {shlex.quote(python)}",
         python=shlex.quote(python),
         epilogue="\n".join(epilogue),
+        slurm_log=SLURM_LOG_PATTERN.replace("%j", "${SLURM_JOB_ID:-0}"),
+        stop_file=STOP_FILE,
+        cancel_file=CANCEL_FILE,
+        error_file=ERROR_FILE,
+        exit_status_file=EXIT_STATUS_FILE,
     )

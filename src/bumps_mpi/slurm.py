@@ -90,13 +90,14 @@ def _ask(args: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
+NOTICES: list[str] = []  # said once per command by the CLI: a fallback the user should know about
+
+
 def accounting_backend() -> str:
     """'pyslurm' where it imports (a build matching this Slurm) unless BUMPS_MPI_ACCOUNTING=sacct."""
-    import os
+    from .validation import environment_choice
 
-    wanted = os.environ.get("BUMPS_MPI_ACCOUNTING", "auto")
-    if wanted not in ("auto", "sacct", "pyslurm"):
-        raise SubmitError(f"BUMPS_MPI_ACCOUNTING={wanted!r}: use auto, sacct or pyslurm")
+    wanted = environment_choice("BUMPS_MPI_ACCOUNTING")
     if wanted == "sacct":
         return "sacct"
     from . import pyslurm_backend
@@ -104,7 +105,9 @@ def accounting_backend() -> str:
     if pyslurm_backend.available():
         return "pyslurm"
     if wanted == "pyslurm":
-        raise SubmitError("BUMPS_MPI_ACCOUNTING=pyslurm but pyslurm does not import here")
+        raise SubmitError(
+            "environment variable BUMPS_MPI_ACCOUNTING=pyslurm, but pyslurm does not import here"
+        )
     return "sacct"
 
 
@@ -121,7 +124,8 @@ def sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
             for start in range(0, len(job_ids), BATCH):
                 records.update(pyslurm_backend.jobs(job_ids[start : start + BATCH]))
             return records
-        except Exception:  # an RPC error or an API this code does not know: sacct still answers
+        except Exception as exc:  # an RPC error or an API this code does not know: sacct still answers
+            NOTICES.append(f"pyslurm failed ({type(exc).__name__}: {exc}); asked sacct instead")
             records = {}
     for start in range(0, len(job_ids), BATCH):
         chunk = job_ids[start : start + BATCH]
@@ -133,14 +137,13 @@ def sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
     return records
 
 
-def squeue(job_ids: list[str], finished: bool = False) -> dict[str, dict[str, str]]:
-    """What the controller knows now: state and pending reason.
+def squeue(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """What the controller knows now of my jobs: state, pending reason, elapsed.
 
-    *finished* adds the jobs it still remembers after they ended (no exit code): only for when
-    accounting is down, since otherwise accounting's final record is the one to wait for.
+    All states: it remembers a job for MinJobAge (300 s by default) after the job
+    ended, longer than accounting takes to catch up, so its word is the newest.
     """
-    states = ["-t", "all"] if finished else []
-    proc = _ask(["squeue", "-h", "-a", *states, "-o", "%i|%T|%r|%M"])
+    proc = _ask(["squeue", "-h", "-a", "--me", "-t", "all", "-o", "%i|%T|%r|%M"])
     wanted = set(job_ids)
     found = {}
     for line in proc.stdout.splitlines():

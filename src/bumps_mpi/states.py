@@ -34,8 +34,17 @@ class JobState(str, Enum):
 
     @property
     def terminal(self) -> bool:
-        """True when the job will not change state again (so its state can be cached)."""
+        """True when the job has ended: `watch` stops, `results` and `resume` may act."""
         return self in TERMINAL
+
+    @property
+    def final(self) -> bool:
+        """True when the state can never change again, so it may be cached for good.
+
+        Every job is submitted with --requeue, so Slurm may still requeue a job
+        it shows as PREEMPTED or NODE_FAIL: those are asked again every time.
+        """
+        return self in FINAL
 
     @classmethod
     def from_slurm(cls, word: str) -> JobState:
@@ -57,6 +66,8 @@ TERMINAL = frozenset(
         JobState.PREEMPTED,
     }
 )
+
+FINAL = TERMINAL - {JobState.PREEMPTED, JobState.NODE_FAIL}
 
 SLURM_WORDS = {
     "CONFIGURING": JobState.RUNNING,
@@ -118,3 +129,30 @@ def pending_hint(reason: str | None) -> tuple[bool, str] | None:
     if not reason or reason == "None":
         return None
     return PENDING_HINTS.get(reason.split(",")[0].strip("()"))
+
+
+def describe_exit(slurm_code: str | None, script_status: int | None = None) -> str | None:
+    """What a job's exit means, in words: '0', 'exit 1', 'killed by signal 9 (SIGKILL)'.
+
+    *script_status* is the batch script's own status (the exit-status file), which
+    is exact; without it, Slurm's 'A:S' is read as exit A or signal S. Slurm shows
+    an exit of 128+N (the launcher's status when a rank dies of signal N) as N:0.
+    """
+    import signal
+
+    def signal_text(number: int) -> str:
+        try:
+            return f"killed by signal {number} ({signal.Signals(number).name})"
+        except ValueError:
+            return f"killed by signal {number}"
+
+    if script_status is not None:
+        if script_status > 128:
+            return signal_text(script_status - 128)
+        return "0" if script_status == 0 else f"exit {script_status}"
+    if not slurm_code or ":" not in slurm_code:
+        return None
+    code, _, sig = slurm_code.partition(":")
+    if sig.isdigit() and int(sig):
+        return signal_text(int(sig))
+    return "0" if code == "0" else f"exit {code}"

@@ -1,0 +1,254 @@
+"""Local runs: a job directory run here under mpiexec (no Slurm), supervised, and checkable from anywhere.
+
+`bumps-submit submit --local` supervises the run: it records who is who in
+local.json (its own process, mpiexec's, each rank's in ranks.json, each with its
+start time), echoes the output, passes Ctrl-C, SIGTERM and SIGHUP (the terminal
+went away) to rank 0, which checkpoints and stops, and records how the run
+ended. When the supervisor itself is gone (killed), `status` still tells a live
+run from a stale one by those records, `cancel` stops a live one, and `resume`
+continues a stale one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import processes
+from .errors import SubmitError, UsageError
+from .jobdir import (
+    CANCEL_FILE,
+    CHECKPOINT_FILE,
+    LOCAL_LOG_FILE,
+    LOCAL_STATE_FILE,
+    RANKS_FILE,
+    RESUMABLE_FITTERS,
+    JobDir,
+    read_json,
+    write_json,
+)
+
+RANKS_PER_CORE_LIMIT = 4  # more than this many ranks per core only slows a fit down
+STOP_WAIT_S = 30.0  # how long cancel waits for rank 0 to checkpoint before it kills the ranks
+
+
+def find_mpiexec() -> str:
+    """mpiexec beside this Python (the mpich wheel puts it there), else on PATH."""
+    import shutil
+
+    beside = Path(sys.executable).parent / "mpiexec"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("mpiexec") or shutil.which("mpirun")
+    if not found:
+        raise SubmitError("no mpiexec found: install the MPI runtime with 'pip install mpich'")
+    return found
+
+
+def check_ranks(ranks: int, warn: Callable[[str], None] | None) -> None:
+    """Refuse absurd rank counts for this machine; warn when the ranks outnumber its cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if ranks < 1:
+        raise UsageError(f"-n must be at least 1, got {ranks}")
+    if ranks > RANKS_PER_CORE_LIMIT * cores:
+        raise UsageError(
+            f"-n {ranks} is more than {RANKS_PER_CORE_LIMIT} ranks per core on this machine ({cores} cores): "
+            "it would only be slower; submit to Slurm for more ranks"
+        )
+    if ranks > cores and warn is not None:
+        warn(f"bumps-submit: warning: {ranks} ranks on {cores} cores: they share cores, each runs slower")
+
+
+def _ranks(job: JobDir) -> list[dict[str, Any]]:
+    try:
+        return read_json(job.file(RANKS_FILE), kind=list) or []
+    except Exception:  # a broken ranks.json: no rank to signal, the launcher still is
+        return []
+
+
+def _kill_ranks(job: JobDir, launcher: subprocess.Popen | None = None) -> None:
+    """SIGKILL every rank still alive (each in its own session, so mpiexec's death would not end them)."""
+    for rank in _ranks(job):
+        if processes.alive(rank):
+            try:
+                os.kill(int(rank["pid"]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    if launcher is not None:
+        launcher.kill()
+
+
+def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or continue, from its checkpoint) a job directory under mpiexec here; returns how it ended.
+
+    mpiexec runs in its own session, so a Ctrl-C, SIGTERM or SIGHUP reaches only
+    this process, which passes it to rank 0: rank 0 checkpoints at its next
+    generation and stops the others (a second signal kills the run). A fitter
+    that keeps no checkpoint has nothing to save: the first signal kills it.
+    """
+    from .postmortem import write_postmortem
+
+    command = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "bumps_mpi.job"]
+    command.append(str(job.path))
+    resumable = job.spec.get("fit") in RESUMABLE_FITTERS
+    started = time.time()
+    stops: list[int] = []
+    output = [echo]
+
+    def forward(signum: int, _frame: Any) -> None:
+        stops.append(signum)
+        if signum == signal.SIGHUP:
+            output[0] = None  # the terminal is gone: nothing more to show
+        rank0 = next((r for r in _ranks(job) if r.get("rank") == 0 and processes.alive(r)), None)
+        if len(stops) > 1 or rank0 is None or not resumable:
+            _kill_ranks(job, proc)
+        else:
+            os.kill(int(rank0["pid"]), signum if signum != signal.SIGHUP else signal.SIGTERM)
+
+    with open(job.file(LOCAL_LOG_FILE), "ab") as log:
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=job.path, start_new_session=True
+        )
+        record = {
+            "state": "RUNNING",
+            "started": started,
+            "ranks": ranks,
+            "command": command,
+            "supervisor": processes.identity(),
+            "launcher": processes.identity(proc.pid),
+        }
+        try:
+            write_json(job.file(LOCAL_STATE_FILE), record)
+        except OSError as exc:  # a full disk: nothing could be saved, and the run must not be left going
+            proc.kill()
+            raise SubmitError(f"cannot write {job.file(LOCAL_STATE_FILE)}: {exc.strerror or exc}") from None
+        wanted = [signal.SIGINT, signal.SIGTERM]
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup, a hangup stops nothing
+            wanted.append(signal.SIGHUP)
+        previous = {sig: signal.signal(sig, forward) for sig in wanted}
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                try:
+                    log.write(line)
+                    log.flush()
+                except OSError:  # a full disk: the run goes on; status says why the log stops
+                    pass
+                if output[0] is not None:
+                    try:
+                        output[0](line.decode(errors="replace").rstrip("\n"))
+                    except OSError:  # the terminal went away (EIO, EPIPE): keep running, stop showing
+                        output[0] = None
+            rc = proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        cancelled = bool(stops) or job.file(CANCEL_FILE).exists()
+        if job.result is not None and rc == 0:
+            state = "COMPLETED"
+        elif cancelled:
+            state = "CANCELLED"  # stopped on request; resumable when it saved a checkpoint
+        else:
+            state = "FAILED"
+            write_postmortem(job.path, rc, job.file(LOCAL_LOG_FILE))
+    ended = {**record, "state": state, "exit_code": rc, "finished": time.time()}
+    try:
+        write_json(job.file(LOCAL_STATE_FILE), ended)
+    except OSError as exc:  # a full disk: status still sees the processes gone and says so
+        if echo is not None:
+            echo(
+                f"bumps-submit: warning: could not record the run's end in {LOCAL_STATE_FILE}: {exc.strerror}"
+            )
+    return ended
+
+
+def liveness(job: JobDir, local: dict[str, Any]) -> bool | None:
+    """Whether a run recorded as RUNNING still has a process: True, False (stale), None (another host)."""
+    answers = [processes.alive(local.get("launcher"))] + [processes.alive(r) for r in _ranks(job)]
+    if any(answers):
+        return True
+    if all(a is False for a in answers):
+        return False
+    return None
+
+
+def state(job: JobDir, finished: bool) -> dict[str, Any]:
+    """The run's state for `status`: as recorded, or for a run recorded as RUNNING, checked."""
+    import datetime
+
+    local = job.local_state
+    if local is None:  # the directory was made but the run never started (or an old layout)
+        return {"state": "UNKNOWN", "reason": "no record of a local run in this directory"}
+    ended = local.get("finished") or time.time()
+    seconds = int(ended - float(local.get("started", ended)))
+    found: dict[str, Any] = {"elapsed": str(datetime.timedelta(seconds=seconds)), "elapsed_s": seconds}
+    if local.get("state") != "RUNNING":
+        code = local.get("exit_code")
+        return {
+            **found,
+            "state": local.get("state", "UNKNOWN"),
+            "exit_code": None if code is None else f"{code}:0",
+        }
+    live = liveness(job, local)
+    if live:
+        return {**found, "state": "RUNNING"}
+    if live is None:
+        host = (local.get("launcher") or {}).get("host", "another host")
+        return {**found, "state": "RUNNING", "reason": f"runs on {host}: only there can it be checked"}
+    if finished:  # its supervisor died, but the fit ended and said how (result.json or error.json)
+        return {**found, "state": "COMPLETED" if job.result is not None else "FAILED"}
+    how = "cancelled" if job.file(CANCEL_FILE).exists() else "stale"
+    return {
+        **found,
+        "state": "CANCELLED" if how == "cancelled" else "FAILED",
+        "reason": f"{how}: its processes are gone without a result (terminal closed or killed?)"
+        + (f"; continue with 'bumps-submit resume {job.path}'" if job.file(CHECKPOINT_FILE).exists() else ""),
+    }
+
+
+def cancel(job: JobDir, wait_s: float = STOP_WAIT_S) -> dict[str, Any]:
+    """Stop a live local run: rank 0 checkpoints and stops (resumable fitters), else the ranks are killed."""
+    local = job.local_state
+    if local is None or local.get("state") != "RUNNING":
+        was = (local or {}).get("state", "never started")
+        raise UsageError(f"{job.path} has already ended ({was}): there is nothing to cancel")
+    live = liveness(job, local)
+    if live is None:
+        host = (local.get("launcher") or {}).get("host", "another host")
+        raise UsageError(f"{job.path} runs on {host}: cancel it there")
+    job.file(CANCEL_FILE).write_text(f"{time.time()}\n")
+    how = "stale"
+    if live:
+        how = "stopped"
+        supervisor = local.get("supervisor")
+        rank0 = next((r for r in _ranks(job) if r.get("rank") == 0), None)
+        target = supervisor if processes.alive(supervisor) else rank0
+        if job.spec.get("fit") in RESUMABLE_FITTERS and processes.alive(target):
+            os.kill(int(target["pid"]), signal.SIGTERM)  # the supervisor passes it on to rank 0
+        if not _wait(lambda: not liveness(job, local), wait_s):
+            how = "killed"
+            _kill_ranks(job)
+            launcher = local.get("launcher")
+            if processes.alive(launcher):
+                os.kill(int(launcher["pid"]), signal.SIGKILL)
+            _wait(lambda: not liveness(job, local), 10)
+    if processes.alive(local.get("supervisor")):  # it records the end itself
+        _wait(lambda: (job.local_state or {}).get("state") != "RUNNING", 10)
+    if (job.local_state or {}).get("state") == "RUNNING":
+        write_json(job.file(LOCAL_STATE_FILE), {**local, "state": "CANCELLED", "finished": time.time()})
+    return {"job_id": None, "job_dir": str(job.path), "cancelled": True, "how": how}
+
+
+def _wait(done: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True

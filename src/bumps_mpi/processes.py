@@ -1,0 +1,54 @@
+"""Which process is which, and whether it still runs: a pid with its start time, host and boot.
+
+A pid alone is not enough to tell whether a run is alive: after the run ends
+the kernel may give the same pid to anything else. A process is identified by
+its pid and its start time (from /proc, in clock ticks since boot), on a host
+and a boot; a record from another host or an earlier boot cannot be checked
+here, and says so (None) rather than guess.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def start_ticks(pid: int) -> int | None:
+    """Start time in clock ticks since boot (/proc/PID/stat field 22); None if gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: count from the last ')'
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return None if fields[0] in (b"Z", b"X") else int(fields[19])
+
+
+def identity(pid: int | None = None) -> dict[str, Any]:
+    """What identifies process *pid* (default: this one) for alive() later, here or from another process."""
+    pid = os.getpid() if pid is None else pid
+    return {"pid": pid, "start": start_ticks(pid), "host": socket.gethostname(), "boot": _boot_id()}
+
+
+def alive(record: dict[str, Any] | None) -> bool | None:
+    """True if the process in *record* still runs, False if it does not, None if this host cannot tell."""
+    if not record or record.get("pid") is None:
+        return None
+    if record.get("host") != socket.gethostname() or record.get("boot") != _boot_id():
+        return None
+    now = start_ticks(int(record["pid"]))
+    if now is None:
+        return False
+    if record.get("start") is None:  # no /proc when it was recorded: the pid is all there is
+        return True
+    return now == int(record["start"])

@@ -1,0 +1,27 @@
+"""Text from a model (names, messages, tracebacks, printed output) made safe for a terminal.
+
+A model is someone's code: what it prints or raises must not move the cursor,
+retitle the window, rewrite what is already on screen or hide itself. HTML gets
+its own escaping where pages are made.
+"""
+
+from __future__ import annotations
+
+import re
+
+# ANSI escape sequences (CSI ... final byte, OSC ... BEL/ST, and two-byte ESC forms), then any other
+# C0/C1 control character but newline and tab
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]|\x9b[0-?]*[ -/]*[@-~]"
+)
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(text: object) -> str:
+    """*text* without terminal control sequences (newlines and tabs kept)."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", str(text)))
+
+
+def one_line(text: object) -> str:
+    """*text* on one line, without control sequences."""
+    return " ".join(plain(text).split("\n"))

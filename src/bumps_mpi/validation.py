@@ -1,0 +1,184 @@
+"""Every value a user gives, checked against what Bumps and Slurm accept, before anything is written.
+
+A value that only fails once the job runs costs a place in the queue and an
+hour of waiting; here it is a one-line error on the login node that names the
+option (or the environment variable, or the site file) it came from.
+
+Resource and environment checks need nothing heavy and run first; the fit
+options need Bumps and run in the model-check subprocess (bumps_mpi.modelcheck),
+before the model is loaded, then once more with the model's parameter count.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any
+
+from .errors import UsageError
+
+# Slurm's --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
+# days-hours:minutes:seconds; 0, UNLIMITED and INFINITE mean no limit (checked against sbatch 22.05)
+TIME = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2}|(?i:unlimited|infinite))$")
+# Slurm's --mem: a whole number with an optional K, M, G or T (MB and the like also pass); 0 = the whole node
+MEMORY = re.compile(r"^\d+([KMGT]B?)?$", re.IGNORECASE)
+AT_LEAST_ONE = ("nodes", "ntasks", "cpus_per_task", "threads", "checkpoint_every", "signal_grace")
+AT_LEAST_ONE += ("check_timeout", "local_ranks")
+NOT_NEGATIVE = ("max_requeues",)
+
+# Environment variables read inside the job or by status, and the values each accepts.
+ENVIRONMENT_CHOICES = {
+    "BUMPS_MPI_BALANCE": ("auto", "always", "never"),  # the mapper's strategy (bumps_mpi.mapper)
+    "BUMPS_MPI_ACCOUNTING": ("auto", "sacct", "pyslurm"),  # where status reads accounting
+}
+
+
+def environment_choice(name: str) -> str:
+    """The value of one of ENVIRONMENT_CHOICES' variables (its first choice when unset), or a clear error."""
+    choices = ENVIRONMENT_CHOICES[name]
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise UsageError(f"environment variable {name}={value!r} is not valid: use {', '.join(choices)}")
+    return value
+
+
+def check_environment() -> None:
+    for name in ENVIRONMENT_CHOICES:
+        environment_choice(name)
+
+
+def _label(key: str, sources: dict[str, str] | None) -> str:
+    where = (sources or {}).get(key)
+    if where is None or where.startswith("--"):
+        return f"--{key.replace('_', '-')}"
+    return f"{key} (from {where})"
+
+
+def check_resources(settings: dict[str, Any], sources: dict[str, str] | None = None) -> None:
+    """Slurm and job settings: numbers in range, --time and --mem in Slurm's own grammar."""
+    for key in AT_LEAST_ONE + NOT_NEGATIVE:
+        value = settings.get(key)
+        if value is None:
+            continue
+        least = 1 if key in AT_LEAST_ONE else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise UsageError(
+                f"{_label(key, sources)} must be a whole number of at least {least}, got {value!r}"
+            )
+    limit = settings.get("time")
+    if limit not in (None, "") and not TIME.match(str(limit)):
+        raise UsageError(
+            f"{_label('time', sources)}={limit!r} is not a Slurm time limit: use minutes (90), "
+            "HH:MM:SS (01:30:00) or D-HH:MM:SS (2-00:00:00)"
+        )
+    memory = settings.get("mem")
+    if memory not in (None, "") and not MEMORY.match(str(memory)):
+        raise UsageError(
+            f"{_label('mem', sources)}={memory!r} is not a Slurm memory size: use a whole number with "
+            "an optional unit, e.g. 4000M or 8G"
+        )
+
+
+# --- fit options (need bumps: called in the model-check subprocess) -------------------------------------
+
+# Lower bounds Bumps does not check itself (a bad value fails deep in the fit, or fits nothing);
+# every other number must not be negative. pop is checked per fitter below.
+AT_LEAST = {"thin": 1, "nT": 1, "samples": 0, "steps": 0, "burn": 0}
+ABOVE_ZERO = ("radius", "Tmin", "F")
+AT_MOST = {"CR": 1.0}
+DREAM_MIN_CHAINS = 7  # 2 * Dream.DE_pairs + 1: a DE step draws up to 3 pairs from the other chains
+DE_MIN_POPULATION = 4  # DE's rand1 mutation needs three other members
+NEGATIVE_POP_FITTERS = ("dream",)  # a negative pop is DREAM's total population size (bumps.initpop)
+
+
+def _parser(key: str, default: Any) -> Any:
+    """Bumps' own parser for a fit option (bumps.options.FIT_FIELDS), else one from the default's type."""
+    try:
+        from bumps.options import FIT_FIELDS
+
+        return FIT_FIELDS[key][1]
+    except (ImportError, KeyError):
+        return type(default)
+
+
+def _parse(fit_id: str, key: str, value: Any, default: Any) -> Any:
+    flag = f"--{key}" if key in ("steps", "samples", "burn", "pop", "init", "thin") else f"fit option {key}"
+    if isinstance(value, bool):
+        value = str(value)
+    try:
+        parsed = _parser(key, default)(str(value))
+    except (TypeError, ValueError) as exc:
+        why = str(exc) if "invalid option" in str(exc) else f"not a {type(default).__name__}"
+        raise UsageError(f"{flag}={value!r} for fitter {fit_id!r}: {why}") from None
+    if isinstance(parsed, bool) or not isinstance(parsed, (int, float)):
+        return parsed
+    if not math.isfinite(parsed):
+        raise UsageError(f"{flag}={value!r} for fitter {fit_id!r}: must be a finite number")
+    if key == "pop":
+        if parsed == 0:
+            raise UsageError(f"{flag}=0 for fitter {fit_id!r}: the population must not be empty")
+        if parsed < 0 and fit_id not in NEGATIVE_POP_FITTERS:
+            raise UsageError(
+                f"{flag}={value!r} for fitter {fit_id!r}: {fit_id} takes a population per parameter (> 0); "
+                "only dream takes a negative pop (the total population)"
+            )
+        return parsed
+    least = AT_LEAST.get(key, 0)
+    if parsed < least or (key in ABOVE_ZERO and parsed <= 0):
+        bound = f"at least {least}" if key not in ABOVE_ZERO else "above 0"
+        raise UsageError(f"{flag}={value!r} for fitter {fit_id!r}: must be {bound}")
+    if key in AT_MOST and parsed > AT_MOST[key]:
+        raise UsageError(f"{flag}={value!r} for fitter {fit_id!r}: must be at most {AT_MOST[key]}")
+    return parsed
+
+
+def check_fit_options(fit_id: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Options checked against the fitter's own settings and parsed by Bumps' own parsers."""
+    from .fit import fitter_class
+
+    settings = dict(fitter_class(fit_id).settings)
+    clean: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in settings:
+            names = ", ".join(sorted(settings))
+            raise UsageError(f"fitter {fit_id!r} has no option {key!r}; its options are: {names}")
+        clean[key] = _parse(fit_id, key, value, settings[key])
+    merged = {**settings, **clean}
+    if fit_id == "dream" and not merged["samples"] and not merged["steps"]:
+        raise UsageError("--samples must be at least 1 for dream (or give --steps)")
+    if "Tmax" in merged and "Tmin" in merged and merged["Tmax"] <= merged["Tmin"]:
+        raise UsageError(f"fit option Tmax={merged['Tmax']} must be above Tmin={merged['Tmin']}")
+    return clean
+
+
+def check_population(fit_id: str, options: dict[str, Any], nvar: int) -> None:
+    """Checks that need the model's number of fitted parameters (the population follows from it)."""
+    from .fit import fitter_class
+
+    merged = {**dict(fitter_class(fit_id).settings), **options}
+    if "pop" not in merged:
+        return
+    pop = float(merged["pop"])
+    if fit_id == "dream":
+        chains = math.ceil(pop * nvar) if pop > 0 else int(-pop)
+        if chains < DREAM_MIN_CHAINS:
+            suggestion = math.ceil(DREAM_MIN_CHAINS / nvar)
+            raise UsageError(
+                f"--pop={pop:g} gives dream {chains} chains for this model's {nvar} parameters; it needs "
+                f"at least {DREAM_MIN_CHAINS}: use --pop {suggestion} or more (or --pop -{DREAM_MIN_CHAINS} "
+                "for a total)"
+            )
+        generations = int(merged["steps"]) or math.ceil(int(merged["samples"]) / chains)
+        if int(merged["thin"]) > generations:
+            raise UsageError(
+                f"--thin={merged['thin']} is more than the {generations} generations this dream fit runs: "
+                "it would keep no sample; use a smaller --thin or more --samples"
+            )
+    elif fit_id == "de" and int(pop * nvar) < DE_MIN_POPULATION:
+        raise UsageError(
+            f"--pop={pop:g} gives de {int(pop * nvar)} members for this model's {nvar} parameters; it needs "
+            f"at least {DE_MIN_POPULATION}: use --pop {math.ceil(DE_MIN_POPULATION / nvar)} or more"
+        )
+    elif fit_id == "ps" and int(pop * nvar) < 1:
+        raise UsageError(f"--pop={pop:g} gives ps no particles for this model's {nvar} parameters")
