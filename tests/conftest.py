@@ -213,3 +213,31 @@ def sbatch_wrap(cwd: Path, command: str, *options: str) -> str:
         check=True,
         cwd=cwd,
     ).stdout.strip()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs: a file system that really fills up (mounting needs root)."""
+    if os.geteuid() != 0:
+        unavailable("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        unavailable(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(mount: Path) -> Path:
+    filler = mount / "filler"
+    with open(filler, "wb", buffering=0) as fh:
+        for size in (65536, 1):  # then the last few bytes too
+            try:
+                while True:
+                    fh.write(b"\0" * size)
+            except OSError:
+                pass
+    return filler

@@ -38,6 +38,7 @@ def nothing_written(isolated: Path) -> None:
     [
         ([MODELS / "does-not-exist.py"], "model file not found"),
         ([MODELS], "is a directory: give the model's Python file"),
+        (["/dev/zero"], "/dev/zero is not a regular file"),
         ([MODELS / "syntax_error.py"], "syntax error at line"),
         ([MODELS / "missing_data.py"], "no-such-data-file.dat"),
         ([EXAMPLE, "--fit", "dreem"], "unknown fitter 'dreem'; choose one of:"),

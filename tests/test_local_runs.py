@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, FAILING_FIT, MODELS, cli, cli_json, fake_job, one_line_error, unavailable
+from conftest import EXAMPLE, FAILING_FIT, MODELS, cli, cli_json, fake_job, fill, one_line_error
 
 from bumps_mpi import checkpoint, processes
 
@@ -205,34 +205,6 @@ def test_files_and_directories_follow_the_umask(isolated, mpiexec, umask, file_m
 
 
 # --- a full disk ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs: a file system that really fills up (mounting needs root)."""
-    if os.geteuid() != 0:
-        unavailable("mounting a small tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        unavailable(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(mount: Path) -> Path:
-    filler = mount / "filler"
-    with open(filler, "wb", buffering=0) as fh:
-        for size in (65536, 1):  # then the last few bytes too
-            try:
-                while True:
-                    fh.write(b"\0" * size)
-            except OSError:
-                pass
-    return filler
 
 
 @pytest.mark.mpi_launch

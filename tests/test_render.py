@@ -82,6 +82,7 @@ def test_hostile_job_name_refused(value):
         ("constraint=cpu", "long option"),
         ("-C cpu", "long option"),
         ("--comment='open", "quotation"),
+        ("--comment=a#b", "unquoted #"),
     ],
 )
 def test_extra_directive_sbatch_would_misread_is_refused(value, why):
@@ -122,7 +123,14 @@ def test_extra_directive_for_a_setting_names_the_setting(value):
 
 @pytest.mark.parametrize(
     "value",
-    ["--exclude=cn[01-03]", "--constraint=intel|amd", "--gres=gpu:2", "--comment='two words'", "--exclusive"],
+    [
+        "--exclude=cn[01-03]",
+        "--constraint=intel|amd",
+        "--gres=gpu:2",
+        "--comment='two words'",
+        "--comment='issue #9'",
+        "--exclusive",
+    ],
 )
 def test_ordinary_slurm_syntax_in_extra_is_written_verbatim(value):
     assert f"\n#SBATCH {value}\n" in render(extra=[value])

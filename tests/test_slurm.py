@@ -19,6 +19,7 @@ from conftest import (
     cli,
     cli_json,
     fake_job,
+    fill,
     sbatch_wrap,
     serial_fit,
     unavailable,
@@ -430,3 +431,25 @@ def test_a_pyslurm_failure_falls_back_to_sacct_and_says_so(slurm_cluster, monkey
     found = slurm.sacct(["1"])
     assert slurm.NOTICES == ["pyslurm failed (RuntimeError: RPC failed); asked sacct instead"]
     assert isinstance(found, dict)
+
+
+def test_caching_on_a_full_disk_never_breaks_status(slurm_cluster, isolated, small_disk):
+    """state.json cannot be written: status and results still answer, and say the disk is full."""
+    submitted = submit(isolated, EXAMPLE, *SMALL_DREAM)
+    original = Path(submitted["job_dir"])
+    deadline = time.monotonic() + 120
+    while not (original / "state.json").exists():  # accounting's final record is in: it gets cached
+        assert time.monotonic() < deadline, "accounting never gave the final state"
+        cli_json("status", submitted["job_id"])
+        time.sleep(1)
+    copy = small_disk / "job"
+    copy.mkdir()
+    for name in ("job.json", "result.json"):
+        shutil.copy(original / name, copy / name)
+    fill(small_disk)
+    shown = cli("status", copy, "--json")
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+    record = json.loads(shown.stdout)[0]
+    assert record["state"] == "COMPLETED" and not (copy / "state.json").exists(), record
+    results = cli("results", copy)
+    assert results.returncode == 0 and "chisq" in results.stdout, results.stderr

@@ -43,8 +43,10 @@ def load_model(path: Path | str, args: list[str] | None = None) -> Any:
     path = Path(path)
     if path.is_dir():
         raise ModelCheckError(f"{path} is a directory: give the model's Python file")
-    if not path.is_file():
+    if not path.exists():
         raise ModelCheckError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelCheckError(f"{path} is not a regular file: give the model's Python file")
     if not os.access(path, os.R_OK):
         raise ModelCheckError(f"model file {path} is not readable (permissions)")
     directory = str(path.resolve().parent)

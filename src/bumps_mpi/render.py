@@ -93,6 +93,11 @@ def _extra_name(item: str) -> str:
         raise UsageError(f"extra directive {item!r} must be a long option: --option or --option=value")
     try:
         words = shlex.split(item, comments=True)  # sbatch reads #SBATCH lines with the same quoting rules
+        if words != shlex.split(item):
+            raise UsageError(
+                f"extra directive {item!r} has an unquoted #: sbatch would read the rest as a comment; "
+                "quote the value"
+            )
     except ValueError as exc:
         raise UsageError(f"extra directive {item!r}: {exc}") from None
     if len(words) != 1:
