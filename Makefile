@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 DEMO_ARGS ?= --seed 1 --samples 10000
 
-.PHONY: venv demo test test-local bench lint cluster cluster-stop clean
+.PHONY: venv demo test test-local bench lint cluster cluster-stop browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,14 +15,16 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-## demo: a DREAM fit of examples/peak.py under mpiexec -n 2 (no Slurm), then its status and results
+## demo: a DREAM fit of examples/peak.py under mpiexec -n 2 (no Slurm), its status, results and report
 demo: venv
 	$(BIN)/bumps-submit submit examples/peak.py --local -n 2 $(DEMO_ARGS) --jobs-dir bumps-jobs
 	$(BIN)/bumps-submit status --limit 3
+	@echo "report (open it in a browser):"
+	@$(BIN)/bumps-submit report "$$($(BIN)/bumps-submit status --limit 1 --json | $(PY) -c 'import json, sys; print(json.load(sys.stdin)[0]["job_dir"])')"
 
 ## test: start the project's Slurm cluster (root: installs it on first use) and run every test;
-## Slurm and MPI tests fail instead of skipping when their cluster or runtime is missing
-test: venv cluster
+## Slurm, MPI and browser tests fail instead of skipping when their cluster, runtime or browser is missing
+test: venv cluster browser
 	BUMPS_MPI_REQUIRE_CLUSTER=1 $(PY) -m pytest -ra
 
 ## test-local: the tests that need no Slurm (Slurm tests skip); no root needed
@@ -36,6 +38,7 @@ bench: venv
 	$(PY) bench/mapper_bench.py
 	$(PY) bench/startup_bench.py
 	$(PY) bench/refl1d_bench.py
+	$(PY) bench/figures_bench.py
 
 lint: venv
 	$(BIN)/ruff check src tests examples bench
@@ -43,6 +46,14 @@ lint: venv
 
 cluster:
 	scripts/slurm-cluster start
+
+## browser: Debian's chromium and chromium-driver for the report's browser test (root; nothing downloaded
+## from elsewhere)
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    -o DPkg::Lock::Timeout=600 chromium chromium-driver; \
+	  else echo "make browser: run as root to install chromium and chromium-driver"; fi; fi
 
 cluster-stop:
 	scripts/slurm-cluster stop

@@ -20,7 +20,7 @@ COMMANDS = {
     "bumps-submit --help": [sys.executable, SCRIPT, "--help"],
     "bumps-submit status": [sys.executable, SCRIPT, "status"],
 }
-HEAVY = ("numpy", "bumps.", "mpi4py")
+HEAVY = ("numpy", "bumps.", "mpi4py", "matplotlib")
 
 
 def main() -> None:

@@ -241,3 +241,70 @@ def fill(mount: Path) -> Path:
             except OSError:
                 pass
     return filler
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a PNG from its IHDR chunk; fails the test if it is not a PNG."""
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR", data[:16]
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+class ParsedPage:
+    """A report parsed with the standard library's HTML parser: its tags, attributes and text."""
+
+    def __init__(self, text: str):
+        from html.parser import HTMLParser
+
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        page = self
+
+        class Parser(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                page.tags.append((tag, dict(attrs)))
+
+            def handle_data(self, data):
+                page.text.append(data)
+
+        parser = Parser(convert_charrefs=True)
+        parser.feed(text)
+        parser.close()
+        self.all_text = "".join(self.text)
+
+    def elements(self, tag: str) -> list[dict]:
+        return [attrs for name, attrs in self.tags if name == tag]
+
+
+def check_figures_and_report(job_dir: Path, dream: bool = True) -> ParsedPage:
+    """Every expected figure is a real PNG of sensible size; the report embeds them, names every parameter
+    and the chi-square, and refers to nothing outside itself."""
+    manifest = json.loads((job_dir / "figures" / "figures.json").read_text())
+    files = {f["file"] for f in manifest["figures"]}
+    expected = {"model0.png"} | (
+        {"dream-vars.png", "dream-trace.png", "dream-logp.png", "dream-corr.png"} if dream else set()
+    )
+    assert expected <= files, (expected, files, manifest["problems"])
+    for name in files:
+        width, height = png_size((job_dir / "figures" / name).read_bytes())
+        assert width >= 300 and height >= 200, (name, width, height)
+    result = json.loads((job_dir / "result.json").read_text())
+    page = ParsedPage((job_dir / "report.html").read_text())
+    for parameter in result["parameters"]:
+        assert parameter["name"] in page.all_text
+    assert result["chisq_str"] in page.all_text
+    images = page.elements("img")
+    assert len(images) == len(files)
+    import base64
+
+    for image in images:
+        assert image["src"].startswith("data:image/png;base64,")
+        png_size(base64.b64decode(image["src"].split(",", 1)[1]))
+    assert not page.elements("script") and not page.elements("link") and not page.elements("iframe")
+    for _, attrs in page.tags:  # no address outside the file: nothing to fetch, nothing to leak
+        for value in attrs.values():
+            value = value or ""
+            assert "http:" not in value and "https:" not in value and not value.startswith("//"), value[:80]
+    return page

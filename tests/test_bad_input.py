@@ -462,3 +462,82 @@ def test_interrupting_the_check_leaves_nothing_running(isolated):
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(pid)
+
+
+# --- files bumps-mpi did not write: the right types, or unreadable (never a traceback) ------------------
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("local.json", {"state": "WEIRD", "started": 1.0}),
+        ("local.json", {"state": "RUNNING", "started": 1.0, "launcher": "oops"}),
+        ("local.json", {"state": "COMPLETED", "started": "yesterday"}),
+        ("state.json", {"state": "BOGUS"}),
+        ("ranks.json", [1, 2]),
+        ("progress.json", {"step": 1, "steps": "abc"}),
+        ("result.json", {}),
+        ("result.json", {"fitter": "dream", "chisq": 1, "chisq_str": "1", "parameters": [{"name": 3}]}),
+    ],
+)
+def test_job_files_of_the_wrong_shape(isolated, name, content):
+    healthy = fake_job(isolated / "jobs" / "healthy")
+    odd = fake_job(isolated / "jobs" / "odd")
+    (odd / name).write_text(json.dumps(content))
+    listed = cli("status")
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    assert str(healthy) in listed.stdout
+    records = {r["job_dir"]: r for r in json.loads(cli("status", "--json").stdout)}
+    assert records[str(healthy)]["state"] == "COMPLETED"
+    for command in ("status", "results", "cancel", "resume", "plot", "report"):
+        done = cli(command, odd)
+        assert "Traceback" not in done.stderr, (command, done.stderr)
+        assert done.returncode in (0, 1) and not (done.returncode == 1 and done.stderr.count("\n") > 1), (
+            command,
+            done.stderr,
+        )
+
+
+def test_unforeseen_failures_in_the_check_say_what_they_were(isolated):
+    """steps=inf overflows Bumps' own parser; an nllf that is an array; a bumps.py where the user stands."""
+    one_line_error(cli("submit", EXAMPLE, "--fit-option", "steps=inf", "--dry-run"), "steps='inf'")
+    model = write_model(
+        isolated / "array.py", body="problem = FitProblem(model)\nproblem.nllf = lambda p=None: [1.0, 2.0]\n"
+    )
+    line = one_line_error(cli("submit", model, "--dry-run"), "evaluating the model failed")
+    assert "os._exit" not in line
+    shadow = isolated / "here"
+    shadow.mkdir()
+    (shadow / "bumps.py").write_text("raise RuntimeError('not the real bumps')\n")
+    proc = cli("submit", EXAMPLE, "--dry-run", cwd=shadow)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_jobs_dir_behind_a_dangling_link(isolated):
+    (isolated / "scratch").symlink_to(isolated / "not-mounted")
+    proc = cli("submit", EXAMPLE, "--jobs-dir", isolated / "scratch" / "jobs")
+    one_line_error(proc, "links to", "which does not exist (not mounted?)")
+
+
+def test_a_hung_sbatch_keeps_the_directory_and_says_so(isolated, monkeypatch):
+    """sbatch timed out and squeue cannot answer: the job may be queued, so its directory is kept."""
+    from bumps_mpi import slurm, submission
+    from bumps_mpi.errors import SubmitError
+
+    shims = isolated / "shims"
+    shims.mkdir()
+    (shims / "sbatch").write_text("#!/bin/sh\nsleep 30\n")
+    (shims / "squeue").write_text(
+        "#!/bin/sh\necho 'squeue: error: slurm_load_jobs error: timed out' >&2\nexit 1\n"
+    )
+    for shim in shims.iterdir():
+        shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
+    monkeypatch.setattr(slurm, "SBATCH_TIMEOUT_S", 1)
+    request = submission.JobRequest(model=EXAMPLE, jobs_dir=isolated / "jobs")
+    with pytest.raises(
+        SubmitError, match="the queue cannot say whether the job was queued.*is kept"
+    ) as caught:
+        submission.submit(request)
+    kept = [p for p in (isolated / "jobs").iterdir()]
+    assert len(kept) == 1 and str(kept[0]) in str(caught.value) and (kept[0] / "run.sbatch").is_file()

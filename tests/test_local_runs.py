@@ -243,3 +243,17 @@ def test_a_full_disk_is_reported_keeps_the_checkpoint_and_resumes(isolated, mpie
     assert json.loads(resumed.stdout)["state"] == "COMPLETED"
     runs = json.loads((job_dir / "runs.json").read_text())
     assert runs[-1]["resumed_from_step"] == kept_step
+
+
+@pytest.mark.mpi_launch
+def test_cancel_stops_a_fit_without_checkpoints_at_once(isolated, mpiexec):
+    """amoeba keeps no checkpoint: cancel stops it at once through its supervisor (no 30 s wait, no kill)."""
+    job_dir = isolated / "job"
+    proc = start(job_dir, fit=["--fit", "amoeba", "--steps", "100000000"])
+    wait_until(lambda: (job_dir / "ranks.json").exists() and step(job_dir) >= 2, what="progress")
+    cancelled = cli("cancel", job_dir)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "it stopped" in cancelled.stdout and "killed" not in cancelled.stdout, cancelled.stdout
+    assert proc.wait(timeout=60) != 0
+    assert nothing_left_running(job_dir)
+    assert cli_json("status", job_dir)[0]["state"] == "CANCELLED"

@@ -16,6 +16,7 @@ from conftest import (
     MODELS,
     ROOT,
     SMALL_DREAM,
+    check_figures_and_report,
     cli,
     cli_json,
     fake_job,
@@ -58,6 +59,7 @@ def test_fit_completes_and_equals_serial(slurm_cluster, isolated):
     assert [p["best"] for p in found["parameters"]] == reference["best"]  # bit-identical to serial
     assert found["chisq"] == reference["chisq"]
     assert list(job_dir.glob("slurm-*.out")) == [job_dir / f"slurm-{job_id}.out"]
+    check_figures_and_report(job_dir)  # drawn by rank 0 at the job's end
     human = cli("results", job_id)
     assert human.returncode == 0 and "chisq" in human.stdout and reference["labels"][0] in human.stdout
 
@@ -170,6 +172,10 @@ def test_progress_while_running_then_watch(slurm_cluster, isolated):
     assert "(None)" not in watched.stderr and "RUNNING -" not in watched.stdout
     done = cli_json("status", submitted["job_id"])[0]
     assert done["progress"]["done"] and done["progress"]["step"] == done["progress"]["steps"]
+    deadline = time.monotonic() + 60  # cached once accounting's final record is in (it lags a few seconds)
+    while not (Path(submitted["job_dir"]) / "state.json").is_file() and time.monotonic() < deadline:
+        time.sleep(1)
+        cli_json("status", submitted["job_id"])
     assert (Path(submitted["job_dir"]) / "state.json").is_file()  # finished: cached
 
 
@@ -453,3 +459,11 @@ def test_caching_on_a_full_disk_never_breaks_status(slurm_cluster, isolated, sma
     assert record["state"] == "COMPLETED" and not (copy / "state.json").exists(), record
     results = cli("results", copy)
     assert results.returncode == 0 and "chisq" in results.stdout, results.stderr
+
+
+def test_a_cancel_slurm_refuses_leaves_no_cancel_request(slurm_cluster, isolated):
+    """Left behind, the request would stop the job from requeueing at its next time limit."""
+    job = fake_job(isolated / "ghost", result=False, slurm={"job_id": "987654323", "submitted": time.time()})
+    done = cli("cancel", job)
+    assert done.returncode == 1 and "scancel 987654323 failed: Kill job error" in done.stderr, done.stderr
+    assert not (job / "cancel-request").exists()

@@ -135,6 +135,7 @@ def test_pyslurm_backend_agrees_with_sacct(slurm_cluster):
         ("15:0", 143, "killed by signal 15 (SIGTERM)"),
         ("1:0", 1, "exit 1"),
         (None, 0, "0"),  # accounting has not caught up; the script's own record is enough
+        (None, -9, "killed by signal 9 (SIGKILL)"),  # a local run's mpiexec, killed
         (None, None, None),
     ],
 )
@@ -163,9 +164,9 @@ def test_a_launcher_failure_names_no_rank_it_does_not_know(tmp_path):
 def test_terminal_control_sequences_are_stripped():
     from bumps_mpi.text import one_line, plain
 
-    hostile = "a\x1b[2J\x1b]0;title\x07b\rc\x00d\x9b31me\nnext\tline"
-    assert plain(hostile) == "abcde\nnext\tline"
-    assert one_line(hostile) == "abcde next\tline"
+    hostile = "a\x1b[2J\x1b]0;title\x07b\rc\x00d\x9b31me\u202eevil\u2066\nnext\tline"
+    assert plain(hostile) == "abcdeevil\nnext\tline"
+    assert one_line(hostile) == "abcdeevil next\tline"
 
 
 def test_preempted_and_node_fail_are_terminal_but_never_final():
@@ -174,3 +175,19 @@ def test_preempted_and_node_fail_are_terminal_but_never_final():
     assert JobState.PREEMPTED.terminal and not JobState.PREEMPTED.final
     assert JobState.NODE_FAIL.terminal and not JobState.NODE_FAIL.final
     assert FINAL == TERMINAL - {JobState.PREEMPTED, JobState.NODE_FAIL}
+
+
+def test_a_process_from_an_earlier_boot_is_dead_and_without_proc_the_pid_decides(monkeypatch):
+    import os
+
+    from bumps_mpi import processes
+
+    me = processes.identity()
+    assert processes.alive(me) is True
+    assert processes.alive({**me, "start": me["start"] + 1}) is False  # a reused pid
+    assert processes.alive({**me, "boot": "an-earlier-boot"}) is False  # the machine restarted
+    assert processes.alive({**me, "host": "elsewhere"}) is None  # only that host can tell
+    assert processes.alive("oops") is None and processes.alive({"pid": "1"}) is None
+    monkeypatch.setattr(processes, "_boot_id", lambda: None)  # no /proc: the pid alone
+    assert processes.alive({"pid": os.getpid(), "host": me["host"]}) is True
+    assert processes.alive({"pid": 2**22 + 12345, "host": me["host"]}) is False

@@ -91,7 +91,7 @@ def results(ref: str) -> dict[str, Any]:
     job = resolve(ref)
     result = job.result
     if result is not None:
-        return {"job_id": jobstate.job_id_of(job), "job_dir": str(job.path), **result}
+        return {"job_id": jobstate.job_id_of(job), "job_dir": str(job.path), **result, **outputs(job)}
     error = job.error
     if error is not None:
         raise JobFailed(error)
@@ -146,5 +146,59 @@ def cancel(ref: str) -> dict[str, Any]:
     if JobState(state).terminal and state not in (JobState.PREEMPTED.value, JobState.NODE_FAIL.value):
         raise UsageError(f"job {job_id} has already ended ({state}): there is nothing to cancel")
     _write_request(job, CANCEL_FILE)  # a job at its time limit must not requeue now
-    slurm.scancel(job_id)
+    try:
+        slurm.scancel(job_id)
+    except BaseException:
+        job.file(CANCEL_FILE).unlink(missing_ok=True)  # not cancelled: it may still requeue as usual
+        raise
     return {"job_id": job_id, "job_dir": str(job.path), "cancelled": True}
+
+
+def plot(ref: str, out: str | None = None, fmt: str = "png") -> dict[str, Any]:
+    """Draw the fit's figures (Bumps' own plots) into *out*, default the job's figures/; the manifest.
+
+    A running, stopped or failed fit is drawn from its last checkpoint (or its
+    starting point), and the manifest's source says so.
+    """
+    from .config import load_settings
+    from .figures import plot as draw
+
+    job = resolve(ref)
+    record = jobstate.status([job])[0]
+    timeout = load_settings()["plot_timeout"]
+    manifest = draw(job, None if out is None else Path(out), fmt, record["state"], timeout)
+    return {"job_id": record["job_id"], "job_dir": str(job.path), **manifest}
+
+
+def report(ref: str) -> dict[str, Any]:
+    """Write report.html in the job directory, drawing its figures first unless they are final; its path."""
+    from . import figures
+    from . import report as page
+
+    job = resolve(ref)
+    record = jobstate.status([job])[0]
+    manifest = figures.manifest_of(job)
+    if not figures.is_final(job, manifest):
+        manifest = plot(ref)
+    path = page.write(job, record)
+    return {
+        "job_id": record["job_id"],
+        "job_dir": str(job.path),
+        "report": str(path),
+        "source": manifest["source"],
+    }
+
+
+def outputs(job: JobDir) -> dict[str, Any]:
+    """Where a job's figures and report are (paths that exist), for results and status."""
+    from .figures import manifest_of
+    from .jobdir import FIGURES_DIR, REPORT_FILE
+
+    manifest = manifest_of(job) or {}
+    files = [str(job.file(FIGURES_DIR) / f["file"]) for f in manifest.get("figures", [])]
+    report_path = job.file(REPORT_FILE)
+    return {
+        "figures": [f for f in files if Path(f).exists()],
+        "figures_source": manifest.get("source", {}).get("label"),
+        "report": str(report_path) if report_path.exists() else None,
+    }

@@ -13,6 +13,7 @@ from such a generation has exactly the generations the user asked for.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -28,38 +29,56 @@ from bumps.monitor import Monitor
 from .jobdir import CHECKPOINT_REQUEST_FILE, RUNS_FILE, STOP_FILE, read_json, write_json
 
 REQUEUE_EXIT = 3  # the job's exit code for "checkpointed at the time limit: requeue me"
+IN_MEMORY_MAX = 256 << 20  # checkpoints up to this size are built in memory first (see save)
 
 
-def save(path: Path, fit_id: str, fit_state: Any, info: dict[str, Any]) -> float:
-    """Write the checkpoint atomically; returns the seconds it took.
-
-    HDF5 builds the file in memory and Python writes it: libhdf5 writing to a full
-    disk crashed rank 0 (SIGSEGV) here, where Python raises OSError (ENOSPC), the
-    temporary file is removed and the previous checkpoint stays as it was.
-    """
-    import io
-
+def _write_h5(target: Any, fit_id: str, fit_state: Any, info: dict[str, Any]) -> None:
     import h5py
 
     from .fit import fitter_class
 
-    start = time.perf_counter()
-    path = Path(path)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed while saving
-        stale.unlink(missing_ok=True)
-    image = io.BytesIO()
-    with h5py.File(image, "w") as h5:
+    with h5py.File(target, "w") as h5:
         fitter_class(fit_id).h5dump(h5.create_group("fit_state"), fit_state)
         name, keys, pos, has_gauss, gauss = np.random.get_state()
         h5.create_dataset("rng_keys", data=keys)
         h5.attrs["rng"] = json.dumps([name, int(pos), int(has_gauss), float(gauss)])
         h5.attrs["info"] = json.dumps({**info, "fit": fit_id})
+
+
+def save(path: Path, fit_id: str, fit_state: Any, info: dict[str, Any]) -> float:
+    """Write the checkpoint atomically; returns the seconds it took.
+
+    libhdf5 writing to a full disk crashed rank 0 (SIGSEGV). So HDF5 builds the
+    file in memory and Python writes it, and a full disk is an OSError (ENOSPC):
+    the temporary file is removed and the previous checkpoint stays as it was.
+    A large checkpoint (over 256 MB last time) would double rank 0's memory that
+    way: it is written by libhdf5 directly, once the disk is seen to have twice
+    its size free.
+    """
+    import io
+    import shutil
+
+    start = time.perf_counter()
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed while saving
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    previous = path.stat().st_size if path.exists() else 0
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(image.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
+        if previous > IN_MEMORY_MAX:
+            free = shutil.disk_usage(path.parent).free
+            if free < 2 * previous:
+                raise OSError(errno.ENOSPC, f"No space left on device ({free >> 20} MB free)")
+            _write_h5(tmp, fit_id, fit_state, info)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        else:
+            image = io.BytesIO()
+            _write_h5(image, fit_id, fit_state, info)
+            with open(tmp, "wb") as fh:
+                fh.write(image.getbuffer())
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
         directory = os.open(path.parent, os.O_RDONLY)
         try:

@@ -328,7 +328,7 @@ def _follow(job: str, interval: float) -> dict[str, Any]:
                     )
                     bar.__enter__()
                 restarts = f"  restarts {record['restarts']}" if record.get("restarts") else ""
-                bar.label = f"job {job}  {_progress_text(progress)}{restarts}"
+                bar.label = one_line(f"job {job}  {_progress_text(progress)}{restarts}")
                 bar.update(max(0, (progress["step"] or 0) - bar.pos))
             elif (record["state"], record.get("reason")) != last:
                 reason = f" ({one_line(record['reason'])})" if record.get("reason") else ""
@@ -360,6 +360,60 @@ def resume(job: str, ranks: int | None, as_json: bool) -> None:
             echo(f"Resubmitted as job {done['job_id']}\n  directory: {done['job_dir']}")
         return
     _show_ended(done, as_json, shown_live=live is not None)
+
+
+@main.command()
+@click.argument("job")
+@click.option(
+    "--out", type=click.Path(file_okay=False), help="Directory for the figures [the job's figures/]."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "svg", "pdf"]),
+    default="png",
+    show_default=True,
+    help="File format.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plot(job: str, out: str | None, fmt: str, as_json: bool) -> None:
+    """Draw the fit's figures with Bumps' own plotting code and print their paths.
+
+    A running, stopped or failed fit is drawn from its last checkpoint (or the
+    model's starting point), and its figures say so.
+    """
+    from . import api
+
+    drawn = api.plot(job, out, fmt)
+    if as_json:
+        _emit_json(drawn)
+        return
+    source = drawn["source"]
+    if source["kind"] != "result":
+        echo(f"bumps-submit: note: drawn {source['label']}", err=True)
+    for problem in drawn["problems"]:
+        echo(f"bumps-submit: warning: not drawn: {one_line(problem)}", err=True)
+    for figure in drawn["figures"]:
+        echo(f"{drawn['directory']}/{figure['file']}")
+
+
+@main.command()
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def report(job: str, as_json: bool) -> None:
+    """Write report.html in the job directory (facts, parameters, figures, error) and print its path.
+
+    One self-contained file: copy it to a laptop and open it in a browser.
+    """
+    from . import api
+
+    done = api.report(job)
+    if as_json:
+        _emit_json(done)
+        return
+    if done["source"]["kind"] != "result":
+        echo(f"bumps-submit: note: figures and values {done['source']['label']}", err=True)
+    echo(done["report"])
 
 
 @main.command()
@@ -476,6 +530,8 @@ def _print_error(record: dict[str, Any], traceback: bool = True) -> None:
 
 
 def _print_results(found: dict[str, Any]) -> None:
+    from pathlib import Path
+
     echo(
         f"\nFit: {found['fitter']}   chisq = {found['chisq_str']}   "
         f"({found['elapsed_s']:.1f} s on {found.get('ranks', '?')} ranks)"
@@ -486,3 +542,9 @@ def _print_results(found: dict[str, Any]) -> None:
     for name, p in zip(names, found["parameters"], strict=True):
         echo(f"{name:<{width}}  {p['best']:>14.6g}  {p['mean']:>14.6g}  {p['std']:>12.4g}")
     echo(f"directory: {found['job_dir']}")
+    if found.get("figures"):
+        echo(f"figures:   {len(found['figures'])} in {Path(found['figures'][0]).parent}")
+    if found.get("report"):
+        echo(f"report:    {found['report']}")
+    else:
+        echo(f"report:    bumps-submit report {found['job_dir']}")

@@ -38,6 +38,7 @@ KEYS: dict[str, type] = {
     "signal_grace": int,  # seconds before the time limit at which the job checkpoints and requeues
     "max_requeues": int,  # how many time limits a job may requeue through
     "check_timeout": int,  # seconds the login-node model check may take
+    "plot_timeout": int,  # seconds drawing a fit's figures on the login node may take
     "jobs_dir": str,  # where job directories are made (~ and $VARIABLES are expanded)
     "local_ranks": int,  # MPI ranks of a --local run
 }

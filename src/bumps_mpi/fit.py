@@ -95,8 +95,9 @@ def check_model(path: Path | str, args: list[str] | None = None) -> dict[str, An
     """Load the model and evaluate it once at its starting point, as the job will."""
     problem = load_model(path, args)
     try:
-        labels = problem.labels()
-        nllf = problem.nllf(problem.getp())
+        labels = [str(label) for label in problem.labels()]
+        value = problem.nllf(problem.getp())
+        nllf = float(value)
     except BaseException as exc:  # noqa: B036
         raise ModelCheckError(f"{path}: evaluating the model failed: {type(exc).__name__}: {exc}") from exc
     if not labels:

@@ -154,6 +154,9 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, sto
     mapper = Mapper(problem, comm)
     watchdog.watch(mapper)
     started = time.time()
+    if jobdir.file(ERROR_FILE).exists():  # an earlier allocation's failure: this one runs again
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        os.replace(jobdir.file(ERROR_FILE), jobdir.file(f"{ERROR_FILE}.{stamp}"))
     runs = checkpoint.record_run(
         jobdir.path, started=started, slurm_job_id=os.environ.get("SLURM_JOB_ID"), host=socket.gethostname()
     )
@@ -228,7 +231,35 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, sto
         f"bumps-mpi: fit done, chisq={result['chisq_str']}, {result['elapsed_s']:.1f} s on {comm.size} ranks",
         flush=True,
     )
+    if not stop.poll():  # near the time limit, the figures wait for `bumps-submit plot` or `report`
+        _figures_and_report(jobdir, driver, fit_id, result)
     return 0
+
+
+FIGURES_BUDGET_S = 300  # drawing at the job's end stops here; `bumps-submit plot` can always draw later
+
+
+def _figures_and_report(jobdir: JobDir, driver: Any, fit_id: str, result: dict[str, Any]) -> None:
+    """The fit's figures and report.html, drawn from the fit still in memory; never fails the fit."""
+
+    def overtime(_signum: int, _frame: Any) -> None:
+        raise TimeoutError(f"drawing took more than {FIGURES_BUDGET_S} s")
+
+    previous = signal.signal(signal.SIGALRM, overtime)
+    signal.alarm(FIGURES_BUDGET_S)
+    try:
+        from . import figures, report
+
+        state = getattr(driver.fitter, "state", None) if fit_id == "dream" else None
+        best = [p["best"] for p in result["parameters"]]
+        manifest = figures.in_job(jobdir, driver.problem, best, state)
+        path = report.write(jobdir, {"state": "COMPLETED", "exit": "0"})
+        _say(f"bumps-mpi: {len(manifest['figures'])} figures in {manifest['seconds']:.1f} s; report: {path}")
+    except Exception as exc:  # the result is safe already: say why, `bumps-submit plot` may do better
+        _say(f"bumps-mpi: figures or report not written: {type(exc).__name__}: {exc}")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _stopped(jobdir: JobDir, spec: dict[str, Any], stop: Any, checkpointer: Any) -> int:

@@ -30,12 +30,42 @@ RANKS_FILE = "ranks.json"  # host, pid and start time of every rank
 RUNS_FILE = "runs.json"  # one entry per allocation: started, finished, why, checkpoint timings
 MODEL_DIR = "model"  # a copy of the model file, for the record
 EXPORT_DIR = "export"  # Bumps' own exports
+FIGURES_DIR = "figures"  # the fit's figures, drawn by Bumps' own plotting code (bumps_mpi.figures)
+FIGURES_MANIFEST = "figures.json"  # in FIGURES_DIR: what was drawn, from which values, the statistics
+REPORT_FILE = "report.html"  # one self-contained page: facts, parameters, figures (bumps_mpi.report)
 CHECKPOINT_FILE = "checkpoint.h5"  # the fit's state, to continue after a stop (bumps_mpi.checkpoint)
 STOP_FILE = "stop-request"  # written by the sbatch script's time-limit trap: checkpoint and stop
 CHECKPOINT_REQUEST_FILE = "checkpoint-request"  # `bumps-submit checkpoint`: save now, go on
 CANCEL_FILE = "cancel-request"  # written by `bumps-submit cancel`: never requeue after it
 
 RESUMABLE_FITTERS = ("dream", "de")  # the fitters whose state Bumps can save and resume
+
+
+NUMBER = (int, float)
+OPTIONAL_NUMBER = (int, float, type(None))
+# the fields each file must have, with their types: what bumps-mpi reads from it (a file that has other
+# types was not written by bumps-mpi, or was damaged: it is unreadable, named as such, never a traceback)
+SHAPES: dict[str, dict[str, tuple[type, ...]]] = {
+    RESULT_FILE: {"fitter": (str,), "chisq": NUMBER, "chisq_str": (str,), "parameters": (list,)},
+    PROGRESS_FILE: {"step": OPTIONAL_NUMBER, "steps": OPTIONAL_NUMBER},
+    LOCAL_STATE_FILE: {
+        "state": (str,),
+        "started": NUMBER,
+        "finished": OPTIONAL_NUMBER,
+        "exit_code": (int, type(None)),
+        "launcher": (dict, type(None)),
+        "supervisor": (dict, type(None)),
+    },
+}
+PARAMETER_SHAPE = {"name": (str,), "best": NUMBER, "mean": NUMBER, "std": NUMBER}
+
+
+def _check_shape(data: Any, path: Path, shape: dict[str, tuple[type, ...]]) -> Any:
+    for key, types in shape.items():
+        value = data.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise UnreadableFile(path, f"its {key!r} is {type(value).__name__}, not what bumps-mpi writes")
+    return data
 
 
 def slurm_log(job_id: str | None) -> str:
@@ -47,11 +77,6 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def make_dir(path: Path, parents: bool = False) -> None:
-    """mkdir with the umask's permissions (tempfile.mkdtemp would give 0700 whatever the umask)."""
-    Path(path).mkdir(mode=0o777, parents=parents, exist_ok=False)
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -136,17 +161,27 @@ class JobDir:
         write_json(self.file(JOB_FILE), spec)
         self._spec = spec
 
+    def _shaped(self, name: str) -> dict[str, Any] | None:
+        data = read_json(self.file(name))
+        return None if data is None else _check_shape(data, self.file(name), SHAPES[name])
+
     @property
     def result(self) -> dict[str, Any] | None:
-        return read_json(self.file(RESULT_FILE))
+        result = self._shaped(RESULT_FILE)
+        for parameter in (result or {}).get("parameters", []):
+            if not isinstance(parameter, dict):
+                raise UnreadableFile(self.file(RESULT_FILE), "a parameter that is not a record")
+            _check_shape(parameter, self.file(RESULT_FILE), PARAMETER_SHAPE)
+        return result
 
     @property
     def error(self) -> dict[str, Any] | None:
         return read_json(self.file(ERROR_FILE))
 
     @property
-    def local_state(self) -> dict[str, Any] | None:
-        return read_json(self.file(LOCAL_STATE_FILE))
+    def progress(self) -> dict[str, Any] | None:
+        return self._shaped(PROGRESS_FILE)
 
-    def is_job_dir(self) -> bool:
-        return self.file(JOB_FILE).is_file()
+    @property
+    def local_state(self) -> dict[str, Any] | None:
+        return self._shaped(LOCAL_STATE_FILE)

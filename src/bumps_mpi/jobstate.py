@@ -18,10 +18,7 @@ from typing import Any
 from . import slurm
 from .errors import BumpsMpiError
 from .jobdir import (
-    ERROR_FILE,
     EXIT_STATUS_FILE,
-    PROGRESS_FILE,
-    RESULT_FILE,
     STATE_FILE,
     JobDir,
     read_json,
@@ -54,9 +51,12 @@ def elapsed_seconds(text: str | None) -> int | None:
 
 def _cached(job: JobDir) -> dict | None:
     try:
-        return read_json(job.file(STATE_FILE))
+        cached = read_json(job.file(STATE_FILE))
     except BumpsMpiError:  # a cache that cannot be read is no cache: ask Slurm again
         return None
+    if cached is None or cached.get("state") not in {s.value for s in JobState}:
+        return None
+    return cached
 
 
 def _id_or_none(job: JobDir) -> str | None:
@@ -98,6 +98,8 @@ def status(jobs: list[JobDir]) -> list[dict[str, Any]]:
             records.append(_record(job, cached[job.path], view))
         except BumpsMpiError as exc:
             records.append(_unreadable(job, exc))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a file bumps-mpi did not write
+            records.append(_unreadable(job, BumpsMpiError(f"unreadable files in {job.path}: {exc!r}")))
     if problems and queue is not None:  # slurmdbd down, controller up: say so (the CLI prints it once)
         for record in records:
             record["accounting"] = f"unavailable ({problems[0]}); states from the controller"
@@ -127,8 +129,9 @@ class _SlurmView:
 
 
 def _read(job: JobDir, name: str, warnings: list[str]) -> dict | None:
+    """progress, error or result: what JobDir reads (shape-checked), or None with a warning saying why."""
     try:
-        return read_json(job.file(name))
+        return getattr(job, name)
     except BumpsMpiError as exc:
         warnings.append(str(exc))
         return None
@@ -138,9 +141,7 @@ def _record(job: JobDir, cached: dict | None, view: _SlurmView) -> dict[str, Any
     spec = job.spec
     job_id = job_id_of(job)
     warnings: list[str] = []
-    progress, error, result = (
-        _read(job, name, warnings) for name in (PROGRESS_FILE, ERROR_FILE, RESULT_FILE)
-    )
+    progress, error, result = (_read(job, name, warnings) for name in ("progress", "error", "result"))
     record: dict[str, Any] = {
         "job_id": job_id,
         "job_dir": str(job.path),
@@ -248,8 +249,9 @@ def _out_of_memory(state: JobState, error: dict | None) -> JobState:
 def _script_status(job: JobDir, job_id: str | None, exit_code: str | None) -> int | None:
     """The run's real exit status: the batch script's own record, or a local run's mpiexec status."""
     try:
-        if job_id is None:
-            return int((exit_code or "").split(":")[0])
+        if job_id is None:  # mpiexec's own status, as local.state wrote it: "N:0", or "0:S" for a signal
+            code, _, sig = (exit_code or "").partition(":")
+            return -int(sig) if sig.isdigit() and int(sig) else int(code)
         return int(job.file(EXIT_STATUS_FILE).read_text().strip())
     except (OSError, ValueError):
         return None

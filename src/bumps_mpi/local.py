@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import processes
-from .errors import SubmitError, UsageError
+from .errors import SubmitError, UnreadableFile, UsageError
 from .jobdir import (
     CANCEL_FILE,
     CHECKPOINT_FILE,
@@ -34,6 +34,7 @@ from .jobdir import (
     write_json,
 )
 
+ENDED = ("COMPLETED", "FAILED", "CANCELLED")  # how a local run can end, as local.json records it
 RANKS_PER_CORE_LIMIT = 4  # more than this many ranks per core only slows a fit down
 STOP_WAIT_S = 30.0  # how long cancel waits for rank 0 to checkpoint before it kills the ranks
 
@@ -51,15 +52,15 @@ def find_mpiexec() -> str:
     return found
 
 
-def check_ranks(ranks: int, warn: Callable[[str], None] | None) -> None:
+def check_ranks(ranks: int, warn: Callable[[str], None] | None, label: str = "-n") -> None:
     """Refuse absurd rank counts for this machine; warn when the ranks outnumber its cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if ranks < 1:
-        raise UsageError(f"-n must be at least 1, got {ranks}")
+        raise UsageError(f"{label} must be at least 1, got {ranks}")
     if ranks > RANKS_PER_CORE_LIMIT * cores:
         raise UsageError(
-            f"-n {ranks} is more than {RANKS_PER_CORE_LIMIT} ranks per core on this machine ({cores} cores): "
-            "it would only be slower; submit to Slurm for more ranks"
+            f"{label} {ranks} is more than {RANKS_PER_CORE_LIMIT} ranks per core on this machine "
+            f"({cores} cores): it would only be slower; submit to Slurm for more ranks"
         )
     if ranks > cores and warn is not None:
         warn(f"bumps-submit: warning: {ranks} ranks on {cores} cores: they share cores, each runs slower")
@@ -67,9 +68,10 @@ def check_ranks(ranks: int, warn: Callable[[str], None] | None) -> None:
 
 def _ranks(job: JobDir) -> list[dict[str, Any]]:
     try:
-        return read_json(job.file(RANKS_FILE), kind=list) or []
+        ranks = read_json(job.file(RANKS_FILE), kind=list) or []
     except Exception:  # a broken ranks.json: no rank to signal, the launcher still is
         return []
+    return [r for r in ranks if isinstance(r, dict)]
 
 
 def _kill_ranks(job: JobDir, launcher: subprocess.Popen | None = None) -> None:
@@ -100,39 +102,54 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
     started = time.time()
     stops: list[int] = []
     output = [echo]
+    launched: list[subprocess.Popen] = []
 
     def forward(signum: int, _frame: Any) -> None:
         stops.append(signum)
         if signum == signal.SIGHUP:
             output[0] = None  # the terminal is gone: nothing more to show
+        if not launched:
+            return  # not started yet: it is killed as soon as it is
         rank0 = next((r for r in _ranks(job) if r.get("rank") == 0 and processes.alive(r)), None)
         if len(stops) > 1 or rank0 is None or not resumable:
-            _kill_ranks(job, proc)
-        else:
+            _kill_ranks(job, launched[0])
+            return
+        try:
             os.kill(int(rank0["pid"]), signum if signum != signal.SIGHUP else signal.SIGTERM)
+        except ProcessLookupError:  # rank 0 ended meanwhile: make sure the rest does too
+            _kill_ranks(job, launched[0])
 
-    with open(job.file(LOCAL_LOG_FILE), "ab") as log:
-        proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=job.path, start_new_session=True
-        )
-        record = {
-            "state": "RUNNING",
-            "started": started,
-            "ranks": ranks,
-            "command": command,
-            "supervisor": processes.identity(),
-            "launcher": processes.identity(proc.pid),
-        }
-        try:
-            write_json(job.file(LOCAL_STATE_FILE), record)
-        except OSError as exc:  # a full disk: nothing could be saved, and the run must not be left going
-            proc.kill()
-            raise SubmitError(f"cannot write {job.file(LOCAL_STATE_FILE)}: {exc.strerror or exc}") from None
-        wanted = [signal.SIGINT, signal.SIGTERM]
-        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup, a hangup stops nothing
-            wanted.append(signal.SIGHUP)
-        previous = {sig: signal.signal(sig, forward) for sig in wanted}
-        try:
+    wanted = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup, a hangup stops nothing
+        wanted.append(signal.SIGHUP)
+    previous = {sig: signal.signal(sig, forward) for sig in wanted}  # before mpiexec exists: no gap
+    try:
+        with open(job.file(LOCAL_LOG_FILE), "ab") as log:
+            proc = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=job.path,
+                start_new_session=True,
+            )
+            launched.append(proc)
+            if stops:
+                _kill_ranks(job, proc)
+            record = {
+                "state": "RUNNING",
+                "started": started,
+                "ranks": ranks,
+                "command": command,
+                "supervisor": processes.identity(),
+                "launcher": processes.identity(proc.pid),
+            }
+            try:
+                write_json(job.file(LOCAL_STATE_FILE), record)
+            except OSError as exc:  # a full disk: nothing could be saved, and the run must not be left going
+                proc.kill()
+                raise SubmitError(
+                    f"cannot write {job.file(LOCAL_STATE_FILE)}: {exc.strerror or exc}"
+                ) from None
             assert proc.stdout is not None
             for line in proc.stdout:
                 try:
@@ -146,17 +163,17 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
                     except OSError:  # the terminal went away (EIO, EPIPE): keep running, stop showing
                         output[0] = None
             rc = proc.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        cancelled = bool(stops) or job.file(CANCEL_FILE).exists()
-        if job.result is not None and rc == 0:
-            state = "COMPLETED"
-        elif cancelled:
-            state = "CANCELLED"  # stopped on request; resumable when it saved a checkpoint
-        else:
-            state = "FAILED"
-            write_postmortem(job.path, rc, job.file(LOCAL_LOG_FILE))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    cancelled = bool(stops) or job.file(CANCEL_FILE).exists()
+    if rc == 0 and _has_result(job):
+        state = "COMPLETED"
+    elif cancelled:
+        state = "CANCELLED"  # stopped on request; resumable when it saved a checkpoint
+    else:
+        state = "FAILED"
+        write_postmortem(job.path, rc, job.file(LOCAL_LOG_FILE))
     ended = {**record, "state": state, "exit_code": rc, "finished": time.time()}
     try:
         write_json(job.file(LOCAL_STATE_FILE), ended)
@@ -166,6 +183,13 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
                 f"bumps-submit: warning: could not record the run's end in {LOCAL_STATE_FILE}: {exc.strerror}"
             )
     return ended
+
+
+def _has_result(job: JobDir) -> bool:
+    try:
+        return job.result is not None
+    except Exception:  # written but unreadable: not a completed fit
+        return False
 
 
 def liveness(job: JobDir, local: dict[str, Any]) -> bool | None:
@@ -185,16 +209,17 @@ def state(job: JobDir, finished: bool) -> dict[str, Any]:
     local = job.local_state
     if local is None:  # the directory was made but the run never started (or an old layout)
         return {"state": "UNKNOWN", "reason": "no record of a local run in this directory"}
-    ended = local.get("finished") or time.time()
-    seconds = int(ended - float(local.get("started", ended)))
+    ended = local["finished"] if isinstance(local.get("finished"), (int, float)) else time.time()
+    seconds = max(int(ended - local["started"]), 0)
     found: dict[str, Any] = {"elapsed": str(datetime.timedelta(seconds=seconds)), "elapsed_s": seconds}
     if local.get("state") != "RUNNING":
+        if local.get("state") not in ENDED:
+            raise UnreadableFile(job.file(LOCAL_STATE_FILE), f"unknown state {local.get('state')!r}")
         code = local.get("exit_code")
-        return {
-            **found,
-            "state": local.get("state", "UNKNOWN"),
-            "exit_code": None if code is None else f"{code}:0",
-        }
+        exit_code = None
+        if isinstance(code, int):  # mpiexec's status; negative: it was killed by that signal
+            exit_code = f"{code}:0" if code >= 0 else f"0:{-code}"
+        return {**found, "state": local["state"], "exit_code": exit_code}
     live = liveness(job, local)
     if live:
         return {**found, "state": "RUNNING"}
@@ -213,7 +238,7 @@ def state(job: JobDir, finished: bool) -> dict[str, Any]:
 
 
 def cancel(job: JobDir, wait_s: float = STOP_WAIT_S) -> dict[str, Any]:
-    """Stop a live local run: rank 0 checkpoints and stops (resumable fitters), else the ranks are killed."""
+    """Stop a live local run: rank 0 checkpoints and stops (DREAM, DE), else the ranks are killed at once."""
     local = job.local_state
     if local is None or local.get("state") != "RUNNING":
         was = (local or {}).get("state", "never started")
@@ -222,27 +247,45 @@ def cancel(job: JobDir, wait_s: float = STOP_WAIT_S) -> dict[str, Any]:
     if live is None:
         host = (local.get("launcher") or {}).get("host", "another host")
         raise UsageError(f"{job.path} runs on {host}: cancel it there")
-    job.file(CANCEL_FILE).write_text(f"{time.time()}\n")
+    try:
+        job.file(CANCEL_FILE).write_text(f"{time.time()}\n")
+    except OSError as exc:
+        raise SubmitError(f"cannot write {job.file(CANCEL_FILE)}: {exc.strerror or exc}") from None
     how = "stale"
     if live:
         how = "stopped"
         supervisor = local.get("supervisor")
         rank0 = next((r for r in _ranks(job) if r.get("rank") == 0), None)
-        target = supervisor if processes.alive(supervisor) else rank0
-        if job.spec.get("fit") in RESUMABLE_FITTERS and processes.alive(target):
-            os.kill(int(target["pid"]), signal.SIGTERM)  # the supervisor passes it on to rank 0
-        if not _wait(lambda: not liveness(job, local), wait_s):
+        resumable = job.spec.get("fit") in RESUMABLE_FITTERS
+        if processes.alive(supervisor):
+            _signal(supervisor, signal.SIGTERM)  # it passes it to rank 0, or kills what cannot checkpoint
+        elif resumable and processes.alive(rank0):
+            _signal(rank0, signal.SIGTERM)
+        else:
             how = "killed"
             _kill_ranks(job)
-            launcher = local.get("launcher")
-            if processes.alive(launcher):
-                os.kill(int(launcher["pid"]), signal.SIGKILL)
+        if not _wait(lambda: not liveness(job, local), wait_s if resumable else 10):
+            how = "killed"
+            _kill_ranks(job)
+            _signal(local.get("launcher"), signal.SIGKILL)
             _wait(lambda: not liveness(job, local), 10)
     if processes.alive(local.get("supervisor")):  # it records the end itself
         _wait(lambda: (job.local_state or {}).get("state") != "RUNNING", 10)
     if (job.local_state or {}).get("state") == "RUNNING":
-        write_json(job.file(LOCAL_STATE_FILE), {**local, "state": "CANCELLED", "finished": time.time()})
+        try:
+            write_json(job.file(LOCAL_STATE_FILE), {**local, "state": "CANCELLED", "finished": time.time()})
+        except OSError:  # status still sees the processes gone, and the cancel-request
+            pass
     return {"job_id": None, "job_dir": str(job.path), "cancelled": True, "how": how}
+
+
+def _signal(process: Any, signum: int) -> None:
+    """Signal a recorded process if it is still the one recorded."""
+    if processes.alive(process):
+        try:
+            os.kill(int(process["pid"]), signum)
+        except ProcessLookupError:
+            pass
 
 
 def _wait(done: Callable[[], bool], seconds: float) -> bool:

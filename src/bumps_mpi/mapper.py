@@ -90,6 +90,8 @@ class StaticSplit:
     def __init__(self, comm: MPI.Comm, grow: Callable[[int, int], None]):
         self.comm, self.grow = comm, grow
         self._plan = (0, 0, 0, [], [], [])  # npop, nvar, rank 0's rows, workers, statuses, receives
+        self.waiting_since: float | None = None  # rank 0 done with its own share, waiting for the rest
+        self.own_s = 0.0  # how long rank 0's own share took, this call
 
     def plan(self, npop: int, nvar: int) -> list[tuple[int, int, int]]:
         """(rank, first row, end row) for each worker with rows, for *npop* points of *nvar* parameters."""
@@ -116,8 +118,13 @@ class StaticSplit:
             post(isend(points[a:b], r, tag))
         started = perf_counter()
         failed = _evaluate(problem, points[:mine], result[:mine])
-        cost = (perf_counter() - started) / max(mine, 1)
-        MPI.Request.Waitall(requests, statuses)
+        self.waiting_since = perf_counter()
+        self.own_s = self.waiting_since - started
+        cost = self.own_s / max(mine, 1)
+        try:
+            MPI.Request.Waitall(requests, statuses)
+        finally:
+            self.waiting_since = None
         for status in receives:
             if status.tag != _RESULT:
                 break
@@ -137,6 +144,8 @@ class GuidedChunks:
 
     def __init__(self, comm: MPI.Comm, grow: Callable[[int, int], None]):
         self.comm, self.grow = comm, grow
+        self.waiting_since: float | None = None  # rank 0 done with its own points, waiting for the rest
+        self.own_s = 0.0  # how long rank 0 worked on its own points, this call
 
     def map(self, problem: Any, points: np.ndarray, result: np.ndarray, tag: int) -> tuple[list, Any, float]:
         """Fill *result*; returns (failed workers' chunks, rank 0's failure, rank 0's seconds per point)."""
@@ -182,10 +191,15 @@ class GuidedChunks:
             for rank, chunks in pending.items():
                 if chunks and collect(rank, wait=False) and front < back and failed is None and not remote:
                     give(rank)
-        cost = (perf_counter() - started) / max(own, 1)
-        for rank, chunks in pending.items():
-            while chunks:
-                collect(rank, wait=True)
+        self.waiting_since = perf_counter()
+        self.own_s = self.waiting_since - started
+        cost = self.own_s / max(own, 1)
+        try:
+            for rank, chunks in pending.items():
+                while chunks:
+                    collect(rank, wait=True)
+        finally:
+            self.waiting_since = None
         return remote, failed, cost
 
 
@@ -210,8 +224,7 @@ class Mapper:
         self._balance = environment_choice("BUMPS_MPI_BALANCE")
         self.static = StaticSplit(self.comm, self._grow)
         self.guided = GuidedChunks(self.comm, self._grow)
-        self.call_started: float | None = None  # for the watchdog: when the call in progress began
-        self.longest_call_s = 0.0
+        self.longest_call_s = 0.0  # for the watchdog: how long a call may take
 
     def _grow(self, rank: int, need: int) -> None:
         """Tell a worker whose buffer is too small for *need* doubles to enlarge it (before the share)."""
@@ -229,16 +242,24 @@ class Mapper:
         if nvar == 0:
             raise ValueError("mapper got points with no parameters")
         result = np.empty(npop, dtype=np.float64)
-        started = self.call_started = perf_counter()
+        started = perf_counter()
         if self._guided(npop):
             remote, failed, self._cost = self.guided.map(self.problem, points, result, _MAP + nvar)
         else:
             remote, failed, self._cost = self.static.map(self.problem, points, result, _MAP + nvar)
-        self.call_started = None
         self.longest_call_s = max(self.longest_call_s, perf_counter() - started)
         if remote or failed is not None:
             self._raise_failure(points, remote, failed)
         return result
+
+    def waiting(self) -> tuple[float, float] | None:
+        """(seconds rank 0 has waited for the other ranks in this call, how long a call may take), or None
+        when it is not waiting: what the watchdog needs to tell a lost rank from a slow one."""
+        for strategy in (self.static, self.guided):
+            since = strategy.waiting_since
+            if since is not None:
+                return perf_counter() - since, max(self.longest_call_s, strategy.own_s)
+        return None
 
     def _guided(self, npop: int) -> bool:
         """Balance dynamically when points are expensive enough that a message per chunk is free."""

@@ -40,15 +40,34 @@ def identity(pid: int | None = None) -> dict[str, Any]:
     return {"pid": pid, "start": start_ticks(pid), "host": socket.gethostname(), "boot": _boot_id()}
 
 
-def alive(record: dict[str, Any] | None) -> bool | None:
-    """True if the process in *record* still runs, False if it does not, None if this host cannot tell."""
-    if not record or record.get("pid") is None:
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process has this pid
+        return True
+    return True
+
+
+def alive(record: Any) -> bool | None:
+    """True if the process in *record* still runs, False if it does not, None if this host cannot tell.
+
+    A record from this host but an earlier boot is dead. Without /proc (not Linux)
+    the pid alone answers, which a reused pid can fool.
+    """
+    if not isinstance(record, dict) or not isinstance(record.get("pid"), int) or record["pid"] <= 0:
         return None
-    if record.get("host") != socket.gethostname() or record.get("boot") != _boot_id():
+    if record.get("host") != socket.gethostname():
         return None
-    now = start_ticks(int(record["pid"]))
+    boot = _boot_id()
+    if boot is not None and record.get("boot") not in (None, boot):
+        return False  # the machine restarted since
+    if boot is None or not os.path.exists("/proc/self/stat"):
+        return _pid_exists(record["pid"])
+    now = start_ticks(record["pid"])
     if now is None:
         return False
-    if record.get("start") is None:  # no /proc when it was recorded: the pid is all there is
+    if not isinstance(record.get("start"), int):  # recorded without /proc: the pid is all there is
         return True
-    return now == int(record["start"])
+    return now == record["start"]

@@ -48,7 +48,7 @@ class ProgressMonitor(Monitor):
         self.unwritten = 0  # progress writes that failed (a full disk): said once
 
     def config_history(self, history: Any) -> None:
-        history.requires(time=1, value=1, step=1, population_values=1)
+        history.requires(time=1, value=1, step=1, point=1, population_values=1)  # point: best, for figures
 
     def __call__(self, history: Any) -> None:
         if self._first_step is None and history.step:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 from .errors import SubmitError
 
 SACCT_FIELDS = ("JobIDRaw", "JobName", "State", "ExitCode", "Elapsed")
+SBATCH_TIMEOUT_S = 60  # a busy controller may take this long; then the queue is asked whether it got the job
 BATCH = 50  # ids per sacct call: long -j lists hang sacct or overflow argv
 
 
@@ -42,26 +43,43 @@ def _first_line(text: str) -> str:
     return lines[-1] if lines else "no message"
 
 
+class SubmitUncertain(SubmitError):
+    """sbatch did not say whether it queued the job: its directory must be kept, not removed."""
+
+
 def sbatch(script: Path, job_dir: Path) -> str:
     """Submit *script* from *job_dir*; returns the job id.
 
     A timed-out sbatch may still have queued the job: look it up by its
-    working directory (unique per job) before reporting a failure.
+    working directory (unique per job) before reporting a failure; when the
+    queue cannot say either, SubmitUncertain.
     """
     try:
-        proc = _run(["sbatch", "--parsable", str(script)], timeout=60, cwd=job_dir)
+        proc = _run(["sbatch", "--parsable", str(script)], timeout=SBATCH_TIMEOUT_S, cwd=job_dir)
     except TimeoutError:
-        found = find_by_workdir(job_dir)
+        try:
+            found = find_by_workdir(job_dir)
+        except Unreachable as exc:
+            raise SubmitUncertain(
+                f"sbatch timed out and the queue cannot say whether the job was queued ({exc}); its "
+                f"directory {job_dir} is kept: look for it with 'squeue --me' before you submit again"
+            ) from None
         if found:
             return found
         raise SubmitError("sbatch timed out and the job is not in the queue; try again") from None
     if proc.returncode != 0:
         raise SubmitError(f"sbatch failed: {_all_lines(proc.stderr or proc.stdout, 'sbatch: error: ')}")
-    return proc.stdout.strip().split(";")[0]
+    job_id = proc.stdout.strip().split(";")[0]
+    if not job_id.isdigit():
+        raise SubmitUncertain(
+            f"sbatch answered {proc.stdout.strip()[:80]!r}, not a job id; {job_dir} is kept"
+        )
+    return job_id
 
 
 def find_by_workdir(job_dir: Path) -> str | None:
-    proc = _run(["squeue", "-h", "--me", "-o", "%i|%Z"])
+    """The id of my queued job that runs in *job_dir*, or None; Unreachable when squeue cannot say."""
+    proc = _ask(["squeue", "-h", "--me", "-o", "%i|%Z"])
     for line in proc.stdout.splitlines():
         job_id, _, workdir = line.partition("|")
         if workdir == str(job_dir):
@@ -154,9 +172,15 @@ def squeue(job_ids: list[str]) -> dict[str, dict[str, str]]:
 
 
 def scancel(job_id: str) -> None:
+    """Cancel *job_id*; SubmitError with Slurm's reason when it was not cancelled.
+
+    scancel exits 0 even when it cancels nothing ("Invalid job id specified"): only
+    with -v does it say so, on stderr, as an "error:" line.
+    """
     try:
-        proc = _run(["scancel", job_id])
+        proc = _run(["scancel", "-v", job_id])
     except TimeoutError:
         raise SubmitError(f"scancel {job_id} timed out: is slurmctld up? try again") from None
-    if proc.returncode != 0:
-        raise SubmitError(f"scancel {job_id} failed: {_first_line(proc.stderr)}")
+    errors = [line.split("error:", 1)[1].strip() for line in proc.stderr.splitlines() if "error:" in line]
+    if proc.returncode != 0 or errors:
+        raise SubmitError(f"scancel {job_id} failed: {errors[0] if errors else _first_line(proc.stderr)}")

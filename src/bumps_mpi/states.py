@@ -147,6 +147,8 @@ def describe_exit(slurm_code: str | None, script_status: int | None = None) -> s
             return f"killed by signal {number}"
 
     if script_status is not None:
+        if script_status < 0:  # a process killed by a signal, as Python reports it
+            return signal_text(-script_status)
         if script_status > 128:
             return signal_text(script_status - 128)
         return "0" if script_status == 0 else f"exit {script_status}"

@@ -10,6 +10,7 @@ time limit, bumps_mpi.modelcheck).
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import re
@@ -23,11 +24,12 @@ from typing import Any
 
 from . import __version__, jobstate, local, registry, slurm
 from .config import Settings, load_settings, packaged_defaults, slurm_dir
-from .errors import BumpsMpiError, UsageError
+from .errors import BumpsMpiError, SubmitError, UsageError
 from .jobdir import (
     CANCEL_FILE,
     CHECKPOINT_FILE,
     ERROR_FILE,
+    EXIT_STATUS_FILE,
     JOB_FILE,
     LOCAL_STATE_FILE,
     MODEL_DIR,
@@ -113,6 +115,10 @@ def _target_dir(request: JobRequest, name: str, settings: Settings) -> Path:
         )
     ancestor = target.parent
     while not ancestor.exists():
+        if ancestor.is_symlink():
+            raise UsageError(
+                f"{label}: {ancestor} links to {os.readlink(ancestor)}, which does not exist (not mounted?)"
+            )
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise UsageError(f"{label}: {ancestor} is a file, not a directory (nothing was changed)")
@@ -159,11 +165,11 @@ def _create_job_dir(target: Path, files: dict[str, str], model: Path) -> JobDir:
         shutil.copyfile(model, copy)  # the umask's permissions, like every other file here
         shutil.copystat(model, copy, follow_symlinks=True)
         os.chmod(copy, 0o666 & ~current_umask())
-        os.rename(staging, target)  # fails if target appeared meanwhile: nothing overwritten
+        os.rename(staging, target)  # a target that appeared meanwhile is never overwritten, unless empty
     except OSError as exc:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, FileExistsError) or exc.errno in (39, 66):  # ENOTEMPTY: target exists
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):  # a non-empty target appeared meanwhile
             raise UsageError(f"job directory {target} already exists (nothing was changed)") from None
         raise UsageError(f"cannot create job directory {target}: {exc.strerror or exc}") from None
     return JobDir(target)
@@ -208,12 +214,30 @@ def submit(request: JobRequest) -> dict[str, Any]:
     )
     try:
         job_id = slurm.sbatch(job.file(SCRIPT_FILE), job.path)
+    except slurm.SubmitUncertain:
+        raise  # it may be queued: its directory stays, and the message says so
+    except KeyboardInterrupt:
+        raise SubmitError(
+            f"interrupted while sbatch ran: the job may be queued; {job.path} is kept"
+        ) from None
     except BaseException:
         shutil.rmtree(job.path, ignore_errors=True)  # never submitted: leave no orphan directory
         raise
-    job.update_spec(slurm={"job_id": job_id, "submitted": time.time()})
-    _register(job_id, job, prepared.spec["name"])
+    _record_submission(job, job_id, {"job_id": job_id, "submitted": time.time()})
     return {"job_id": job_id, "job_dir": str(job.path)}
+
+
+def _record_submission(job: JobDir, job_id: str, slurm_record: dict[str, Any]) -> None:
+    """The job is queued: record its id in job.json and the registry; a failure still names the job."""
+    try:
+        job.update_spec(slurm=slurm_record)
+    except OSError as exc:
+        _register(job_id, job, job.spec["name"])
+        raise BumpsMpiError(
+            f"job {job_id} is queued (directory {job.path}), but job.json could not record its id: "
+            f"{exc.strerror or exc}; follow it with 'squeue -j {job_id}'"
+        ) from None
+    _register(job_id, job, job.spec["name"])
 
 
 def _register(job_id: str | None, job: JobDir, name: str) -> None:
@@ -236,8 +260,11 @@ def run_local(
     *echo* gets the run's output line by line, *warn* any warning. Returns the status record.
     """
     settings = load_settings(request.profile, request.resources)
-    ranks = ranks if ranks is not None else settings["local_ranks"]
-    local.check_ranks(ranks, warn)
+    label = "-n"
+    if ranks is None:
+        ranks, where = settings["local_ranks"], settings.sources.get("local_ranks", "")
+        label = f"local_ranks (from {where})"
+    local.check_ranks(ranks, warn, label)
     local.find_mpiexec()
     prepared = prepare(request)
     prepared.spec["local"] = {"ranks": ranks}
@@ -276,8 +303,14 @@ def resume(job: JobDir, ranks: int | None = None, echo: Any = None, warn: Any = 
         only = ", ".join(RESUMABLE_FITTERS)
         raise UsageError(f"fitter {spec.get('fit')!r} cannot resume (only {only} can); submit it again")
     record = jobstate.status([job])[0]
-    if record["state"] in ("PENDING", "RUNNING", "REQUEUED", "UNKNOWN"):
+    if record["state"] in ("PENDING", "RUNNING", "REQUEUED"):
         raise UsageError(f"job {record['job_id'] or job.path} is {record['state']}: it continues by itself")
+    if record["state"] == "UNKNOWN":
+        why = f" ({record['reason']})" if record.get("reason") else ""
+        raise UsageError(
+            f"job {record['job_id'] or job.path} is UNKNOWN{why}: resume only a job known to have stopped, "
+            "so that it never runs twice"
+        )
     is_local = "slurm" not in spec
     if is_local:
         ranks = ranks or int(spec.get("local", {}).get("ranks") or packaged_defaults()["local_ranks"])
@@ -287,7 +320,7 @@ def resume(job: JobDir, ranks: int | None = None, echo: Any = None, warn: Any = 
         slurm.require("sbatch")
     check_checkpoint(job)
     stamp = _stamp()
-    for name in (ERROR_FILE, STATE_FILE, LOCAL_STATE_FILE):
+    for name in (ERROR_FILE, STATE_FILE, LOCAL_STATE_FILE, EXIT_STATUS_FILE):
         if job.file(name).exists():
             os.replace(job.file(name), job.file(f"{name}.{stamp}"))
     job.file(CANCEL_FILE).unlink(missing_ok=True)
@@ -297,6 +330,5 @@ def resume(job: JobDir, ranks: int | None = None, echo: Any = None, warn: Any = 
         return jobstate.status([job])[0]
     job_id = slurm.sbatch(job.file(SCRIPT_FILE), job.path)
     earlier = [*spec["slurm"].get("earlier_job_ids", []), spec["slurm"]["job_id"]]
-    job.update_spec(slurm={"job_id": job_id, "submitted": time.time(), "earlier_job_ids": earlier})
-    _register(job_id, job, spec["name"])
+    _record_submission(job, job_id, {"job_id": job_id, "submitted": time.time(), "earlier_job_ids": earlier})
     return {"job_id": job_id, "job_dir": str(job.path), "resumed": True}

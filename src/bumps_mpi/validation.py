@@ -24,7 +24,7 @@ TIME = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2}|(?i:unlimited|infinite))
 # Slurm's --mem: a whole number with an optional K, M, G or T (MB and the like also pass); 0 = the whole node
 MEMORY = re.compile(r"^\d+([KMGT]B?)?$", re.IGNORECASE)
 AT_LEAST_ONE = ("nodes", "ntasks", "cpus_per_task", "threads", "checkpoint_every", "signal_grace")
-AT_LEAST_ONE += ("check_timeout", "local_ranks")
+AT_LEAST_ONE += ("check_timeout", "plot_timeout", "local_ranks")
 NOT_NEGATIVE = ("max_requeues",)
 
 # Environment variables read inside the job or by status, and the values each accepts.
@@ -108,7 +108,7 @@ def _parse(fit_id: str, key: str, value: Any, default: Any) -> Any:
         value = str(value)
     try:
         parsed = _parser(key, default)(str(value))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         why = str(exc) if "invalid option" in str(exc) else f"not a {type(default).__name__}"
         raise UsageError(f"{flag}={value!r} for fitter {fit_id!r}: {why}") from None
     if isinstance(parsed, bool) or not isinstance(parsed, (int, float)):

@@ -11,9 +11,10 @@ The watchdog is a thread woken through Python's signal wakeup fd, which the
 C-level handler writes even while the main thread is inside MPI. After a
 SIGTERM it kills its own process (SIGKILL: nothing to save, and MPI_Abort
 from a thread neither returns reliably nor ends an srun step any sooner) when
-- on rank 0: the map call in progress has waited more than five times the
-  longest call so far (and at least a second): a live rank would have
-  answered, and preemption's SIGTERM leaves the map calls running; or
+- on rank 0: it has waited for the other ranks' values ten times longer
+  than its own share of the points took, and than the longest call so far
+  (and at least 1.5 s): a live rank would have answered (the shares are the
+  same size), and preemption's SIGTERM leaves the map calls running; or
 - on a worker: rank 0 ran on this host and has died (seen twice in a row).
 A worker whose rank 0 died on another node still waits for KillWait. Once a
 rank's part is done (rank 0 stopped the workers) the watchdog is disarmed, so a
@@ -31,8 +32,8 @@ from typing import Any
 
 from . import processes
 
-MIN_WAIT_S = 1.0  # a map call stuck this long after SIGTERM (and 5x its longest) has lost a rank
-FACTOR = 5.0
+MIN_WAIT_S = 1.5  # rank 0 waiting this long after SIGTERM (and FACTOR x its own share) has lost a rank
+FACTOR = 10.0
 POLL_S = 0.1
 
 
@@ -42,7 +43,7 @@ class Watchdog:
     def __init__(self, comm: Any):
         self.rank = comm.rank
         self.rank0: dict[str, Any] | None = None  # rank 0's identity, for the workers
-        self.mapper: Any = None  # rank 0's Mapper: call_started and longest_call_s
+        self.mapper: Any = None  # rank 0's Mapper, which says how long it has waited for the others
         self.armed = True
         read, write = os.pipe()
         os.set_blocking(write, False)
@@ -81,10 +82,10 @@ class Watchdog:
             if self.rank0 is not None and processes.alive(self.rank0) is False:
                 return "rank 0 has died"
             return None
-        started = getattr(self.mapper, "call_started", None)
-        if started is None:
+        waiting = self.mapper.waiting() if self.mapper is not None else None
+        if waiting is None:
             return None
-        waited = time.perf_counter() - started
-        if waited > max(MIN_WAIT_S, FACTOR * self.mapper.longest_call_s):
+        waited, expected = waiting
+        if waited > max(MIN_WAIT_S, FACTOR * expected):
             return f"terminated while waiting {waited:.1f} s for ranks that do not answer (one has died)"
         return None
