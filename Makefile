@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 DEMO_ARGS ?= --seed 1 --samples 10000
 
-.PHONY: venv demo test test-local bench lint cluster cluster-stop browser clean
+.PHONY: venv demo test test-local bench lint cluster cluster-stop test-tools clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ demo: venv
 
 ## test: start the project's Slurm cluster (root: installs it on first use) and run every test;
 ## Slurm, MPI and browser tests fail instead of skipping when their cluster, runtime or browser is missing
-test: venv cluster browser
+test: venv cluster test-tools
 	BUMPS_MPI_REQUIRE_CLUSTER=1 $(PY) -m pytest -ra
 
 ## test-local: the tests that need no Slurm (Slurm tests skip); no root needed
@@ -39,6 +39,7 @@ bench: venv
 	$(PY) bench/startup_bench.py
 	$(PY) bench/refl1d_bench.py
 	$(PY) bench/figures_bench.py
+	$(PY) bench/sandbox_bench.py
 
 lint: venv
 	$(BIN)/ruff check src tests examples bench
@@ -47,13 +48,14 @@ lint: venv
 cluster:
 	scripts/slurm-cluster start
 
-## browser: Debian's chromium and chromium-driver for the report's browser test (root; nothing downloaded
-## from elsewhere)
-browser:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+## test-tools: Debian's chromium and chromium-driver (the report's browser test) and apparmor (parses the
+## sandbox's AppArmor profile); root, nothing downloaded from elsewhere
+test-tools:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+	    || ! command -v apparmor_parser >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	    -o DPkg::Lock::Timeout=600 chromium chromium-driver; \
-	  else echo "make browser: run as root to install chromium and chromium-driver"; fi; fi
+	    -o DPkg::Lock::Timeout=600 chromium chromium-driver apparmor; \
+	  else echo "make test-tools: run as root to install chromium, chromium-driver and apparmor"; fi; fi
 
 cluster-stop:
 	scripts/slurm-cluster stop

@@ -73,11 +73,18 @@ def cli(
     )
 
 
-def as_user(uid: int) -> list[str]:
+def as_user(uid: int, gid: int | None = None) -> list[str]:
     """A command prefix that runs what follows as *uid* (util-linux's setpriv), or a skip/failure."""
+    import pwd
+
     if os.geteuid() != 0:
         unavailable("switching to an unprivileged user needs root")
-    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+    if gid is None:
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            gid = uid
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:

@@ -197,7 +197,7 @@ def test_processes_a_model_leaves_behind_are_ended_with_the_check(isolated):
         f"import subprocess\nchild = subprocess.Popen(['sleep', '600'])\nopen({str(pidfile)!r}, 'w')"
         ".write(str(child.pid))\n",
     )
-    proc = cli("submit", model, "--dry-run")
+    proc = cli("submit", model, "--dry-run", "--sandbox", "off")  # the model writes beside itself
     assert proc.returncode == 0, proc.stderr
     pid = int(pidfile.read_text())
     deadline = time.monotonic() + 10
@@ -447,7 +447,7 @@ def test_interrupting_the_check_leaves_nothing_running(isolated):
         f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n",
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bumps_mpi", "submit", str(model), "--dry-run"],
+        [sys.executable, "-m", "bumps_mpi", "submit", str(model), "--dry-run", "--sandbox", "off"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -117,3 +117,31 @@ def reply(answer: Path | str, obj: Any) -> NoReturn:
 def request(argv: list[str]) -> tuple[Path, dict[str, Any]]:
     """The child's side of the call: where to answer, and what was asked."""
     return Path(argv[0]), json.loads(argv[1])
+
+
+def confine(
+    asked: dict[str, Any], model: str, own_dir: Path, read: list[str] | None = None
+) -> dict[str, Any]:
+    """Confine this child as a job's rank would be (bumps_mpi.sandbox): read the model's place, the Python
+    environment, the system and *read*; write only *own_dir* and the directory it answers in (its current
+    directory, where run() put it). Returns what was enforced."""
+    from . import sandbox
+
+    model_read, note = sandbox.model_paths(model)
+    policy = sandbox.Policy(
+        level=asked.get("level", "off"),
+        read=[
+            *sandbox.python_paths(),
+            *sandbox.SYSTEM_READ,
+            *model_read,
+            *asked.get("read", []),
+            *(read or []),
+        ],
+        write=[*sandbox.SYSTEM_WRITE, str(Path.cwd())],
+        restrict_network=True,
+        max_file_mb=int(asked.get("max_file_mb", 16384)),
+    )
+    enforced = sandbox.apply(policy, own_dir)
+    if note:
+        enforced["note"] = note
+    return enforced

@@ -100,6 +100,19 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--max-requeues", type=int, help="Time limits to requeue through before stopping.")
 @click.option("--check-timeout", type=int, metavar="SECONDS", help="Time limit of the model check here.")
+@click.option(
+    "--sandbox",
+    type=click.Choice(["best-effort", "require", "off"]),
+    help="Confine the model to its job (Landlock) [site setting sandbox].",
+)
+@click.option(
+    "--read",
+    "read_paths",
+    multiple=True,
+    type=click.Path(),
+    metavar="PATH",
+    help="A path the confined model may read besides its own directory (repeatable).",
+)
 @click.option("--profile", help="Site profile from your site.toml.")
 @click.option("--name", help="Job name [the model file's name].")
 @click.option("--jobs-dir", type=click.Path(), help="Where job directories are made [site setting jobs_dir].")
@@ -123,6 +136,7 @@ def submit(
     local: bool,
     ranks: int | None,
     as_json: bool,
+    read_paths: tuple[str, ...],
     **flags: Any,
 ) -> None:
     """Check MODEL, then submit it to Slurm (or run it here with --local).
@@ -152,9 +166,12 @@ def submit(
         job_dir=None if job_dir is None else Path(job_dir),
         profile=profile,
         resources=resources,
+        read=[Path(p).absolute() for p in read_paths],
     )
     if dry_run:
         prepared = submission.prepare(request)
+        for note in prepared.notes:
+            _stderr(f"bumps-submit: warning: {note}")
         if as_json:
             _emit_json({"job_dir": str(prepared.target), "script": prepared.script, "spec": prepared.spec})
         else:
@@ -166,6 +183,8 @@ def submit(
         _show_ended(record, as_json, shown_live=live is not None)
         return
     submitted = submission.submit(request)
+    for note in submitted.pop("notes", []):
+        _stderr(f"bumps-submit: warning: {note}")
     if as_json:
         _emit_json(submitted)
     else:
@@ -475,6 +494,49 @@ def config(profile: str | None, as_json: bool) -> None:
         echo(f"  {key:<17} {settings[key]!r:<32} {settings.sources.get(key, '')}")
 
 
+@main.group(name="sandbox")
+def sandbox_group() -> None:
+    """The sandbox that confines every model to its job: what this kernel enforces, an AppArmor profile."""
+
+
+@sandbox_group.command(name="status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def sandbox_status(as_json: bool) -> None:
+    """What the sandbox can enforce on this machine's kernel (Landlock ABI), at each level."""
+    from . import landlock
+    from .config import load_settings
+
+    abi = landlock.abi_version()
+    level = load_settings()["sandbox"]
+    features = {
+        "files (read-only environment, read-write job directory)": 1,
+        "truncation": 3,
+        "TCP bind and connect": 4,
+        "signals and abstract Unix sockets": 6,
+    }
+    found = {"abi": abi, "level": level, "features": {name: abi >= need for name, need in features.items()}}
+    if as_json:
+        _emit_json(found)
+        return
+    echo(f"Landlock ABI {abi} on this kernel; sandbox level here: {level}")
+    for name, need in features.items():
+        echo(f"  {'yes' if abi >= need else 'no ':<4} {name} (ABI {need})")
+
+
+@sandbox_group.command(name="apparmor-profile")
+@click.option("--jobs-root", type=click.Path(), help="Where the account's job directories are [jobs_dir].")
+def sandbox_apparmor_profile(jobs_root: str | None) -> None:
+    """Print an AppArmor profile for the account that runs jobs (paths from this installation)."""
+    import os
+    from pathlib import Path
+
+    from .config import load_settings
+    from .sandbox import apparmor_profile
+
+    root = jobs_root or os.path.expandvars(os.path.expanduser(load_settings()["jobs_dir"]))
+    click.echo(apparmor_profile(str(Path(root).absolute())), nl=False)
+
+
 def _print_status(records: list[dict[str, Any]]) -> None:
     if not records:
         echo("No jobs yet: submit one with 'bumps-submit submit MODEL'.")
@@ -542,6 +604,10 @@ def _print_results(found: dict[str, Any]) -> None:
     for name, p in zip(names, found["parameters"], strict=True):
         echo(f"{name:<{width}}  {p['best']:>14.6g}  {p['mean']:>14.6g}  {p['std']:>12.4g}")
     echo(f"directory: {found['job_dir']}")
+    if found.get("sandbox"):
+        from .sandbox import describe
+
+        echo(f"sandbox:   {describe(found['sandbox'])}")
     if found.get("figures"):
         echo(f"figures:   {len(found['figures'])} in {Path(found['figures'][0]).parent}")
     if found.get("report"):

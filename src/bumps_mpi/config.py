@@ -41,6 +41,9 @@ KEYS: dict[str, type] = {
     "plot_timeout": int,  # seconds drawing a fit's figures on the login node may take
     "jobs_dir": str,  # where job directories are made (~ and $VARIABLES are expanded)
     "local_ranks": int,  # MPI ranks of a --local run
+    "sandbox": str,  # best-effort, require or off: each model confined to its job (bumps_mpi.sandbox)
+    "sandbox_read": list,  # more paths a confined model may read
+    "sandbox_max_file_mb": int,  # the largest file a confined model may write
 }
 TOP_LEVEL = ("default_profile", "profiles")
 DEFAULT_PROFILE = "default"
@@ -138,7 +141,10 @@ def _from_environment() -> dict[str, Any]:
             except ValueError:
                 raise UsageError(f"environment variable {name}={raw!r} is not a whole number") from None
         elif want is list:
-            values[key] = raw.split() if key in ("launcher_args", "skip", "extra") else raw.splitlines()
+            split = key in ("launcher_args", "skip", "extra")
+            values[key] = (
+                raw.split() if split else raw.split(":") if key == "sandbox_read" else raw.splitlines()
+            )
         else:
             values[key] = raw
     return values

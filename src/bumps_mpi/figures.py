@@ -257,12 +257,20 @@ def _values(job: JobDir, problem: Any, state_word: str | None) -> tuple[Any, Any
 
 
 def main(argv: list[str]) -> None:
-    """The child: loads the model, finds the values, draws into request['out'], answers the manifest."""
+    """The child: confines itself like the job's ranks (reading the job, writing only request['out']),
+    loads the model, finds the values, draws, answers the manifest."""
     from . import child
     from .errors import BumpsMpiError
-    from .fit import load_model
 
     answer, request = child.request(argv)
+    try:
+        spec = JobDir(request["job_dir"]).spec
+        asked = spec.get("sandbox") or {"level": "off"}
+        child.confine(asked, spec["model"], Path(request["out"]), read=[request["job_dir"]])
+    except BumpsMpiError as exc:
+        child.reply(answer, {"ok": False, "message": str(exc)})
+    from .fit import load_model
+
     try:
         job = JobDir(request["job_dir"])
         problem = load_model(job.spec["model"], job.spec.get("model_args", []))

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = jobdir.spec
     limit_threads(int(_setting(spec, "threads")))
 
+    confinement, failure = _confine(jobdir, spec)  # before MPI starts its threads: they are confined too
     from mpi4py import MPI
 
     from . import processes
@@ -111,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from .fit import load_model
 
-    problem, failure = None, None
+    problem = None
     try:
-        problem = load_model(spec["model"], spec.get("model_args", []))
+        if failure is None:
+            problem = load_model(spec["model"], spec.get("model_args", []))
     except BaseException as exc:  # noqa: B036 - every rank must reach the allgather below
         failure = _report(exc)
     me = {"rank": comm.rank, **processes.identity(), "failure": failure}
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         if entry["failure"] is not None:
             watchdog.disarm()
             if comm.rank == 0:
-                _write_error(jobdir, "model load", entry["rank"], entry["failure"])
+                phase = "sandbox" if entry["failure"].get("sandbox") else "model load"
+                _write_error(jobdir, phase, entry["rank"], entry["failure"])
             return 1
     if comm.rank != 0:
         from .mapper import serve
@@ -139,12 +142,35 @@ def main(argv: list[str] | None = None) -> int:
         watchdog.disarm()  # rank 0 said stop: its end from now on is no one's death
         return 0
     try:
-        return _run_root(jobdir, spec, problem, comm, stop, watchdog)
+        return _run_root(jobdir, spec, problem, comm, stop, watchdog, confinement)
     finally:
         watchdog.disarm()
 
 
-def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, stop: Any, watchdog: Any) -> int:
+def _confine(jobdir: JobDir, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Each rank confines itself to the job (bumps_mpi.sandbox): (what was enforced, a failure report).
+
+    A failure under `require` (a kernel without what is needed) is reported by
+    rank 0 after the start-up exchange, and no rank loads the model.
+    """
+    asked = spec.get("sandbox") or {}
+    if asked.get("level", "off") == "off":
+        return {"level": "off"}, None
+    from . import sandbox
+
+    nodes = int(os.environ.get("SLURM_NNODES") or os.environ.get("SLURM_JOB_NUM_NODES") or 1)
+    os.environ.update(sandbox.mpi_environment(nodes))
+    try:
+        return sandbox.apply(sandbox.job_policy(spec, nodes), jobdir.path), None
+    except Exception as exc:  # SandboxError under require; a Landlock call that failed
+        if asked["level"] == "require":
+            return {"level": "require"}, {**_report(exc), "sandbox": True}
+        return {"level": asked["level"], "missing": [f"everything: {type(exc).__name__}: {exc}"]}, None
+
+
+def _run_root(
+    jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, stop: Any, watchdog: Any, confinement: dict
+) -> int:
     from . import checkpoint
     from .errors import RemoteError
     from .fit import fitter_class, run_fit, write_exports
@@ -158,7 +184,11 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, sto
         stamp = time.strftime("%Y%m%d-%H%M%S")
         os.replace(jobdir.file(ERROR_FILE), jobdir.file(f"{ERROR_FILE}.{stamp}"))
     runs = checkpoint.record_run(
-        jobdir.path, started=started, slurm_job_id=os.environ.get("SLURM_JOB_ID"), host=socket.gethostname()
+        jobdir.path,
+        started=started,
+        slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+        host=socket.gethostname(),
+        sandbox=confinement,
     )
     prior_runs = len(runs) - 1  # allocations before this one: requeues and resumes
     try:
@@ -209,6 +239,7 @@ def _run_root(jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, sto
     if fit_state is not None:  # the fit's time across all its runs, not only this one's
         result["elapsed_s"] += float(info.get("elapsed_s", 0.0))
     result.update(
+        sandbox=confinement,
         restarts=prior_runs,
         ranks=comm.size,
         host=socket.gethostname(),

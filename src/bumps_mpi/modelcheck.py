@@ -21,9 +21,15 @@ from .errors import ModelCheckError, UsageError
 
 
 def run_check(
-    model: Path, args: list[str], fit: str, fit_options: dict[str, Any], timeout: float
+    model: Path,
+    args: list[str],
+    fit: str,
+    fit_options: dict[str, Any],
+    timeout: float,
+    sandbox: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Check options and model in a child; {"parameters", "nllf", "fit_options"} or a clear error."""
+    """Check options and model in a child, confined as the job's ranks will be (*sandbox*: level, read,
+    max_file_mb); {"parameters", "nllf", "fit_options", "sandbox"} or a clear error."""
     from .job import THREAD_VARIABLES
 
     request = {
@@ -31,6 +37,7 @@ def run_check(
         "args": list(args),
         "fit": fit,
         "fit_options": fit_options,
+        "sandbox": sandbox or {"level": "off"},
     }
     done = child.run("bumps_mpi.modelcheck", request, timeout, env=dict.fromkeys(THREAD_VARIABLES, "1"))
     found, output = done.answer, done.output
@@ -55,17 +62,23 @@ def run_check(
 
 
 def main(argv: list[str]) -> None:
-    """The child: checks what request asks for and answers."""
+    """The child: confines itself (before anything else is imported), then checks and answers."""
     from .errors import BumpsMpiError
+
+    answer, request = child.request(argv)
+    enforced = None
+    try:
+        enforced = child.confine(request["sandbox"], request["model"], Path.cwd())
+    except BumpsMpiError as exc:
+        child.reply(answer, {"ok": False, "message": str(exc), "kind": "usage"})
     from .fit import check_model
     from .validation import check_fit_options, check_population
 
-    answer, request = child.request(argv)
     try:
         options = check_fit_options(request["fit"], request["fit_options"])
         found = check_model(request["model"], request["args"])
         check_population(request["fit"], options, len(found["parameters"]))
-        reply: dict[str, Any] = {"ok": True, "fit_options": options, **found}
+        reply: dict[str, Any] = {"ok": True, "fit_options": options, "sandbox": enforced, **found}
     except BumpsMpiError as exc:
         kind = "usage" if isinstance(exc, UsageError) else "model"
         reply = {"ok": False, "message": str(exc), "kind": kind}

@@ -171,6 +171,7 @@ def build(job: JobDir, record: dict[str, Any]) -> str:
         ("fit time", f"{result['elapsed_s']:.1f} s" if result and "elapsed_s" in result else None),
         ("restarts", (progress or {}).get("restarts", max(len(runs) - 1, 0))),
         ("versions", ", ".join(f"{k} {v}" for k, v in sorted(spec.get("versions", {}).items()))),
+        ("sandbox", _sandbox(result, spec)),
         ("job directory", str(job.path)),
         (
             "figures",
@@ -205,6 +206,15 @@ def build(job: JobDir, record: dict[str, Any]) -> str:
         f"<footer>Written by bumps-mpi {escape(__version__)} on {_when(time.time())}.</footer>"
         "</body></html>\n"
     )
+
+
+def _sandbox(result: dict | None, spec: dict) -> str:
+    from .sandbox import describe
+
+    if result is not None and result.get("sandbox"):
+        return describe(result["sandbox"])
+    asked = (spec.get("sandbox") or {}).get("level")
+    return f"{asked} (asked for; enforced as the job runs)" if asked else "off"
 
 
 def _read(job: JobDir, name: str, kind: type = dict) -> Any:

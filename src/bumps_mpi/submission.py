@@ -65,6 +65,7 @@ class JobRequest:
     job_dir: Path | None = None
     profile: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
+    read: list[Path] = field(default_factory=list)  # paths the confined model may read, besides the site's
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Prepared:
     spec: dict[str, Any]
     script: str
     settings: Settings
+    notes: list[str] = field(default_factory=list)  # warnings for the user (the sandbox's, say)
 
 
 def _check_name(request: JobRequest) -> str:
@@ -199,10 +201,37 @@ def prepare(request: JobRequest) -> Prepared:
     )
     from .modelcheck import run_check
 
+    for path in request.read:
+        if not Path(path).exists():
+            raise UsageError(f"--read {path}: no such file or directory (a path the model may read)")
+    confinement = _sandbox_request(settings, [str(Path(p).resolve()) for p in request.read])
     checked = run_check(
-        request.model, request.model_args, request.fit, request.fit_options, settings["check_timeout"]
+        request.model,
+        request.model_args,
+        request.fit,
+        request.fit_options,
+        settings["check_timeout"],
+        sandbox=confinement,
     )
-    return Prepared(target, _spec(request, name, checked, settings), script, settings)
+    spec = _spec(request, name, checked, settings)
+    spec["sandbox"] = confinement
+    notes = [f"sandbox: {checked['sandbox']['note']}"] if (checked.get("sandbox") or {}).get("note") else []
+    return Prepared(target, spec, script, settings, notes)
+
+
+def _sandbox_request(settings: Settings, more_read: list[str]) -> dict[str, Any]:
+    """What the job's sandbox is asked to be (job.json); `require` is checked against this kernel now."""
+    from . import landlock, sandbox
+
+    level = settings["sandbox"]
+    if level == "require" and landlock.abi_version() < sandbox.Policy().needed_abi():
+        raise sandbox.SandboxError(
+            f"sandbox=require: this login node's kernel ({os.uname().release}) offers Landlock ABI "
+            f"{landlock.abi_version()}, and the sandbox needs ABI {sandbox.Policy().needed_abi()}: "
+            "ask your site, or use --sandbox best-effort"
+        )
+    read = [str(Path(os.path.expanduser(p)).resolve()) for p in settings["sandbox_read"]]
+    return {"level": level, "read": [*read, *more_read], "max_file_mb": settings["sandbox_max_file_mb"]}
 
 
 def submit(request: JobRequest) -> dict[str, Any]:
@@ -224,7 +253,7 @@ def submit(request: JobRequest) -> dict[str, Any]:
         shutil.rmtree(job.path, ignore_errors=True)  # never submitted: leave no orphan directory
         raise
     _record_submission(job, job_id, {"job_id": job_id, "submitted": time.time()})
-    return {"job_id": job_id, "job_dir": str(job.path)}
+    return {"job_id": job_id, "job_dir": str(job.path), "notes": prepared.notes}
 
 
 def _record_submission(job: JobDir, job_id: str, slurm_record: dict[str, Any]) -> None:
@@ -267,6 +296,9 @@ def run_local(
     local.check_ranks(ranks, warn, label)
     local.find_mpiexec()
     prepared = prepare(request)
+    for note in prepared.notes:
+        if warn is not None:
+            warn(f"bumps-submit: warning: {note}")
     prepared.spec["local"] = {"ranks": ranks}
     job = _create_job_dir(prepared.target, {JOB_FILE: _json(prepared.spec)}, request.model)
     _register(None, job, prepared.spec["name"])

@@ -25,6 +25,7 @@ TIME = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2}|(?i:unlimited|infinite))
 MEMORY = re.compile(r"^\d+([KMGT]B?)?$", re.IGNORECASE)
 AT_LEAST_ONE = ("nodes", "ntasks", "cpus_per_task", "threads", "checkpoint_every", "signal_grace")
 AT_LEAST_ONE += ("check_timeout", "plot_timeout", "local_ranks")
+LARGER = {"sandbox_max_file_mb": 64}  # MPI's shared-memory segments are files too (UCX: 4 MB and more)
 NOT_NEGATIVE = ("max_requeues",)
 
 # Environment variables read inside the job or by status, and the values each accepts.
@@ -57,11 +58,11 @@ def _label(key: str, sources: dict[str, str] | None) -> str:
 
 def check_resources(settings: dict[str, Any], sources: dict[str, str] | None = None) -> None:
     """Slurm and job settings: numbers in range, --time and --mem in Slurm's own grammar."""
-    for key in AT_LEAST_ONE + NOT_NEGATIVE:
+    for key in (*AT_LEAST_ONE, *NOT_NEGATIVE, *LARGER):
         value = settings.get(key)
         if value is None:
             continue
-        least = 1 if key in AT_LEAST_ONE else 0
+        least = 1 if key in AT_LEAST_ONE else LARGER.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise UsageError(
                 f"{_label(key, sources)} must be a whole number of at least {least}, got {value!r}"
@@ -72,6 +73,14 @@ def check_resources(settings: dict[str, Any], sources: dict[str, str] | None = N
             f"{_label('time', sources)}={limit!r} is not a Slurm time limit: use minutes (90), "
             "HH:MM:SS (01:30:00) or D-HH:MM:SS (2-00:00:00)"
         )
+    if settings.get("sandbox") is not None:
+        from .sandbox import check_level
+
+        check_level(settings["sandbox"], _label("sandbox", sources))
+    for path in settings.get("sandbox_read") or []:
+        if not os.path.isabs(os.path.expanduser(path)) or not os.path.exists(os.path.expanduser(path)):
+            where = "--read" if (sources or {}).get("sandbox_read", "").startswith("--") else "sandbox_read"
+            raise UsageError(f"{where} {path!r}: give an absolute path that exists (what the model may read)")
     memory = settings.get("mem")
     if memory not in (None, "") and not MEMORY.match(str(memory)):
         raise UsageError(

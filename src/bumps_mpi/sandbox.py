@@ -1,0 +1,274 @@
+"""The sandbox: every process that runs a model confines itself to its own job, with Landlock, as the user.
+
+A model is someone's Python code. Each rank of a job (before MPI starts and
+before the model is imported), the model check and the figure drawing on the
+login node confine themselves:
+
+- files: read-only the Python environment, the system's libraries and
+  configuration (/usr, /lib*, /etc, /opt, /proc, /sys, /dev), the model's
+  directory and any path the site or the user names (`sandbox_read`, `--read`);
+  read-write only their own directory (the job's, or the child's scratch
+  directory), its private TMPDIR, /dev/shm (MPI's shared memory) and /dev/null.
+  The user's home, other users' and other jobs' directories are out of reach
+  unless named. A model in the home directory itself gets only its own file.
+- network (ABI 4): no TCP bind or connect at all for a job on one node (MPI
+  then talks over shared memory only: UCX_TLS=self,posix,sysv); a job on several
+  nodes leaves TCP open, since MPI connects between nodes over it.
+- scopes (ABI 6): no signal to a process outside the rank, no connection to
+  an abstract Unix socket outside it.
+- rlimits: no core dumps; no file larger than `sandbox_max_file_mb`.
+
+Ranks confine themselves separately (srun and mpiexec start them), so the
+shared-memory transports that read a sibling's memory or descriptors (cross-
+memory attach, /proc/PID/fd) are switched off for MPICH and UCX, and Open MPI's.
+Confining before MPI_Init means every thread MPI starts is confined too: Landlock
+(ABI <= 7) restricts only the calling thread and the threads it starts later.
+
+Levels: "require" refuses to run where the kernel lacks a feature the sandbox
+needs here; "best-effort" (the default) applies what the kernel has and records
+what it could not; "off" applies nothing. What was enforced is recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import landlock
+from .errors import UsageError
+
+LEVELS = ("best-effort", "require", "off")
+SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys", "/dev")
+SYSTEM_WRITE = ("/dev/shm", "/dev/null")
+TMP_DIR = "tmp"  # the private TMPDIR inside the sandbox's own directory
+# One node: MPI over shared memory only, with no transport that reads a sibling rank's memory or fds
+# (each rank is its own Landlock domain, and Landlock refuses ptrace-like access across domains).
+SHARED_MEMORY_ONLY = {"UCX_TLS": "self,posix,sysv"}
+NO_CROSS_PROCESS_ACCESS = {
+    "MPIR_CVAR_CH4_CMA_ENABLE": "0",  # MPICH's cross-memory attach (process_vm_readv)
+    "UCX_POSIX_USE_PROC_LINK": "n",  # UCX: named shared memory instead of /proc/PID/fd of the peer
+    "OMPI_MCA_btl_sm_single_copy_mechanism": "none",  # Open MPI 5's shared memory BTL
+    "OMPI_MCA_btl_vader_single_copy_mechanism": "none",  # Open MPI 4's
+}
+
+
+class SandboxError(UsageError):
+    """The sandbox cannot be what `require` asks for here."""
+
+
+@dataclass
+class Policy:
+    """What one confined process may do."""
+
+    level: str = "best-effort"
+    read: list[str] = field(default_factory=list)
+    write: list[str] = field(default_factory=list)
+    restrict_network: bool = True
+    max_file_mb: int = 16384
+
+    def needed_abi(self) -> int:
+        """The Landlock ABI all of this needs: files with truncate (3), TCP (4), signals and sockets (6)."""
+        return 6
+
+
+def check_level(level: str, where: str = "--sandbox") -> str:
+    if level not in LEVELS:
+        raise UsageError(f"{where}={level!r}: use {', '.join(LEVELS)}")
+    return level
+
+
+def python_paths() -> list[str]:
+    """What this Python reads its code from: its installation, its environment, every sys.path entry."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).resolve().parent)}
+    paths.update(p for p in sys.path if p)
+    return sorted({str(Path(p).resolve()) for p in paths if Path(p).exists()} | paths)
+
+
+def model_paths(model: str | Path) -> tuple[list[str], str | None]:
+    """What of the model's place to read: its directory, or only the file when that directory is the home
+    directory (or above it), which would open everything in it. The second item is a note for the user."""
+    model = Path(model).resolve()
+    home = Path.home().resolve()
+    if model.parent == home or model.parent in home.parents:
+        note = (
+            f"the model is in {model.parent}, which holds your home directory: only the model file is "
+            "readable in the sandbox; put it in a directory of its own, or name data with --read"
+        )
+        return [str(model)], note
+    return [str(model.parent)], None
+
+
+def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
+    """Confine this process (and what it starts) to *policy*; returns what was enforced and what was not.
+
+    Must run before any other thread exists. Sets TMPDIR and the caches of the
+    libraries a model uses to *own_dir*/tmp. Under `require`, a kernel without
+    what the policy needs is a SandboxError, and nothing is applied.
+    """
+    if policy.level == "off":
+        return {"level": "off"}
+    abi = landlock.abi_version()
+    missing = []
+    if abi < 1:
+        missing.append("files (Landlock ABI 1: the kernel has no Landlock, or it is disabled)")
+    if 1 <= abi < 3:
+        missing.append("truncation (ABI 3)")
+    if policy.restrict_network and abi < 4:
+        missing.append("TCP (ABI 4)")
+    if abi < 6:
+        missing.append("signals and abstract Unix sockets (ABI 6)")
+    if missing and policy.level == "require":
+        raise SandboxError(
+            f"sandbox=require: this kernel ({os.uname().release}) offers Landlock ABI {abi}, and the sandbox "
+            f"needs ABI {policy.needed_abi()}; missing: {'; '.join(missing)}"
+        )
+    private = own_dir / TMP_DIR
+    private.mkdir(exist_ok=True)
+    for name in ("TMPDIR", "TMP", "TEMP"):
+        os.environ[name] = str(private)
+    os.environ["MPLCONFIGDIR"] = str(private / "matplotlib")
+    os.environ["XDG_CACHE_HOME"] = str(private / "cache")
+    os.environ["NUMBA_CACHE_DIR"] = str(private / "numba")
+    _seed_numba_cache(private / "numba")
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    limit = policy.max_file_mb << 20
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    resource.setrlimit(
+        resource.RLIMIT_FSIZE, (limit, limit if hard == resource.RLIM_INFINITY else min(limit, hard))
+    )
+    enforced: dict[str, Any] = {
+        "level": policy.level,
+        "abi": abi,
+        "kernel": os.uname().release,
+        "rlimits": {"core": 0, "file_size_mb": policy.max_file_mb},
+        "missing": missing,
+    }
+    if abi < 1:
+        return enforced
+    scopes = landlock.SCOPE_SIGNAL | landlock.SCOPE_ABSTRACT_UNIX_SOCKET
+    ruleset = landlock.Ruleset(abi, handle_net=policy.restrict_network, scopes=scopes)
+    read = [p for p in dict.fromkeys(policy.read) if ruleset.allow_path(p, landlock.READ)]
+    write = [p for p in dict.fromkeys([str(own_dir), *policy.write]) if ruleset.allow_path(p, (1 << 64) - 1)]
+    ruleset.restrict_self()
+    enforced.update(
+        read=read,
+        write=write,
+        network="no TCP bind or connect" if ruleset.net else "TCP not restricted",
+        scopes=(["signals", "abstract Unix sockets"] if ruleset.scopes else []),
+    )
+    return enforced
+
+
+def _seed_numba_cache(cache: Path) -> None:
+    """Copy numba's compiled code from the environment's __pycache__ into this sandbox's own cache.
+
+    Confined, numba cannot write beside the package's source (read-only, rightly: a shared cache of
+    machine code is what a hostile model would poison), so it would use the empty private cache and
+    compile everything again, every job (refl1d: seconds on every rank). A private copy of what is
+    there reads as fast, and whatever this job writes stays in it.
+    """
+    import hashlib
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("numba") is None:
+        return
+    roots = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]
+    for root in roots:
+        for index in Path(root).glob("**/__pycache__/*.nbi"):
+            source_dir = str(index.parent.parent)
+            # numba's own layout for NUMBA_CACHE_DIR (UserProvidedCacheLocator): <dir name>_<sha1 of dir>
+            target = cache / f"{os.path.basename(source_dir)}_{hashlib.sha1(source_dir.encode()).hexdigest()}"
+            target.mkdir(parents=True, exist_ok=True)
+            for path in index.parent.glob(f"{index.name.split('.py')[0]}*.nb[ic]"):
+                if not (target / path.name).exists():
+                    tmp = target / f".{path.name}.{os.getpid()}.tmp"
+                    shutil.copyfile(path, tmp)
+                    os.replace(tmp, target / path.name)  # ranks seeding at once never see half a file
+
+
+def job_policy(spec: dict[str, Any], nodes: int) -> Policy:
+    """The policy of a job's ranks, from job.json's request and the number of nodes it runs on."""
+    asked = spec.get("sandbox") or {}
+    model_read, _ = model_paths(spec["model"])
+    return Policy(
+        level=asked.get("level", "off"),
+        read=[*python_paths(), *SYSTEM_READ, *model_read, *asked.get("read", [])],
+        write=list(SYSTEM_WRITE),
+        restrict_network=nodes <= 1,
+        max_file_mb=int(asked.get("max_file_mb", 16384)),
+    )
+
+
+def mpi_environment(nodes: int) -> dict[str, str]:
+    """Environment for MPI in confined ranks: no cross-rank memory access; one node: shared memory only."""
+    return {**NO_CROSS_PROCESS_ACCESS, **(SHARED_MEMORY_ONLY if nodes <= 1 else {})}
+
+
+def describe(enforced: dict[str, Any] | None) -> str:
+    """One line for `results` and the report: what the sandbox enforced."""
+    if not enforced or enforced.get("level") == "off":
+        return "off"
+    if not enforced.get("abi"):
+        return f"{enforced['level']}: nothing enforced (the kernel has no Landlock)"
+    parts = [
+        f"Landlock ABI {enforced['abi']}",
+        f"files: write {len(enforced.get('write', []))} paths, read {len(enforced.get('read', []))}",
+        enforced.get("network", ""),
+        ("scoped: " + ", ".join(enforced["scopes"])) if enforced.get("scopes") else "",
+        f"max file {enforced['rlimits']['file_size_mb']} MB, no core dumps",
+    ]
+    missing = f"; not enforced: {'; '.join(enforced['missing'])}" if enforced.get("missing") else ""
+    return f"{enforced['level']}: " + ", ".join(p for p in parts if p) + missing
+
+
+def apparmor_profile(jobs_root: str, python: str | None = None) -> str:
+    """An AppArmor profile for the account that runs jobs (a service's, or a worker's): the outer layer of
+    Bumps' old server design, around the Landlock one. Paths come from this installation."""
+    python = str(Path(python or sys.executable).resolve())
+    paths = {str(Path(p).resolve()) for p in python_paths() if p.startswith("/") and Path(p).is_dir()}
+    code = sorted(p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths | {"/usr"}))
+    code = [p for p in code if p not in ("/", "/usr")]
+    lines = [
+        "# AppArmor profile for bumps-mpi jobs, written by `bumps-submit sandbox apparmor-profile`.",
+        "# Install it as /etc/apparmor.d/bumps-mpi-job and load it with apparmor_parser -r. It attaches to",
+        f"# {python}: every process started from it, so give the account that runs",
+        "# jobs an interpreter of its own (a copy, not a link) for this profile to confine it alone.",
+        "abi <abi/3.0>,",
+        "include <tunables/global>",
+        "",
+        f'profile bumps-mpi-job "{python}" flags=(attach_disconnected) {{',
+        "  include <abstractions/base>",
+        "  include <abstractions/nameservice>",
+        "",
+        "  # the Python environment and the system: read and map, never write",
+        *[f'  "{path}/**" mrix,' for path in code],
+        f'  "{python}" mrix,',
+        "  /usr/** mrix,",
+        "  /etc/** r,",
+        "  /opt/** mrix,",
+        "  @{PROC}/** r,",
+        "  /sys/** r,",
+        "  /dev/shm/** rwkl,",
+        "  /dev/null rw,",
+        "",
+        "  # job directories: everything, inside them only",
+        f'  "{jobs_root.rstrip("/")}/" r,',
+        f'  "{jobs_root.rstrip("/")}/**" rwkl,',
+        "",
+        "  # never the account's secrets",
+        "  deny @{HOME}/.ssh/** rwlkm,",
+        "  deny @{HOME}/.gnupg/** rwlkm,",
+        "",
+        "  # MPI: shared memory on a node, TCP between nodes; signals only among the job's own processes",
+        "  network unix,",
+        "  network inet stream,",
+        "  network inet6 stream,",
+        "  signal (send, receive) peer=bumps-mpi-job,",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
