@@ -19,7 +19,7 @@ from mpi4py.futures import MPICommExecutor
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from problems import Burn, Trivial  # noqa: E402
 
-from bumps_mpi.mapper import Mapper, serve, split  # noqa: E402
+from bumps_mpi.runtime.mapper import Mapper, serve, split  # noqa: E402
 
 comm = MPI.COMM_WORLD
 rank, size = comm.rank, comm.size

@@ -25,8 +25,8 @@ from bumps.fitters import DreamFit, FitDriver
 from bumps.mapper import _MPI_map
 from mpi4py import MPI
 
-import bumps_mpi.mapper as mapper_module
-from bumps_mpi.mapper import Mapper, serve
+import bumps_mpi.runtime.mapper as mapper_module
+from bumps_mpi.runtime.mapper import Mapper, serve
 
 MODEL = Path(__file__).resolve().parent / "models" / "tethered_brush.py"
 GENERATIONS = int(os.environ.get("BENCH_GENERATIONS", "200"))  # 100 burn-in + the rest sampled

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bumps_mpi.states import TERMINAL as TERMINAL_STATES
+from bumps_mpi.cluster.states import TERMINAL as TERMINAL_STATES
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "peak.py"
@@ -133,7 +133,7 @@ def fake_job(
             )
         )
     if register:
-        from bumps_mpi import registry
+        from bumps_mpi.front import registry
 
         registry.add(
             {

@@ -521,8 +521,9 @@ def test_a_jobs_dir_behind_a_dangling_link(isolated):
 
 def test_a_hung_sbatch_keeps_the_directory_and_says_so(isolated, monkeypatch):
     """sbatch timed out and squeue cannot answer: the job may be queued, so its directory is kept."""
-    from bumps_mpi import slurm, submission
+    from bumps_mpi.cluster import slurm
     from bumps_mpi.errors import SubmitError
+    from bumps_mpi.front import submission
 
     shims = isolated / "shims"
     shims.mkdir()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import EXAMPLE, MODELS, cli
 
-from bumps_mpi import checkpoint
+from bumps_mpi.runtime import checkpoint
 
 SLOW = MODELS / "slow_peak.py"
 OPTIONS = {"samples": 4000, "burn": 20, "pop": 5}
@@ -52,7 +52,7 @@ class _Steps:
 
 def _fit_stopped_at(problem, fit_id: str, options: dict, stop_at: int, saved: Path, seed: int, **kw):
     """Run the fit with a stop asked for at *stop_at*; returns (driver, stop, checkpointer)."""
-    from bumps_mpi.fit import run_fit
+    from bumps_mpi.runtime.fit import run_fit
 
     stop = _StopAt(stop_at)
     checkpointer = checkpoint.Checkpointer(saved, fit_id, stop, 1e9, {}, **kw)
@@ -80,7 +80,7 @@ def test_checkpoint_holds_the_chain_at_the_stop_and_resume_finishes_it(tmp_path,
     200-generation buffer, whose own count then restarts (see checkpoint.remaining_options)."""
     from bumps.fitproblem import load_problem
 
-    from bumps_mpi.fit import run_fit
+    from bumps_mpi.runtime.fit import run_fit
 
     problem = load_problem(EXAMPLE)
     start = problem.getp().copy()
@@ -102,7 +102,7 @@ def test_checkpoint_holds_the_chain_at_the_stop_and_resume_finishes_it(tmp_path,
 def test_de_resumes_to_the_requested_number_of_steps(tmp_path):
     from bumps.fitproblem import load_problem
 
-    from bumps_mpi.fit import run_fit
+    from bumps_mpi.runtime.fit import run_fit
 
     problem, saved = load_problem(EXAMPLE), tmp_path / "checkpoint.h5"
     options = {"steps": 40, "pop": 5}
@@ -118,7 +118,7 @@ def test_de_resumes_to_the_requested_number_of_steps(tmp_path):
 WRITER = """
 import sys, time
 from pathlib import Path
-from bumps_mpi import checkpoint
+from bumps_mpi.runtime import checkpoint
 state, info = checkpoint.load(Path(sys.argv[1]))
 target = Path(sys.argv[2])
 print("ready", flush=True)
@@ -134,7 +134,7 @@ def test_checkpoint_killed_while_saving_is_always_loadable(tmp_path, round_):
     """SIGKILL at random moments while a process saves in a loop: the file left loads, every time."""
     from bumps.fitproblem import load_problem
 
-    from bumps_mpi.fit import run_fit
+    from bumps_mpi.runtime.fit import run_fit
 
     driver, _ = run_fit(load_problem(EXAMPLE), "dream", OPTIONS, seed=1)
     source = tmp_path / "source.h5"

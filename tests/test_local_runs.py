@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLE, FAILING_FIT, MODELS, cli, cli_json, fake_job, fill, one_line_error
 
-from bumps_mpi import checkpoint, processes
+from bumps_mpi.cluster import processes
+from bumps_mpi.runtime import checkpoint
 
 SLOW = MODELS / "slow_peak.py"
 LONG_FIT = ["--samples", "40000", "--burn", "50", "--seed", "3"]  # about 1000 generations

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from bumps_mpi.cluster.render import render_sbatch
 from bumps_mpi.config import slurm_dir
 from bumps_mpi.errors import UsageError
-from bumps_mpi.render import render_sbatch
 
 GOLDEN = Path(__file__).parent / "golden" / "basic.sbatch"
 HOSTILE = [

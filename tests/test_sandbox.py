@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLE, MODELS, SMALL_DREAM, as_user, cli, cli_json, unavailable
 
-from bumps_mpi import landlock, sandbox
+from bumps_mpi.sandbox import landlock
+from bumps_mpi.sandbox import policy as sandbox
 
 USER = "bumpsci"  # made by the test set-up: an ordinary account with a home directory
 HOSTILE = MODELS / "hostile.py"

@@ -240,7 +240,7 @@ def test_two_hundred_jobs_cost_at_most_four_accounting_calls(slurm_cluster, isol
 
 
 def registry_add(job_dir: Path, job_id: str) -> None:
-    from bumps_mpi import registry
+    from bumps_mpi.front import registry
 
     registry.add({"job_id": job_id, "job_dir": str(job_dir), "name": "many", "submitted": time.time()})
 
@@ -426,7 +426,7 @@ def test_a_preempted_state_is_never_cached(slurm_cluster, isolated):
 
 
 def test_a_pyslurm_failure_falls_back_to_sacct_and_says_so(slurm_cluster, monkeypatch):
-    from bumps_mpi import pyslurm_backend, slurm
+    from bumps_mpi.cluster import pyslurm_backend, slurm
 
     def broken(ids):
         raise RuntimeError("RPC failed")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bumps_mpi.jobstate import elapsed_seconds
-from bumps_mpi.states import JobState, pending_hint
+from bumps_mpi.cluster.jobstate import elapsed_seconds
+from bumps_mpi.cluster.states import JobState, pending_hint
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ def test_postmortem_names_the_rank_and_keeps_an_out_of_memory_kill(tmp_path):
     """Recorded srun/slurmstepd lines (from the test cluster's real OOM run) pin the parser."""
     import json
 
-    from bumps_mpi.postmortem import write_postmortem
+    from bumps_mpi.cluster.postmortem import write_postmortem
 
     (tmp_path / "job.json").write_text("{}")
     (tmp_path / "ranks.json").write_text(json.dumps([{"rank": 0, "host": "vm", "pid": 11}]))
@@ -93,7 +93,7 @@ class _DbJob:
 
 
 def test_pyslurm_records_read_like_sacct():
-    from bumps_mpi.pyslurm_backend import record
+    from bumps_mpi.cluster.pyslurm_backend import record
 
     job = _DbJob(id=42, name="peak", state="TIMEOUT", exit_code=0, exit_code_signal=15, elapsed_time=90061)
     assert record(job) == {
@@ -110,7 +110,7 @@ def test_pyslurm_backend_agrees_with_sacct(slurm_cluster):
     pytest.importorskip("pyslurm", reason="pyslurm is not built for this Slurm (PyPI has 25.11 only)")
     import subprocess
 
-    from bumps_mpi import pyslurm_backend, slurm
+    from bumps_mpi.cluster import pyslurm_backend, slurm
 
     ids = subprocess.run(
         ["sacct", "-X", "-n", "-a", "-o", "JobIDRaw", "--starttime", "now-1hour"],
@@ -140,15 +140,15 @@ def test_pyslurm_backend_agrees_with_sacct(slurm_cluster):
     ],
 )
 def test_exit_codes_in_words(slurm_code, script_status, words):
-    from bumps_mpi.states import describe_exit
+    from bumps_mpi.cluster.states import describe_exit
 
     assert describe_exit(slurm_code, script_status) == words
 
 
 def test_a_launcher_failure_names_no_rank_it_does_not_know(tmp_path):
     """No 'rank None (None)': when the launcher's output names no rank, the message says what is known."""
+    from bumps_mpi.cluster.postmortem import write_postmortem
     from bumps_mpi.errors import JobFailed
-    from bumps_mpi.postmortem import write_postmortem
 
     (tmp_path / "job.json").write_text("{}")
     log = tmp_path / "local.out"
@@ -170,7 +170,7 @@ def test_terminal_control_sequences_are_stripped():
 
 
 def test_preempted_and_node_fail_are_terminal_but_never_final():
-    from bumps_mpi.states import FINAL, TERMINAL
+    from bumps_mpi.cluster.states import FINAL, TERMINAL
 
     assert JobState.PREEMPTED.terminal and not JobState.PREEMPTED.final
     assert JobState.NODE_FAIL.terminal and not JobState.NODE_FAIL.final
@@ -180,7 +180,7 @@ def test_preempted_and_node_fail_are_terminal_but_never_final():
 def test_a_process_from_an_earlier_boot_is_dead_and_without_proc_the_pid_decides(monkeypatch):
     import os
 
-    from bumps_mpi import processes
+    from bumps_mpi.cluster import processes
 
     me = processes.identity()
     assert processes.alive(me) is True

@@ -1,5 +1,5 @@
 """`python -m bumps_mpi` is bumps-submit."""
 
-from .cli import main
+from .front.cli import main
 
 main()

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-from bumps_mpi.fit import load_model, run_fit
-from bumps_mpi.mapper import MPIMapper
+from bumps_mpi.runtime.fit import load_model, run_fit
+from bumps_mpi.runtime.mapper import MPIMapper
 
 model, fit_model = sys.argv[1], sys.argv[2]
 comm = MPI.COMM_WORLD

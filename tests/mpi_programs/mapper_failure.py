@@ -12,7 +12,7 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-from bumps_mpi.mapper import MPIMapper
+from bumps_mpi.runtime.mapper import MPIMapper
 
 mode = sys.argv[1]
 rank = MPI.COMM_WORLD.rank

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-from bumps_mpi.fit import load_model
-from bumps_mpi.mapper import _MAP, Mapper, serve
+from bumps_mpi.runtime.fit import load_model
+from bumps_mpi.runtime.mapper import _MAP, Mapper, serve
 
 comm = MPI.COMM_WORLD
 problem = load_model(sys.argv[1])

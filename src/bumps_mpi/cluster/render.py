@@ -16,8 +16,8 @@ import re
 import shlex
 from string import Template
 
-from .errors import UsageError
-from .jobdir import CANCEL_FILE, ERROR_FILE, EXIT_STATUS_FILE, SLURM_LOG_PATTERN, STOP_FILE
+from ..errors import UsageError
+from ..jobdir import CANCEL_FILE, ERROR_FILE, EXIT_STATUS_FILE, SLURM_LOG_PATTERN, STOP_FILE
 
 # sbatch option for each resource setting
 DIRECTIVES = {

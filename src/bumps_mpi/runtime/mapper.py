@@ -38,7 +38,7 @@ from typing import Any, NoReturn
 import numpy as np
 from mpi4py import MPI
 
-from .errors import RemoteError
+from ..errors import RemoteError
 
 ROOT = 0
 _STOP, _PROBLEM, _RESULT, _FAILED, _ERROR, _GROW, _REPORT = 1, 2, 3, 4, 5, 6, 7
@@ -215,7 +215,7 @@ class Mapper:
     failures = 0  # in this process, for callers (like Bumps' CLI) that swallow the exception
 
     def __init__(self, problem: Any, comm: MPI.Comm = MPI.COMM_WORLD):
-        from .validation import environment_choice
+        from ..front.validation import environment_choice
 
         self.problem = problem
         self.comm = comm.Dup()

@@ -15,8 +15,8 @@ from typing import Any
 
 from bumps.monitor import Monitor
 
+from ..jobdir import write_json
 from .checkpoint import true_step
-from .jobdir import write_json
 
 
 class ProgressMonitor(Monitor):

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .jobdir import (
+from ..jobdir import (
     CHECKPOINT_FILE,
     EXPORT_DIR,
     FIGURES_DIR,
@@ -233,7 +233,7 @@ def _values(job: JobDir, problem: Any, state_word: str | None) -> tuple[Any, Any
         return best, state, {"kind": "result", "label": "the fit's result"}
     saved = job.file(CHECKPOINT_FILE)
     if saved.exists():
-        from . import checkpoint
+        from ..runtime import checkpoint
 
         fit_state, info = checkpoint.load(saved)
         step = int(info.get("step", 0))
@@ -259,8 +259,8 @@ def _values(job: JobDir, problem: Any, state_word: str | None) -> tuple[Any, Any
 def main(argv: list[str]) -> None:
     """The child: confines itself like the job's ranks (reading the job, writing only request['out']),
     loads the model, finds the values, draws, answers the manifest."""
-    from . import child
-    from .errors import BumpsMpiError
+    from ..errors import BumpsMpiError
+    from ..sandbox import child
 
     answer, request = child.request(argv)
     try:
@@ -269,7 +269,7 @@ def main(argv: list[str]) -> None:
         child.confine(asked, spec["model"], Path(request["out"]), read=[request["job_dir"]])
     except BumpsMpiError as exc:
         child.reply(answer, {"ok": False, "message": str(exc)})
-    from .fit import load_model
+    from ..runtime.fit import load_model
 
     try:
         job = JobDir(request["job_dir"])
@@ -289,9 +289,9 @@ def plot(job: JobDir, out: Path | None, fmt: str, state_word: str | None, timeou
     """Draw a job's figures in a child process into *out* (default: the job's figures/); the manifest."""
     import tempfile
 
-    from . import child
-    from .errors import BumpsMpiError, UsageError
-    from .job import THREAD_VARIABLES
+    from ..errors import BumpsMpiError, UsageError
+    from ..runtime.job import THREAD_VARIABLES
+    from ..sandbox import child
 
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -306,7 +306,7 @@ def plot(job: JobDir, out: Path | None, fmt: str, state_word: str | None, timeou
     try:
         env = {**dict.fromkeys(THREAD_VARIABLES, "1"), "MPLBACKEND": "Agg"}
         request = {"job_dir": str(job.path), "out": str(scratch), "format": fmt, "state": state_word}
-        done = child.run("bumps_mpi.figures", request, timeout, env=env)
+        done = child.run("bumps_mpi.results.figures", request, timeout, env=env)
         answer = done.answer if isinstance(done.answer, dict) else {}
         if not answer.get("ok"):
             why = answer.get("message") or (
@@ -327,7 +327,7 @@ def install(drawn: Path, destination: Path) -> None:
     """Put freshly drawn figures in place: a reader sees the old set or the new one, never a mix."""
     import os
 
-    from .jobdir import current_umask
+    from ..jobdir import current_umask
 
     os.chmod(drawn, 0o777 & ~current_umask())  # mkdtemp made it 0700
     if destination.is_dir() and destination.name == FIGURES_DIR:  # ours: replace the whole set

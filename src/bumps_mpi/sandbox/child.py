@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .text import plain
+from ..text import plain
 
 TAIL_BYTES = 64 * 1024  # of the child's output kept in memory, whatever it prints
 TAIL_LINES = 20  # shown with a failure
@@ -103,7 +103,7 @@ def run(module: str, request: dict[str, Any], timeout: float, env: dict[str, str
 
 def reply(answer: Path | str, obj: Any) -> NoReturn:
     """The child's last act: its answer, then an exit that no atexit handler or thread can delay."""
-    from .jobdir import write_json
+    from ..jobdir import write_json
 
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -125,7 +125,7 @@ def confine(
     """Confine this child as a job's rank would be (bumps_mpi.sandbox): read the model's place, the Python
     environment, the system and *read*; write only *own_dir* and the directory it answers in (its current
     directory, where run() put it). Returns what was enforced."""
-    from . import sandbox
+    from . import policy as sandbox
 
     model_read, note = sandbox.model_paths(model)
     policy = sandbox.Policy(

@@ -15,15 +15,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import slurm
-from .errors import BumpsMpiError
-from .jobdir import (
+from ..errors import BumpsMpiError
+from ..jobdir import (
     EXIT_STATUS_FILE,
     STATE_FILE,
     JobDir,
     read_json,
     write_json,
 )
+from . import slurm
 from .states import JobState, describe_exit, pending_hint
 
 UNKNOWN_AFTER_S = 300  # a job neither accounting nor the controller knows this long after sbatch is lost

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelCheckError, UsageError
-from .jobdir import write_atomic
+from ..errors import ModelCheckError, UsageError
+from ..jobdir import write_atomic
 
 
 def fitter_class(fit_id: str) -> Any:

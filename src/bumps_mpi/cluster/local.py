@@ -20,9 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import processes
-from .errors import SubmitError, UnreadableFile, UsageError
-from .jobdir import (
+from ..errors import SubmitError, UnreadableFile, UsageError
+from ..jobdir import (
     CANCEL_FILE,
     CHECKPOINT_FILE,
     LOCAL_LOG_FILE,
@@ -33,6 +32,7 @@ from .jobdir import (
     read_json,
     write_json,
 )
+from . import processes
 
 ENDED = ("COMPLETED", "FAILED", "CANCELLED")  # how a local run can end, as local.json records it
 RANKS_PER_CORE_LIMIT = 4  # more than this many ranks per core only slows a fit down

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, jobstate, local, registry, slurm
-from .config import Settings, load_settings, packaged_defaults, slurm_dir
-from .errors import BumpsMpiError, SubmitError, UsageError
-from .jobdir import (
+from .. import __version__
+from ..cluster import jobstate, local, slurm
+from ..cluster.render import DIRECTIVES, render_sbatch
+from ..config import Settings, load_settings, packaged_defaults, slurm_dir
+from ..errors import BumpsMpiError, SubmitError, UsageError
+from ..jobdir import (
     CANCEL_FILE,
     CHECKPOINT_FILE,
     ERROR_FILE,
@@ -40,7 +42,7 @@ from .jobdir import (
     current_umask,
     write_atomic,
 )
-from .render import DIRECTIVES, render_sbatch
+from . import registry
 from .validation import check_environment, check_resources
 
 JOB_SETTINGS = ("checkpoint_every", "signal_grace", "max_requeues")  # settings for the job, not sbatch
@@ -199,7 +201,7 @@ def prepare(request: JobRequest) -> Prepared:
         version=__version__,
         signal_grace=settings["signal_grace"],
     )
-    from .modelcheck import run_check
+    from ..sandbox.modelcheck import run_check
 
     for path in request.read:
         if not Path(path).exists():
@@ -221,7 +223,8 @@ def prepare(request: JobRequest) -> Prepared:
 
 def _sandbox_request(settings: Settings, more_read: list[str]) -> dict[str, Any]:
     """What the job's sandbox is asked to be (job.json); `require` is checked against this kernel now."""
-    from . import landlock, sandbox
+    from ..sandbox import landlock
+    from ..sandbox import policy as sandbox
 
     level = settings["sandbox"]
     if level == "require" and landlock.abi_version() < sandbox.Policy().needed_abi():
@@ -308,7 +311,7 @@ def run_local(
 
 def check_checkpoint(job: JobDir) -> int:
     """The step the checkpoint holds, after loading it as the job will; a clear error when it cannot."""
-    from . import checkpoint
+    from ..runtime import checkpoint
 
     path = job.file(CHECKPOINT_FILE)
     if not path.exists():

@@ -16,7 +16,7 @@ import os
 import re
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 
 # Slurm's --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
 # days-hours:minutes:seconds; 0, UNLIMITED and INFINITE mean no limit (checked against sbatch 22.05)
@@ -74,7 +74,7 @@ def check_resources(settings: dict[str, Any], sources: dict[str, str] | None = N
             "HH:MM:SS (01:30:00) or D-HH:MM:SS (2-00:00:00)"
         )
     if settings.get("sandbox") is not None:
-        from .sandbox import check_level
+        from ..sandbox.policy import check_level
 
         check_level(settings["sandbox"], _label("sandbox", sources))
     for path in settings.get("sandbox_read") or []:
@@ -144,7 +144,7 @@ def _parse(fit_id: str, key: str, value: Any, default: Any) -> Any:
 
 def check_fit_options(fit_id: str, options: dict[str, Any]) -> dict[str, Any]:
     """Options checked against the fitter's own settings and parsed by Bumps' own parsers."""
-    from .fit import fitter_class
+    from ..runtime.fit import fitter_class
 
     settings = dict(fitter_class(fit_id).settings)
     clean: dict[str, Any] = {}
@@ -163,7 +163,7 @@ def check_fit_options(fit_id: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def check_population(fit_id: str, options: dict[str, Any], nvar: int) -> None:
     """Checks that need the model's number of fitted parameters (the population follows from it)."""
-    from .fit import fitter_class
+    from ..runtime.fit import fitter_class
 
     merged = {**dict(fitter_class(fit_id).settings), **options}
     if "pop" not in merged:

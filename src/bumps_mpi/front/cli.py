@@ -15,10 +15,10 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .errors import BumpsMpiError, JobFailed, where
-from .states import JobState
-from .text import one_line, plain
+from .. import __version__
+from ..cluster.states import JobState
+from ..errors import BumpsMpiError, JobFailed, where
+from ..text import one_line, plain
 
 FIT_FLAGS = ("steps", "samples", "burn", "pop", "init", "thin")
 
@@ -229,7 +229,8 @@ def _since(text: str | None) -> float | None:
 
 def _notices() -> None:
     """Fallbacks and skipped registry lines: said once per command, on stderr."""
-    from . import registry, slurm
+    from ..cluster import slurm
+    from . import registry
 
     for line in dict.fromkeys(registry.SKIPPED):
         echo(f"bumps-submit: warning: skipped {line}", err=True)
@@ -473,7 +474,7 @@ def cancel(job: str, as_json: bool) -> None:
 def _resumable(done: dict[str, Any]) -> bool:
     from pathlib import Path
 
-    from .jobdir import CHECKPOINT_FILE
+    from ..jobdir import CHECKPOINT_FILE
 
     return (Path(done["job_dir"]) / CHECKPOINT_FILE).exists()
 
@@ -483,7 +484,7 @@ def _resumable(done: dict[str, Any]) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def config(profile: str | None, as_json: bool) -> None:
     """The settings a submit would use, and where each comes from (option, variable, file, defaults)."""
-    from .config import load_settings, user_config_path
+    from ..config import load_settings, user_config_path
 
     settings = load_settings(profile)
     if as_json:
@@ -503,8 +504,8 @@ def sandbox_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def sandbox_status(as_json: bool) -> None:
     """What the sandbox can enforce on this machine's kernel (Landlock ABI), at each level."""
-    from . import landlock
-    from .config import load_settings
+    from ..config import load_settings
+    from ..sandbox import landlock
 
     abi = landlock.abi_version()
     level = load_settings()["sandbox"]
@@ -530,8 +531,8 @@ def sandbox_apparmor_profile(jobs_root: str | None) -> None:
     import os
     from pathlib import Path
 
-    from .config import load_settings
-    from .sandbox import apparmor_profile
+    from ..config import load_settings
+    from ..sandbox.policy import apparmor_profile
 
     root = jobs_root or os.path.expandvars(os.path.expanduser(load_settings()["jobs_dir"]))
     click.echo(apparmor_profile(str(Path(root).absolute())), nl=False)
@@ -605,7 +606,7 @@ def _print_results(found: dict[str, Any]) -> None:
         echo(f"{name:<{width}}  {p['best']:>14.6g}  {p['mean']:>14.6g}  {p['std']:>12.4g}")
     echo(f"directory: {found['job_dir']}")
     if found.get("sandbox"):
-        from .sandbox import describe
+        from ..sandbox.policy import describe
 
         echo(f"sandbox:   {describe(found['sandbox'])}")
     if found.get("figures"):

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import ModelCheckError, UsageError
 from . import child
-from .errors import ModelCheckError, UsageError
 
 
 def run_check(
@@ -30,7 +30,7 @@ def run_check(
 ) -> dict[str, Any]:
     """Check options and model in a child, confined as the job's ranks will be (*sandbox*: level, read,
     max_file_mb); {"parameters", "nllf", "fit_options", "sandbox"} or a clear error."""
-    from .job import THREAD_VARIABLES
+    from ..runtime.job import THREAD_VARIABLES
 
     request = {
         "model": str(Path(model).absolute()),
@@ -39,7 +39,9 @@ def run_check(
         "fit_options": fit_options,
         "sandbox": sandbox or {"level": "off"},
     }
-    done = child.run("bumps_mpi.modelcheck", request, timeout, env=dict.fromkeys(THREAD_VARIABLES, "1"))
+    done = child.run(
+        "bumps_mpi.sandbox.modelcheck", request, timeout, env=dict.fromkeys(THREAD_VARIABLES, "1")
+    )
     found, output = done.answer, done.output
     if done.timed_out:
         raise ModelCheckError(
@@ -63,7 +65,7 @@ def run_check(
 
 def main(argv: list[str]) -> None:
     """The child: confines itself (before anything else is imported), then checks and answers."""
-    from .errors import BumpsMpiError
+    from ..errors import BumpsMpiError
 
     answer, request = child.request(argv)
     enforced = None
@@ -71,8 +73,8 @@ def main(argv: list[str]) -> None:
         enforced = child.confine(request["sandbox"], request["model"], Path.cwd())
     except BumpsMpiError as exc:
         child.reply(answer, {"ok": False, "message": str(exc), "kind": "usage"})
-    from .fit import check_model
-    from .validation import check_fit_options, check_population
+    from ..front.validation import check_fit_options, check_population
+    from ..runtime.fit import check_model
 
     try:
         options = check_fit_options(request["fit"], request["fit_options"])

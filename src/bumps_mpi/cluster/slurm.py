@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import subprocess
 
-from .errors import SubmitError
+from ..errors import SubmitError
 
 SACCT_FIELDS = ("JobIDRaw", "JobName", "State", "ExitCode", "Elapsed")
 SBATCH_TIMEOUT_S = 60  # a busy controller may take this long; then the queue is asked whether it got the job
@@ -113,7 +113,7 @@ NOTICES: list[str] = []  # said once per command by the CLI: a fallback the user
 
 def accounting_backend() -> str:
     """'pyslurm' where it imports (a build matching this Slurm) unless BUMPS_MPI_ACCOUNTING=sacct."""
-    from .validation import environment_choice
+    from ..front.validation import environment_choice
 
     wanted = environment_choice("BUMPS_MPI_ACCOUNTING")
     if wanted == "sacct":

@@ -19,9 +19,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .figures import manifest_of
-from .jobdir import (
+from .. import __version__
+from ..jobdir import (
     ERROR_FILE,
     FIGURES_DIR,
     PROGRESS_FILE,
@@ -31,6 +30,7 @@ from .jobdir import (
     read_json,
     write_atomic,
 )
+from .figures import manifest_of
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 70em; padding: 0 1em; }
@@ -209,7 +209,7 @@ def build(job: JobDir, record: dict[str, Any]) -> str:
 
 
 def _sandbox(result: dict | None, spec: dict) -> str:
-    from .sandbox import describe
+    from ..sandbox.policy import describe
 
     if result is not None and result.get("sandbox"):
         return describe(result["sandbox"])

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import jobstate, registry, slurm
-from .errors import BumpsMpiError, JobFailed, JobNotFound, UsageError
-from .jobdir import (
+from ..cluster import jobstate, slurm
+from ..cluster.states import JobState
+from ..errors import BumpsMpiError, JobFailed, JobNotFound, UsageError
+from ..jobdir import (
     CANCEL_FILE,
     CHECKPOINT_FILE,
     CHECKPOINT_REQUEST_FILE,
@@ -23,7 +24,7 @@ from .jobdir import (
     JobDir,
     slurm_log,
 )
-from .states import JobState
+from . import registry
 
 
 def resolve(ref: str) -> JobDir:
@@ -139,7 +140,7 @@ def cancel(ref: str) -> dict[str, Any]:
     job = resolve(ref)
     job_id = jobstate.job_id_of(job)
     if job_id is None:
-        from . import local
+        from ..cluster import local
 
         return local.cancel(job)
     state = jobstate.status([job])[0]["state"]
@@ -160,8 +161,8 @@ def plot(ref: str, out: str | None = None, fmt: str = "png") -> dict[str, Any]:
     A running, stopped or failed fit is drawn from its last checkpoint (or its
     starting point), and the manifest's source says so.
     """
-    from .config import load_settings
-    from .figures import plot as draw
+    from ..config import load_settings
+    from ..results.figures import plot as draw
 
     job = resolve(ref)
     record = jobstate.status([job])[0]
@@ -172,8 +173,8 @@ def plot(ref: str, out: str | None = None, fmt: str = "png") -> dict[str, Any]:
 
 def report(ref: str) -> dict[str, Any]:
     """Write report.html in the job directory, drawing its figures first unless they are final; its path."""
-    from . import figures
-    from . import report as page
+    from ..results import figures
+    from ..results import report as page
 
     job = resolve(ref)
     record = jobstate.status([job])[0]
@@ -191,8 +192,8 @@ def report(ref: str) -> dict[str, Any]:
 
 def outputs(job: JobDir) -> dict[str, Any]:
     """Where a job's figures and report are (paths that exist), for results and status."""
-    from .figures import manifest_of
-    from .jobdir import FIGURES_DIR, REPORT_FILE
+    from ..jobdir import FIGURES_DIR, REPORT_FILE
+    from ..results.figures import manifest_of
 
     manifest = manifest_of(job) or {}
     files = [str(job.file(FIGURES_DIR) / f["file"]) for f in manifest.get("figures", [])]

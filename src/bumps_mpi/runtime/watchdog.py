@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any
 
-from . import processes
+from ..cluster import processes
 
 MIN_WAIT_S = 1.5  # rank 0 waiting this long after SIGTERM (and FACTOR x its own share) has lost a rank
 FACTOR = 10.0

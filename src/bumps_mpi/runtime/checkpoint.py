@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from bumps.monitor import Monitor
 
-from .jobdir import CHECKPOINT_REQUEST_FILE, RUNS_FILE, STOP_FILE, read_json, write_json
+from ..jobdir import CHECKPOINT_REQUEST_FILE, RUNS_FILE, STOP_FILE, read_json, write_json
 
 REQUEUE_EXIT = 3  # the job's exit code for "checkpointed at the time limit: requeue me"
 IN_MEMORY_MAX = 256 << 20  # checkpoints up to this size are built in memory first (see save)

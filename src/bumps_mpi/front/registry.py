@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import BumpsMpiError, UnreadableFile
+from ..errors import BumpsMpiError, UnreadableFile
 
 SKIPPED: list[str] = []  # lines skipped by the last entries(), for the CLI to say once
 

@@ -1,0 +1,350 @@
+"""The job: `python -m mpi4py -m bumps_mpi.job JOBDIR`, on every rank, under srun or mpiexec.
+
+Every rank loads the model; rank 0 drives Bumps' FitDriver through the MPI
+mapper and writes result.json (or error.json) and the exports; the other
+ranks serve the mapper until rank 0 stops them. Any failure, on any rank,
+ends every rank with a non-zero exit, never a rank waiting in a collective.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+from ..jobdir import (
+    CANCEL_FILE,
+    CHECKPOINT_FILE,
+    ERROR_FILE,
+    EXPORT_DIR,
+    PROGRESS_FILE,
+    RANKS_FILE,
+    RESULT_FILE,
+    RESUMABLE_FITTERS,
+    JobDir,
+    write_json,
+)
+
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def limit_threads(threads: int) -> None:
+    """*threads* numeric-library threads per rank (default 1: N ranks on N cores, no oversubscription).
+
+    Overrides values inherited from the environment (cluster modules often export
+    OMP_NUM_THREADS=<all cores>); the user's knob is --threads / BUMPS_MPI_THREADS.
+    Must run before numpy is imported.
+    """
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+
+
+def _report(exc: BaseException) -> dict[str, Any]:
+    return {
+        "host": socket.gethostname(),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "message": f"{type(exc).__name__}: {exc}".splitlines()[0],
+    }
+
+
+def _say(text: str) -> None:
+    """To the job's log, which may be on a full disk: a failure to say something must not fail the job."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def _write_error(jobdir: JobDir, phase: str, rank: int, report: dict[str, Any], **extra: Any) -> None:
+    error = {"phase": phase, "rank": rank, "time": time.time(), **report, **extra}
+    _say(f"bumps-mpi: {phase} failed on rank {rank} ({report['host']}):\n{report['traceback']}")
+    try:
+        write_json(jobdir.file(ERROR_FILE), error)
+    except OSError as exc:  # a full disk: the log line above (if it got out) and status's warning remain
+        _say(f"bumps-mpi: could not write {ERROR_FILE}: {exc.strerror or exc}")
+
+
+def _setting(spec: dict[str, Any], key: str) -> Any:
+    """A job setting from job.json (submit writes them all), else the packaged default."""
+    if key in spec:
+        return spec[key]
+    from ..config import packaged_defaults
+
+    return packaged_defaults()[key]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m mpi4py -m bumps_mpi.job JOBDIR", file=sys.stderr)
+        return 2
+    jobdir = JobDir(argv[0])
+    spec = jobdir.spec
+    limit_threads(int(_setting(spec, "threads")))
+
+    confinement, failure = _confine(jobdir, spec)  # before MPI starts its threads: they are confined too
+    from mpi4py import MPI
+
+    from ..cluster import processes
+    from .checkpoint import StopRequest
+    from .watchdog import Watchdog
+
+    stop = StopRequest(jobdir.path)
+    comm = MPI.COMM_WORLD
+    if comm.rank == 0:
+        stop.install()  # rank 0 checkpoints and stops the others
+    else:  # Ctrl-C (mpiexec) and preemption's SIGTERM (srun) reach every rank: only rank 0 acts on them
+        for signum in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(signum, signal.SIG_IGN)  # rank 0 stops us, or the launcher's SIGKILL does
+        signal.signal(signal.SIGTERM, lambda _s, _f: None)  # ignored too, but seen by the watchdog
+    watchdog = Watchdog(comm)
+
+    from .fit import load_model
+
+    problem = None
+    try:
+        if failure is None:
+            problem = load_model(spec["model"], spec.get("model_args", []))
+    except BaseException as exc:  # noqa: B036 - every rank must reach the allgather below
+        failure = _report(exc)
+    me = {"rank": comm.rank, **processes.identity(), "failure": failure}
+    everyone = comm.allgather(me)  # start-up only: pickling is fine here
+    watchdog.know_ranks(everyone)
+    if comm.rank == 0:  # who is who, so a post-mortem can name a rank that dies
+        try:
+            write_json(
+                jobdir.file(RANKS_FILE), [{k: v for k, v in r.items() if k != "failure"} for r in everyone]
+            )
+        except OSError as exc:
+            _say(f"bumps-mpi: could not write {RANKS_FILE}: {exc.strerror or exc}")
+    for entry in everyone:
+        if entry["failure"] is not None:
+            watchdog.disarm()
+            if comm.rank == 0:
+                phase = "sandbox" if entry["failure"].get("sandbox") else "model load"
+                _write_error(jobdir, phase, entry["rank"], entry["failure"])
+            return 1
+    if comm.rank != 0:
+        from .mapper import serve
+
+        serve(problem, comm)
+        watchdog.disarm()  # rank 0 said stop: its end from now on is no one's death
+        return 0
+    try:
+        return _run_root(jobdir, spec, problem, comm, stop, watchdog, confinement)
+    finally:
+        watchdog.disarm()
+
+
+def _confine(jobdir: JobDir, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Each rank confines itself to the job (bumps_mpi.sandbox): (what was enforced, a failure report).
+
+    A failure under `require` (a kernel without what is needed) is reported by
+    rank 0 after the start-up exchange, and no rank loads the model.
+    """
+    asked = spec.get("sandbox") or {}
+    if asked.get("level", "off") == "off":
+        return {"level": "off"}, None
+    from ..sandbox import policy as sandbox
+
+    nodes = int(os.environ.get("SLURM_NNODES") or os.environ.get("SLURM_JOB_NUM_NODES") or 1)
+    os.environ.update(sandbox.mpi_environment(nodes))
+    try:
+        return sandbox.apply(sandbox.job_policy(spec, nodes), jobdir.path), None
+    except Exception as exc:  # SandboxError under require; a Landlock call that failed
+        if asked["level"] == "require":
+            return {"level": "require"}, {**_report(exc), "sandbox": True}
+        return {"level": asked["level"], "missing": [f"everything: {type(exc).__name__}: {exc}"]}, None
+
+
+def _run_root(
+    jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, stop: Any, watchdog: Any, confinement: dict
+) -> int:
+    from ..errors import RemoteError
+    from . import checkpoint
+    from .fit import fitter_class, run_fit, write_exports
+    from .mapper import Mapper
+    from .progress import ProgressMonitor
+
+    mapper = Mapper(problem, comm)
+    watchdog.watch(mapper)
+    started = time.time()
+    if jobdir.file(ERROR_FILE).exists():  # an earlier allocation's failure: this one runs again
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        os.replace(jobdir.file(ERROR_FILE), jobdir.file(f"{ERROR_FILE}.{stamp}"))
+    runs = checkpoint.record_run(
+        jobdir.path,
+        started=started,
+        slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+        host=socket.gethostname(),
+        sandbox=confinement,
+    )
+    prior_runs = len(runs) - 1  # allocations before this one: requeues and resumes
+    try:
+        fit_id, options = spec["fit"], spec.get("fit_options", {})
+        steps = fitter_class(fit_id).max_steps(problem, options)
+        fit_state, info = None, {"elapsed_s": 0.0}
+        saved = jobdir.file(CHECKPOINT_FILE)
+        if fit_id in RESUMABLE_FITTERS and saved.exists():
+            fit_state, info = checkpoint.load(saved)  # also restores the random generator
+            print(f"bumps-mpi: resuming from the checkpoint at step {info['step']}", flush=True)
+            checkpoint.record_run(jobdir.path, update=True, resumed_from_step=info["step"])
+        checkpointer = None
+        if fit_id in RESUMABLE_FITTERS:
+            every = float(_setting(spec, "checkpoint_every"))
+            checkpointer = checkpoint.Checkpointer(saved, fit_id, stop, every, info, last_step=steps)
+        progress = ProgressMonitor(
+            jobdir.file(PROGRESS_FILE),
+            problem,
+            fit_id,
+            steps,
+            restarts=prior_runs,
+            info=info,
+            stopped=(lambda: checkpointer.stopped) if checkpointer else None,
+        )
+        monitors: list[Any] = [progress] + ([checkpointer] if checkpointer else [])
+        driver, result = run_fit(
+            problem,
+            fit_id,
+            checkpoint.remaining_options(fit_id, options, fit_state) if fit_state is not None else options,
+            mapper=mapper,
+            seed=spec.get("seed") if fit_state is None else None,
+            monitors=monitors,
+            fit_state=fit_state,
+            abort_test=(lambda: checkpointer.stopped) if checkpointer else None,
+        )
+    except BaseException as exc:  # noqa: B036 - report it, stop the workers, exit non-zero
+        if isinstance(exc, RemoteError):
+            report = {"host": exc.host, "traceback": exc.remote_traceback, "message": str(exc)}
+            _write_error(jobdir, "fit", exc.rank, report, point=exc.point)
+        else:
+            _write_error(jobdir, "fit", 0, _report(exc))
+        mapper.stop()
+        return 1
+    mapper.stop()
+    if checkpointer is not None and checkpointer.stopped:
+        return _stopped(jobdir, spec, stop, checkpointer)
+    checkpoint.record_run(jobdir.path, update=True, finished=time.time(), reason="completed")
+    if fit_state is not None:  # the fit's time across all its runs, not only this one's
+        result["elapsed_s"] += float(info.get("elapsed_s", 0.0))
+    result.update(
+        sandbox=confinement,
+        restarts=prior_runs,
+        ranks=comm.size,
+        host=socket.gethostname(),
+        started=started,
+        finished=time.time(),
+        threads={name: os.environ.get(name) for name in THREAD_VARIABLES},
+    )
+    try:
+        result["exports"] = write_exports(driver, spec["fit"], jobdir.file(EXPORT_DIR))
+    except Exception as exc:  # the fit's result must not be lost to a failed export
+        result["export_error"] = _report(exc)["message"]
+    try:
+        write_json(jobdir.file(RESULT_FILE), result)
+    except OSError as exc:  # a full disk: say so where we can, with the numbers, and fail visibly
+        message = f"the fit finished but {RESULT_FILE} could not be written: {exc.strerror or exc}"
+        _write_error(jobdir, "result", 0, {"host": socket.gethostname(), "traceback": "", "message": message})
+        _say(f"bumps-mpi: the result: {result}")
+        return 1
+    print(
+        f"bumps-mpi: fit done, chisq={result['chisq_str']}, {result['elapsed_s']:.1f} s on {comm.size} ranks",
+        flush=True,
+    )
+    if not stop.poll():  # near the time limit, the figures wait for `bumps-submit plot` or `report`
+        _figures_and_report(jobdir, driver, fit_id, result)
+    return 0
+
+
+FIGURES_BUDGET_S = 300  # drawing at the job's end stops here; `bumps-submit plot` can always draw later
+
+
+def _figures_and_report(jobdir: JobDir, driver: Any, fit_id: str, result: dict[str, Any]) -> None:
+    """The fit's figures and report.html, drawn from the fit still in memory; never fails the fit."""
+
+    def overtime(_signum: int, _frame: Any) -> None:
+        raise TimeoutError(f"drawing took more than {FIGURES_BUDGET_S} s")
+
+    previous = signal.signal(signal.SIGALRM, overtime)
+    signal.alarm(FIGURES_BUDGET_S)
+    try:
+        from ..results import figures, report
+
+        state = getattr(driver.fitter, "state", None) if fit_id == "dream" else None
+        best = [p["best"] for p in result["parameters"]]
+        manifest = figures.in_job(jobdir, driver.problem, best, state)
+        path = report.write(jobdir, {"state": "COMPLETED", "exit": "0"})
+        _say(f"bumps-mpi: {len(manifest['figures'])} figures in {manifest['seconds']:.1f} s; report: {path}")
+    except Exception as exc:  # the result is safe already: say why, `bumps-submit plot` may do better
+        _say(f"bumps-mpi: figures or report not written: {type(exc).__name__}: {exc}")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _stopped(jobdir: JobDir, spec: dict[str, Any], stop: Any, checkpointer: Any) -> int:
+    """After a checkpoint on request: ask for a requeue, or say why not and how to continue."""
+    from . import checkpoint
+
+    now = time.time()
+    checkpoint.record_run(
+        jobdir.path,
+        update=True,
+        finished=now,
+        reason=stop.reason,
+        stop_requested=stop.requested_at,
+        checkpoint_step=checkpointer.saved_step,
+        checkpoint_s=checkpointer.save_s,
+    )
+    if checkpointer.save_error:  # the stop's checkpoint failed (a full disk): requeueing would not help
+        report = {"host": socket.gethostname(), "traceback": "", "message": checkpointer.save_error}
+        _write_error(jobdir, "checkpoint", 0, report)
+        return 1
+    where = f"stopped at step {checkpointer.saved_step} ({stop.reason}); checkpoint in {jobdir.path}"
+    in_slurm = "SLURM_JOB_ID" in os.environ
+    # SIGTERM reaches the ranks (not the batch shell) when Slurm preempts the job: requeue as at a time
+    # limit. scancel and the time limit's own end also kill the batch shell, so no requeue follows them.
+    requeueable = stop.reason in ("time limit", "terminated")
+    if requeueable and in_slurm and not jobdir.file(CANCEL_FILE).exists():
+        requeues = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        limit = int(_setting(spec, "max_requeues"))
+        if requeues < limit:
+            print(f"bumps-mpi: {where}; requeue {requeues + 1} of at most {limit}", flush=True)
+            return checkpoint.REQUEUE_EXIT
+        message = (
+            f"{stop.reason} with the requeue limit ({limit}) spent: {where}; "
+            f"continue with 'bumps-submit resume {jobdir.path}' (or submit with a longer --time)"
+        )
+        report = {"host": socket.gethostname(), "traceback": "", "message": message}
+        _write_error(jobdir, "time limit", 0, report)
+        return 1
+    print(f"bumps-mpi: {where}; continue: bumps-submit resume {jobdir.path}", file=sys.stderr, flush=True)
+    return 130 if stop.reason == "interrupted" else 143
+
+
+def exit_with(code: int) -> None:
+    """Leave with *code* after a handled failure: finalize MPI cleanly instead of mpi4py's MPI_Abort.
+
+    Under srun an abort kills the step with signal 9, so accounting would show
+    exit code 9 instead of the job's own 1. Unhandled exceptions still abort.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code == 0:
+        sys.exit(0)
+    from mpi4py import MPI
+
+    if MPI.Is_initialized() and not MPI.Is_finalized():
+        MPI.Finalize()
+    os._exit(code)
