@@ -10,7 +10,7 @@ DEMO_ARGS ?= --seed 1 --samples 10000
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,service]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -34,12 +34,13 @@ test-local: venv
 ## bench: mapper per-call times and ratios (2 and 4 ranks), then a real refl1d DREAM fit, serial vs 2 ranks
 ## (installs the bench extra: refl1d, which pins bumps==1.0.4)
 bench: venv
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test,service,bench]'
 	$(PY) bench/mapper_bench.py
 	$(PY) bench/startup_bench.py
 	$(PY) bench/refl1d_bench.py
 	$(PY) bench/figures_bench.py
 	$(PY) bench/sandbox_bench.py
+	$(PY) bench/service_bench.py
 
 lint: venv
 	$(BIN)/ruff check src tests examples bench

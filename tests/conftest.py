@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -315,3 +316,26 @@ def check_figures_and_report(job_dir: Path, dream: bool = True) -> ParsedPage:
             value = value or ""
             assert "http:" not in value and "https:" not in value and not value.startswith("//"), value[:80]
     return page
+
+
+def chromium():
+    """Debian's chromium and chromium-driver, driven by Selenium: nothing downloaded."""
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        unavailable("Debian's chromium and chromium-driver are not installed (make test installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)

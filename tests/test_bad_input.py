@@ -69,6 +69,12 @@ def nothing_written(isolated: Path) -> None:
         ([EXAMPLE, "--mem", "-1"], "--mem='-1' is not a Slurm memory size"),
         ([EXAMPLE, "--mem", "1.5G"], "is not a Slurm memory size"),
         ([EXAMPLE, "--seed", "-1"], "--seed must be between 0 and 2**32-1"),
+        (
+            [EXAMPLE, "--mail-type", "END;reboot"],
+            "--mail-type='END;reboot': 'END;reboot' is not a Slurm mail",
+        ),
+        ([EXAMPLE, "--mail-type", "END,sometimes"], "'sometimes' is not a Slurm mail type"),
+        ([EXAMPLE, "--mail-user", "me $(id)"], "--mail-user='me $(id)' is not a user name or an email"),
         ([EXAMPLE, "--name", "x; rm -rf ~"], "job name 'x; rm -rf ~' is not allowed"),
         ([EXAMPLE, "--partition", "a b"], "partition='a b' is not a valid Slurm value"),
         ([EXAMPLE, "--profile", "nope"], "unknown profile 'nope'"),

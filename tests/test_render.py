@@ -60,10 +60,23 @@ def test_mpirun_launcher_gets_ntasks():
 
 
 @pytest.mark.parametrize("value", HOSTILE)
-@pytest.mark.parametrize("setting", ["partition", "account", "time", "mem"])
+@pytest.mark.parametrize("setting", ["partition", "account", "time", "mem", "mail_user"])
 def test_hostile_directive_values_refused(setting, value):
     with pytest.raises(UsageError, match=setting):
         render(resources={setting: value})
+
+
+def test_slurm_mail_is_passed_through(isolated):
+    """`submit --mail-type/--mail-user`: Slurm's own mail when the job ends (checked, then written as is)."""
+    from conftest import EXAMPLE, cli
+
+    proc = cli("submit", EXAMPLE, "--dry-run", "--mail-type", "END,FAIL", "--mail-user", "me@lab.example")
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "#SBATCH --mail-type=END,FAIL\n" in proc.stdout
+        and "#SBATCH --mail-user=me@lab.example\n" in proc.stdout
+    )
+    assert "--mail" not in render()
 
 
 @pytest.mark.parametrize("value", HOSTILE)

@@ -8,7 +8,6 @@ that its images really load.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,10 +22,10 @@ from conftest import (
     SMALL_DREAM,
     ParsedPage,
     check_figures_and_report,
+    chromium,
     cli,
     cli_json,
     png_size,
-    unavailable,
 )
 
 SLOW = MODELS / "slow_peak.py"
@@ -144,34 +143,11 @@ def test_a_running_then_stopped_fit_is_drawn_from_its_checkpoint(isolated, mpiex
     assert len(page.elements("img")) >= 5
 
 
-def _chromium():
-    """Debian's chromium and chromium-driver, driven by Selenium: nothing downloaded."""
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        unavailable("Debian's chromium and chromium-driver are not installed (make test installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-
-
 @pytest.mark.mpi_launch
 def test_the_report_renders_in_a_real_browser(isolated, mpiexec, tmp_path):
     record = cli_json("submit", EXAMPLE, "--local", *SMALL_DREAM, "--jobs-dir", isolated / "jobs")
     report = Path(record["job_dir"]) / "report.html"
-    browser = _chromium()
+    browser = chromium()
     try:
         browser.get(report.as_uri())
         deadline = time.monotonic() + 30

@@ -80,8 +80,11 @@ def test_failing_model_ends_failed_with_traceback(slurm_cluster, isolated):
 
 
 def test_cancel_ends_cancelled(slurm_cluster, isolated):
-    submitted = submit(isolated, EXAMPLE, "--fit-option", "samples=100000000", "--burn", "100000")
+    mail = ["--mail-type", "END,FAIL", "--mail-user", "fitter@lab.example"]  # Slurm's own, passed through
+    submitted = submit(isolated, EXAMPLE, "--fit-option", "samples=100000000", "--burn", "100000", *mail)
     wait_for_state(submitted["job_id"], {"RUNNING"}, timeout=120)
+    shown = subprocess.run(["scontrol", "show", "job", submitted["job_id"]], capture_output=True, text=True)
+    assert "MailUser=fitter@lab.example" in shown.stdout and "MailType=END,FAIL" in shown.stdout, shown.stdout
     proc = cli("cancel", submitted["job_id"])
     assert proc.returncode == 0 and f"Cancelled job {submitted['job_id']}" in proc.stdout
     record = wait_for_state(submitted["job_id"])

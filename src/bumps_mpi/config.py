@@ -26,6 +26,8 @@ KEYS: dict[str, type] = {
     "ntasks": int,
     "cpus_per_task": int,
     "mem": str,
+    "mail_type": str,  # Slurm's own mail when the job begins, ends, fails... (--mail-type)
+    "mail_user": str,  # to whom (--mail-user; Slurm's default is the submitting user)
     "threads": int,
     "launcher": str,
     "launcher_args": list,

@@ -23,6 +23,8 @@ from ..jobdir import CANCEL_FILE, ERROR_FILE, EXIT_STATUS_FILE, SLURM_LOG_PATTER
 DIRECTIVES = {
     "account": "account",
     "cpus_per_task": "cpus-per-task",
+    "mail_type": "mail-type",
+    "mail_user": "mail-user",
     "mem": "mem",
     "nodes": "nodes",
     "ntasks": "ntasks",

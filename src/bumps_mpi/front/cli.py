@@ -93,6 +93,10 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--account", help="Slurm account.")
 @click.option("--qos", help="Slurm QOS.")
 @click.option("--mem", help="Memory per node, e.g. 8G.")
+@click.option(
+    "--mail-type", help="Slurm mails you when the job does this: END, FAIL, BEGIN, ALL, ... (comma-separated)"
+)
+@click.option("--mail-user", help="Where Slurm's mail goes [you, on the cluster].")
 @click.option("--threads", type=int, help="Numeric-library threads per rank.")
 @click.option("--checkpoint-every", type=int, metavar="SECONDS", help="DREAM/DE checkpoint interval.")
 @click.option(
@@ -493,6 +497,94 @@ def config(profile: str | None, as_json: bool) -> None:
     echo(f"profile {settings['profile']} (site file: {user_config_path()})")
     for key in sorted(k for k in settings if k != "profile"):
         echo(f"  {key:<17} {settings[key]!r:<32} {settings.sources.get(key, '')}")
+
+
+@main.group(invoke_without_command=True)
+@click.option("--host", help="Address to listen on [127.0.0.1; beyond loopback only with authentication].")
+@click.option("--port", type=int, help="Port [8470].")
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False), help="Where the service keeps its records and fits."
+)
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="The service's TOML configuration."
+)
+@click.pass_context
+def serve(
+    ctx: click.Context, host: str | None, port: int | None, data_dir: str | None, config_path: str | None
+) -> None:
+    """Run the job controller: web pages and a JSON API through which a group submits and follows fits."""
+    ctx.obj = {"config": _service_config(config_path, host=host, port=port, data_dir=data_dir)}
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        import uvicorn
+
+        from ..service import create_app
+    except ImportError as exc:
+        raise BumpsMpiError(
+            f"the job controller needs its extra: pip install 'bumps-mpi[service]' ({exc})"
+        ) from None
+    config = ctx.obj["config"]
+    echo(
+        f"bumps-mpi job controller on http://{config.host}:{config.port} (data in {config.data_dir})",
+        err=True,
+    )
+    # proxy_headers off: who a request comes from is the service's own business (auth.py), never a header's
+    uvicorn.run(
+        create_app(config), host=config.host, port=config.port, log_level="warning", proxy_headers=False
+    )
+
+
+def _service_config(path: str | None, **overrides: Any) -> Any:
+    from pathlib import Path
+
+    from ..service.settings import load
+
+    return load(Path(path) if path else None, **overrides)
+
+
+@serve.group()
+def token() -> None:
+    """The job controller's users and their tokens."""
+
+
+@token.command(name="add")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="An administrator: sees and cancels every fit.")
+@click.pass_context
+def token_add(ctx: click.Context, name: str, admin: bool) -> None:
+    """Make a token for NAME (made if new) and print it: it is shown this once, stored only as a hash."""
+    import re
+
+    from ..service.store import Store
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", name):
+        raise BumpsMpiError(f"user name {name!r} is not allowed: letters, digits and ._@- (at most 64)")
+    click.echo(Store(ctx.obj["config"].data_dir / "service.sqlite").add_token(name, admin))
+
+
+@token.command(name="revoke")
+@click.argument("name")
+@click.pass_context
+def token_revoke(ctx: click.Context, name: str) -> None:
+    """Revoke every token of NAME (their sessions end with them at the next login)."""
+    from ..service.store import Store
+
+    count = Store(ctx.obj["config"].data_dir / "service.sqlite").revoke(name)
+    echo(f"revoked {count} token(s) of {name}")
+
+
+@token.command(name="list")
+@click.pass_context
+def token_list(ctx: click.Context) -> None:
+    """Every token's user, role and dates (never the token)."""
+    from ..service.store import Store
+
+    for row in Store(ctx.obj["config"].data_dir / "service.sqlite").tokens():
+        state = "revoked" if row["revoked"] else "active"
+        role = "admin" if row["admin"] else "user"
+        since = time.strftime("%Y-%m-%d", time.localtime(row["created"]))
+        echo(f"{row['user']:<24} {role:<6} {state:<8} since {since}")
 
 
 @main.group(name="sandbox")

@@ -291,6 +291,13 @@ def run_local(
 
     *echo* gets the run's output line by line, *warn* any warning. Returns the status record.
     """
+    job, ranks = create_local(request, ranks, warn)
+    local.run(job, ranks, echo)
+    return jobstate.status([job])[0]
+
+
+def create_local(request: JobRequest, ranks: int | None = None, warn: Any = None) -> tuple[JobDir, int]:
+    """Check and write the job directory of a local run (not started yet); (the job, its ranks)."""
     settings = load_settings(request.profile, request.resources)
     label = "-n"
     if ranks is None:
@@ -305,8 +312,7 @@ def run_local(
     prepared.spec["local"] = {"ranks": ranks}
     job = _create_job_dir(prepared.target, {JOB_FILE: _json(prepared.spec)}, request.model)
     _register(None, job, prepared.spec["name"])
-    local.run(job, ranks, echo)
-    return jobstate.status([job])[0]
+    return job, ranks
 
 
 def check_checkpoint(job: JobDir) -> int:
@@ -325,7 +331,9 @@ def check_checkpoint(job: JobDir) -> int:
     return int(info.get("step", 0))
 
 
-def resume(job: JobDir, ranks: int | None = None, echo: Any = None, warn: Any = None) -> dict[str, Any]:
+def resume(
+    job: JobDir, ranks: int | None = None, echo: Any = None, warn: Any = None, launch: Any = None
+) -> dict[str, Any]:
     """Continue a stopped fit from its checkpoint: here if it ran here, else as a new Slurm job.
 
     Every check comes first (the checkpoint loads, the job is not running);
@@ -361,6 +369,9 @@ def resume(job: JobDir, ranks: int | None = None, echo: Any = None, warn: Any = 
     job.file(CANCEL_FILE).unlink(missing_ok=True)
     if is_local:
         assert ranks is not None
+        if launch is not None:  # someone else supervises the run (the job controller)
+            launch(job, ranks)
+            return {"job_id": None, "job_dir": str(job.path), "resumed": True}
         local.run(job, ranks, echo)
         return jobstate.status([job])[0]
     job_id = slurm.sbatch(job.file(SCRIPT_FILE), job.path)

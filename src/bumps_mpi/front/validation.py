@@ -27,6 +27,8 @@ AT_LEAST_ONE = ("nodes", "ntasks", "cpus_per_task", "threads", "checkpoint_every
 AT_LEAST_ONE += ("check_timeout", "plot_timeout", "local_ranks")
 LARGER = {"sandbox_max_file_mb": 64}  # MPI's shared-memory segments are files too (UCX: 4 MB and more)
 NOT_NEGATIVE = ("max_requeues",)
+MAIL_TYPES = ("NONE", "BEGIN", "END", "FAIL", "REQUEUE", "ALL", "INVALID_DEPEND", "STAGE_OUT", "TIME_LIMIT")
+MAIL_TYPES += ("TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50", "ARRAY_TASKS")  # sbatch(1), 22.05
 
 # Environment variables read inside the job or by status, and the values each accepts.
 ENVIRONMENT_CHOICES = {
@@ -81,6 +83,17 @@ def check_resources(settings: dict[str, Any], sources: dict[str, str] | None = N
         if not os.path.isabs(os.path.expanduser(path)) or not os.path.exists(os.path.expanduser(path)):
             where = "--read" if (sources or {}).get("sandbox_read", "").startswith("--") else "sandbox_read"
             raise UsageError(f"{where} {path!r}: give an absolute path that exists (what the model may read)")
+    mail = settings.get("mail_type")
+    if mail not in (None, ""):
+        wrong = [kind for kind in str(mail).split(",") if kind not in MAIL_TYPES]
+        if wrong:
+            raise UsageError(
+                f"{_label('mail_type', sources)}={mail!r}: {', '.join(map(repr, wrong))} is not a Slurm "
+                f"mail type; use {', '.join(MAIL_TYPES)} (comma-separated)"
+            )
+    user = settings.get("mail_user")
+    if user not in (None, "") and not re.fullmatch(r"[A-Za-z0-9._%+-]+(@[A-Za-z0-9.-]+)?", str(user)):
+        raise UsageError(f"{_label('mail_user', sources)}={user!r} is not a user name or an email address")
     memory = settings.get("mem")
     if memory not in (None, "") and not MEMORY.match(str(memory)):
         raise UsageError(

@@ -1,0 +1,563 @@
+"""The job controller: an ASGI application (FastAPI) with a versioned JSON API and web pages.
+
+    uvicorn --factory bumps_mpi.service:create_app     # reads $BUMPS_MPI_SERVICE_CONFIG
+    bumps-submit serve [--host H] [--port P] [--data-dir DIR] [--config FILE]
+
+API, for scripts (OpenAPI at /api/v1/openapi.json): submit (multipart), list mine,
+one fit with its progress and results, live progress as Server-Sent Events,
+cancel, delete, files. Pages, for browsers: log in, my fits (live), one fit
+(live progress, figures, parameters, traceback, downloads, cancel, delete),
+submit. Everything the pages need is served here: no CDN, no outside address.
+Every string from a model is escaped (Jinja2's autoescape; text, never markup,
+in the pages' script) and the report is served under a sandboxing CSP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..cluster.render import limit_seconds
+from ..cluster.states import JobState
+from ..errors import BumpsMpiError, UsageError
+from ..jobdir import FIGURES_DIR, REPORT_FILE
+from ..text import plain
+from . import notify, uploads
+from .auth import COOKIE, Auth, User
+from .monitor import Monitor
+from .runner import Runner, fit_dir, job_of
+from .settings import ServiceConfig, load
+from .store import Store
+
+HERE = Path(__file__).resolve().parent
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+)
+REPORT_POLICY = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+DOWNLOADS = (
+    "result.json",
+    "error.json",
+    REPORT_FILE,
+    "local.out",
+    "job.json",
+)  # besides export/, figures/, logs
+FIT_FIELDS = ("samples", "burn", "steps", "pop", "init", "thin")
+
+
+class FitOut(BaseModel):
+    """A fit as the API lists it."""
+
+    id: str
+    owner: str
+    name: str
+    created: float
+    state: str
+    phase: str
+    job_id: str | None = None
+    chisq: float | None = None
+    message: str | None = None
+
+
+class FitDetail(FitOut):
+    """One fit: its progress while it runs, its results when done, its error when failed."""
+
+    reason: str | None = None
+    progress: dict[str, Any] | None = None
+    parameters: list[dict[str, Any]] | None = None
+    chisq_str: str | None = None
+    error: dict[str, Any] | None = None
+    figures: list[str] = []
+    files: list[str] = []
+    sandbox: dict[str, Any] | None = None
+
+
+def create_app(config: ServiceConfig | None = None) -> FastAPI:
+    """The application; without *config*, from $BUMPS_MPI_SERVICE_CONFIG (a file) or the defaults."""
+    if config is None:
+        path = os.environ.get("BUMPS_MPI_SERVICE_CONFIG")
+        config = load(Path(path) if path else None)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["BUMPS_MPI_REGISTRY"] = str(config.data_dir / "registry.jsonl")  # the service's own list
+    store = Store(config.data_dir / "service.sqlite")
+    auth = Auth(config, store)
+    runner = Runner(config, store)
+    monitor = Monitor(config, store)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):  # noqa: ANN202
+        for line in runner.reconcile():
+            print(f"bumps-mpi service: {line}", flush=True)
+        monitor.start()
+        yield
+        monitor.stop()
+
+    app = FastAPI(
+        title="bumps-mpi job controller",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json",
+        docs_url=None,  # the interactive docs load their scripts from a CDN: none here
+        redoc_url=None,
+    )
+    app.add_middleware(BodyLimit, max_mb=config.upload_max_mb)
+    app.state.config, app.state.store, app.state.auth = config, store, auth
+    app.state.runner, app.state.monitor = runner, monitor
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next):  # noqa: ANN001, ANN202
+        response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", PAGE_POLICY)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["X-Frame-Options"] = "DENY"
+        return response
+
+    # --- who -------------------------------------------------------------------------------------------
+
+    def who(request: Request) -> User | None:
+        client = request.client.host if request.client else None
+        return auth.identify(dict(request.headers), dict(request.cookies), client)
+
+    def api_user(request: Request) -> User:
+        user = who(request)
+        if user is None:
+            raise HTTPException(
+                401, "authenticate: Authorization: Bearer TOKEN", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return user
+
+    def changing(request: Request, user: User, csrf: str | None) -> None:
+        if not auth.csrf_ok(user, csrf or request.headers.get("x-csrf-token")):
+            raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+
+    def visible(fit_id: str, user: User) -> dict:
+        fit = store.fit(fit_id)
+        if fit is None or not (user.admin or fit["owner"] == user.name):
+            raise HTTPException(404, f"no fit {fit_id!r}")  # another's fit does not exist, for you
+        return fit
+
+    # --- what --------------------------------------------------------------------------------------------
+
+    def summary(fit: dict) -> FitOut:
+        state = fit.get("state") or ("PENDING" if fit["phase"] == "submitting" else "UNKNOWN")
+        if fit["phase"] == "interrupted":
+            state = "UNKNOWN"
+        return FitOut(
+            id=fit["id"], owner=fit["owner"], name=fit["name"], created=fit["created"], state=state,
+            phase=fit["phase"], job_id=fit.get("job_id"), chisq=fit.get("chisq"), message=fit.get("message"),
+        )  # fmt: skip
+
+    def detail(fit: dict) -> FitDetail:
+        out = FitDetail(**summary(fit).model_dump())
+        job = job_of(config, fit)
+        if job is None:
+            return out
+        record = monitor.record(fit) or {}
+        out.state = record.get("state", out.state)
+        out.progress = record.get("progress")
+        out.reason = plain(record["reason"]) if record.get("reason") else None
+        if record.get("error"):  # the model's words: text, without terminal control sequences
+            out.error = {k: plain(v) if isinstance(v, str) else v for k, v in record["error"].items()}
+        try:
+            result = job.result
+        except BumpsMpiError:
+            result = None
+        if result is not None:
+            out.parameters = [{**p, "name": plain(p["name"])} for p in result["parameters"]]
+            out.chisq, out.chisq_str = result["chisq"], result["chisq_str"]
+            out.sandbox = result.get("sandbox")
+        figures = job.file(FIGURES_DIR)
+        out.figures = sorted(p.name for p in figures.glob("*.png")) if figures.is_dir() else []
+        out.files = downloads(job.path)
+        return out
+
+    def over(fit: dict) -> bool:
+        """Nothing more will change: its end recorded (report written, notifications sent), or never run."""
+        return bool(fit.get("ended")) or fit["phase"] in ("rejected", "interrupted", "deleted")
+
+    def downloads(job_path: Path) -> list[str]:
+        found = [name for name in DOWNLOADS if (job_path / name).is_file()]
+        found += sorted(p.name for p in job_path.glob("slurm-*.out"))
+        for folder in ("export", FIGURES_DIR):
+            if (job_path / folder).is_dir():
+                found += sorted(f"{folder}/{p.name}" for p in (job_path / folder).iterdir() if p.is_file())
+        return found
+
+    def file_in(fit: dict, relative: str) -> Path:
+        """A download: only what downloads() lists, only inside the job directory, never through a link."""
+        job = job_of(config, fit)
+        if job is None or relative not in downloads(job.path):
+            raise HTTPException(404, f"no file {relative!r} in this fit")
+        path = job.path / relative
+        if path.is_symlink() or not path.resolve().is_relative_to(job.path.resolve()):
+            raise HTTPException(404, f"no file {relative!r} in this fit")
+        return path
+
+    inside = re.compile(re.escape(str(config.data_dir / "fits")) + r"/[0-9a-f]+/(model|job)/")
+
+    def public(text: str | None) -> str | None:
+        """A message without the service's own paths: the user's file names, as they sent them."""
+        return None if text is None else plain(inside.sub("", text))
+
+    # --- submitting ---------------------------------------------------------------------------------------
+
+    async def create(
+        user: User,
+        form: dict[str, Any],
+        model: UploadFile | None,
+        data: list[UploadFile],
+        archive: UploadFile | None,
+        idem_key: str | None,
+    ) -> tuple[dict, bool]:  # fmt: skip
+        limits = config.limits_for(user.name)
+        ntasks = _int(form.get("ntasks"), "ntasks")
+        if ntasks is not None and not 1 <= ntasks <= limits.max_ranks:
+            raise UsageError(f"ntasks {ntasks}: this service allows 1 to {limits.max_ranks} ranks for you")
+        time_limit = form.get("time") or None
+        if time_limit and (limit_seconds(time_limit) or 1e18) > (limit_seconds(limits.max_time) or 1e18):
+            raise UsageError(f"time {time_limit!r}: this service allows at most {limits.max_time} for you")
+        running = [f for f in store.fits(user.name) if f["phase"] == "submitted" and not f.get("ended")]
+        if len(running) >= limits.max_fits:
+            raise UsageError(
+                f"you have {len(running)} fits running, the most this service allows: wait for one"
+            )
+        wanted = notify.check_request(
+            config, form.get("notify_email") or None, form.get("notify_webhook") or None
+        )
+        options = {k: form[k] for k in FIT_FIELDS if form.get(k) not in (None, "")}
+        args = form.get("args") or ""
+        request_record = {
+            "model": "",
+            "args": json.loads(args) if args.startswith("[") else args.split(),
+            "fit": form.get("fit") or "dream",
+            "options": options,
+            "seed": _int(form.get("seed"), "seed"),
+            "ntasks": ntasks,
+            "time": time_limit,
+        }
+        display = (model.filename if model else archive.filename if archive else None) or "fit"
+        fit, new = store.new_fit(user.name, Path(display).stem[:60], request_record, idem_key, wanted)
+        if not new:
+            if fit["phase"] == "interrupted":
+                return await run_in_threadpool(runner.resubmit, fit), True
+            return fit, False
+        try:
+            request_record["model"] = await run_in_threadpool(receive, fit["id"], form, model, data, archive)
+            store.update_fit(fit["id"], request=json.dumps(request_record))
+            return await run_in_threadpool(runner.submit, store.fit(fit["id"])), True
+        except BaseException:
+            shutil.rmtree(fit_dir(config, fit["id"]), ignore_errors=True)
+            if (store.fit(fit["id"]) or {}).get("phase") == "submitting":
+                store.update_fit(fit["id"], phase="rejected")
+            raise
+
+    def receive(
+        fit_id: str, form: dict, model: UploadFile | None, data: list[UploadFile], archive: UploadFile | None
+    ) -> str:
+        """Save the upload under fits/<id>/model; the model file's name there."""
+        target = fit_dir(config, fit_id) / "model"
+        target.mkdir(parents=True)
+        budget = uploads.Budget(
+            config.upload_max_mb << 20, config.upload_max_files, config.upload_max_unzipped_mb << 20
+        )
+        if archive is not None and archive.filename:
+            saved = uploads.save(
+                archive.file, fit_dir(config, fit_id), "upload.zip", budget, config.upload_max_mb
+            )
+            files = uploads.unzip(saved, target, budget, config.upload_max_unzipped_mb)
+            saved.unlink()
+            names = [str(p.relative_to(target)) for p in files]
+            chosen = (
+                form.get("model_name")
+                or ([n for n in names if n.endswith(".py") and "/" not in n] or [""])[0]
+            )
+            if str(uploads.safe_name(chosen or "missing.py")) not in names:
+                raise UsageError(
+                    f"the zip has no model file {chosen!r}: name it in model_name (files: {', '.join(names)})"
+                )
+            return chosen
+        if model is None or not model.filename:
+            raise UsageError("upload a model file (model) or a zip of the model and its data (archive)")
+        saved = uploads.save(model.file, target, model.filename, budget, config.upload_max_mb)
+        for item in data:  # names as sent, checked: a relative path keeps its folders, '..' is refused
+            if item.filename:
+                uploads.save(item.file, target, item.filename, budget, config.upload_max_mb)
+        return str(saved.relative_to(target))
+
+    # --- API -----------------------------------------------------------------------------------------------
+
+    @app.get("/api/v1/me")
+    def me(user: User = Depends(api_user)) -> dict[str, Any]:
+        return {"name": user.name, "admin": user.admin, "csrf": auth.csrf(user)}
+
+    @app.get("/api/v1/fits", response_model=list[FitOut])
+    def list_fits(
+        state: str | None = None, owner: str | None = None, limit: int = 200, user: User = Depends(api_user)
+    ) -> list[FitOut]:
+        who_ = (owner if owner else None) if user.admin else user.name
+        return [summary(f) for f in store.fits(who_, state=state, limit=max(1, min(limit, 1000)))]
+
+    @app.post("/api/v1/fits", response_model=FitOut, status_code=201)
+    async def submit_fit(
+        request: Request,
+        model: UploadFile | None = File(None),
+        data: list[UploadFile] = File([]),
+        archive: UploadFile | None = File(None),
+        idempotency_key: str | None = Header(None),
+        user: User = Depends(api_user),
+    ) -> Any:
+        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        changing(request, user, form.get("csrf"))
+        try:
+            fit, new = await create(user, form, model, data, archive, idempotency_key)
+        except BumpsMpiError as exc:
+            return JSONResponse({"detail": public(str(exc)), "output": public(exc.output)}, status_code=422)
+        return JSONResponse(
+            summary(store.fit(fit["id"]) or fit).model_dump(), status_code=201 if new else 200
+        )
+
+    @app.get("/api/v1/fits/{fit_id}", response_model=FitDetail)
+    def one_fit(fit_id: str, user: User = Depends(api_user)) -> FitDetail:
+        return detail(visible(fit_id, user))
+
+    @app.get("/api/v1/fits/{fit_id}/events")
+    def events(fit_id: str, user: User = Depends(api_user)) -> StreamingResponse:
+        fit = visible(fit_id, user)
+        return StreamingResponse(
+            stream(fit), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
+
+    def stream(fit: dict) -> Iterator[str]:
+        """Server-Sent Events: the fit's state and progress whenever they change; `end` when it ends."""
+        last, round_ = None, -1
+        while True:
+            current = store.fit(fit["id"]) or fit
+            shown = detail(current).model_dump(include={"state", "reason", "progress", "chisq", "message"})
+            if shown != last:
+                yield f"data: {json.dumps(shown)}\n\n"
+                last = shown
+            if over(current):
+                yield "event: end\ndata: {}\n\n"
+                return
+            round_ = monitor.wait(round_, timeout=15)
+            yield ": still here\n\n"
+
+    @app.post("/api/v1/fits/{fit_id}/cancel", status_code=202)
+    def cancel_fit(request: Request, fit_id: str, user: User = Depends(api_user)) -> dict[str, Any]:
+        changing(request, user, None)
+        fit = visible(fit_id, user)
+        try:
+            runner.cancel(fit)
+        except BumpsMpiError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {"id": fit_id, "cancelled": True}
+
+    @app.delete("/api/v1/fits/{fit_id}", status_code=204)
+    def delete_fit(request: Request, fit_id: str, user: User = Depends(api_user)) -> None:
+        changing(request, user, None)
+        remove(visible(fit_id, user))
+
+    def remove(fit: dict) -> None:
+        state = detail(fit).state
+        if fit["phase"] == "submitted" and not JobState(state).terminal:
+            raise HTTPException(409, f"the fit is {state}: cancel it first, then delete it")
+        runner.delete(fit)
+
+    @app.get("/api/v1/fits/{fit_id}/files/{relative:path}")
+    def download(fit_id: str, relative: str, user: User = Depends(api_user)) -> FileResponse:
+        path = file_in(visible(fit_id, user), relative)
+        inline = path.suffix in (".png", ".svg") and relative.startswith(FIGURES_DIR)
+        return FileResponse(
+            path, filename=path.name, content_disposition_type="inline" if inline else "attachment"
+        )
+
+    # --- pages ---------------------------------------------------------------------------------------------
+
+    def page(
+        request: Request, name: str, user: User | None, status: int = 200, **context: Any
+    ) -> HTMLResponse:
+        csrf = auth.csrf(user) if user else ""
+        return templates.TemplateResponse(
+            request, name, {"user": user, "csrf": csrf, "version": __version__, **context}, status_code=status
+        )
+
+    def page_user(request: Request) -> User:
+        user = who(request)
+        if user is None:
+            raise HTTPException(303, headers={"Location": "/login"})
+        return user
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_page(request: Request) -> HTMLResponse:
+        return page(request, "login.html", None, auth_mode=config.auth)
+
+    @app.post("/login", include_in_schema=False)
+    def login(request: Request, token: str = Form("")) -> Any:
+        client = auth.client_address(dict(request.headers), request.client.host if request.client else None)
+        try:
+            found = auth.login(token, client)
+        except PermissionError as exc:
+            return page(request, "login.html", None, status=429, error=str(exc), auth_mode=config.auth)
+        if found is None:
+            return page(
+                request,
+                "login.html",
+                None,
+                status=401,
+                error="that token is not valid",
+                auth_mode=config.auth,
+            )
+        session, _ = found
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(
+            COOKIE, session, httponly=True, samesite="strict", secure=config.secure_cookies, max_age=12 * 3600
+        )
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    def logout(request: Request, csrf: str = Form(""), user: User = Depends(page_user)) -> Any:
+        changing(request, user, csrf)
+        if user.session:
+            store.end_session(user.session)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def home(request: Request, user: User = Depends(page_user)) -> HTMLResponse:
+        fits = [summary(f) for f in store.fits(None if user.admin else user.name)]
+        return page(request, "fits.html", user, fits=fits)
+
+    @app.get("/fits/{fit_id}", response_class=HTMLResponse, include_in_schema=False)
+    def fit_page(request: Request, fit_id: str, user: User = Depends(page_user)) -> HTMLResponse:
+        fit = visible(fit_id, user)
+        return page(request, "fit.html", user, fit=detail(fit), terminal=over(fit))
+
+    @app.get("/fits/{fit_id}/report", include_in_schema=False)
+    def report_page(fit_id: str, user: User = Depends(page_user)) -> FileResponse:
+        path = file_in(visible(fit_id, user), REPORT_FILE)
+        return FileResponse(path, media_type="text/html", headers={"Content-Security-Policy": REPORT_POLICY})
+
+    def submit_form_page(request: Request, user: User, status: int = 200, **context: Any) -> HTMLResponse:
+        limits, mail = config.limits_for(user.name), bool(config.mail_host)
+        idem = secrets.token_hex(8)  # one per form shown: a second click sends the same submission again
+        return page(
+            request, "submit.html", user, status=status, limits=limits, mail=mail, idem=idem, **context
+        )
+
+    @app.get("/submit", response_class=HTMLResponse, include_in_schema=False)
+    def submit_page(request: Request, user: User = Depends(page_user)) -> HTMLResponse:
+        return submit_form_page(request, user)
+
+    @app.post("/submit", include_in_schema=False)
+    async def submit_form(
+        request: Request,
+        model: UploadFile | None = File(None),
+        data: list[UploadFile] = File([]),
+        archive: UploadFile | None = File(None),
+        user: User = Depends(page_user),
+    ) -> Any:
+        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        changing(request, user, form.get("csrf"))
+        try:
+            fit, _ = await create(user, form, model, data, archive, form.get("idempotency_key") or None)
+        except BumpsMpiError as exc:
+            return submit_form_page(
+                request, user, status=422, error=public(str(exc)), output=public(exc.output)
+            )
+        return RedirectResponse(f"/fits/{fit['id']}", status_code=303)
+
+    @app.post("/fits/{fit_id}/cancel", include_in_schema=False)
+    def cancel_form(
+        request: Request, fit_id: str, csrf: str = Form(""), user: User = Depends(page_user)
+    ) -> Any:
+        changing(request, user, csrf)
+        try:
+            runner.cancel(visible(fit_id, user))
+        except BumpsMpiError:
+            pass  # it has ended meanwhile: the page shows how
+        return RedirectResponse(f"/fits/{fit_id}", status_code=303)
+
+    @app.post("/fits/{fit_id}/delete", include_in_schema=False)
+    def delete_form(
+        request: Request, fit_id: str, csrf: str = Form(""), user: User = Depends(page_user)
+    ) -> Any:
+        changing(request, user, csrf)
+        remove(visible(fit_id, user))
+        return RedirectResponse("/", status_code=303)
+
+    return app
+
+
+class BodyLimit:
+    """Refuse a request body over *limit* bytes as it arrives (413), with or without a Content-Length:
+    the form parser would otherwise spool any size to disk before a handler could say no."""
+
+    def __init__(self, app: Any, max_mb: int):
+        self.app, self.max_mb = app, max_mb
+        self.limit = (max_mb << 20) + (1 << 20)  # the files, and room for the form's other fields
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _too_large(send, self.max_mb)
+        seen, refused = 0, False
+
+        async def counted() -> dict:
+            """The body as it comes; past the limit, our 413 goes out and the app sees a disconnect."""
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    refused = True
+                    await _too_large(send, self.max_mb)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def quiet(message: dict) -> None:
+            if not refused:  # after our 413, whatever the app answers goes nowhere
+                await send(message)
+
+        await self.app(scope, counted, quiet)
+
+
+async def _too_large(send: Any, max_mb: int) -> None:
+    body = json.dumps({"detail": f"the upload is larger than the {max_mb} MB this service accepts"}).encode()
+    await send(
+        {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _int(value: Any, name: str) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} {value!r} is not a whole number") from None

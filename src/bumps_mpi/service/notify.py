@@ -1,0 +1,86 @@
+"""Telling a user that a fit has ended: email through the site's mail server, and/or a webhook.
+
+A webhook is a POST of a small JSON document ({"fit", "name", "state", "chisq", "url"}) to the
+address the user gave, http or https only, and only to the hosts the site allows when it names
+any (a service that POSTs wherever it is told is a way into the site's own network).
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import urllib.request
+from email.message import EmailMessage
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import UsageError
+from .settings import ServiceConfig
+
+EMAIL = r"^[^@\s<>,;\"']+@[A-Za-z0-9.-]+$"
+
+
+def check_request(config: ServiceConfig, email: str | None, webhook: str | None) -> dict[str, str]:
+    """What a submission asks to be told, checked: a plain address, an allowed http(s) URL."""
+    import re
+
+    found: dict[str, str] = {}
+    if email:
+        if not config.mail_host:
+            raise UsageError("this service sends no email: ask its administrators for a mail server")
+        if not re.match(EMAIL, email) or len(email) > 254:
+            raise UsageError(f"notify email {email!r} is not an email address")
+        found["email"] = email
+    if webhook:
+        parts = urlsplit(webhook)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"webhook {webhook!r}: give an http or https URL")
+        if config.webhook_hosts and parts.hostname not in config.webhook_hosts:
+            raise UsageError(f"webhook host {parts.hostname!r} is not one this service may call")
+        found["webhook"] = webhook
+    return found
+
+
+def message(config: ServiceConfig, fit: dict, record: dict[str, Any]) -> dict[str, Any]:
+    url = f"{config.base_url.rstrip('/')}/fits/{fit['id']}" if config.base_url else None
+    return {
+        "fit": fit["id"],
+        "name": fit["name"],
+        "state": record.get("state"),
+        "chisq": record.get("chisq"),
+        "url": url,
+    }
+
+
+def send(config: ServiceConfig, fit: dict, record: dict[str, Any]) -> list[str]:
+    """Send what the fit asked for; what went wrong, in words (never raises: the fit has ended anyway)."""
+    wanted = json.loads(fit.get("notify") or "{}")
+    body = message(config, fit, record)
+    problems = []
+    if wanted.get("email"):
+        try:
+            mail = EmailMessage()
+            mail["From"], mail["To"] = config.mail_sender, wanted["email"]
+            mail["Subject"] = f"bumps-mpi: fit {fit['name']} {body['state']}"
+            mail.set_content(
+                f"Your fit {fit['name']} ({fit['id']}) ended: {body['state']}"
+                + (f", chisq {body['chisq']:.6g}" if isinstance(body["chisq"], float) else "")
+                + (f".\n\n{body['url']}\n" if body["url"] else ".\n")
+            )
+            with smtplib.SMTP(config.mail_host, config.mail_port, timeout=20) as smtp:
+                smtp.send_message(mail)
+        except (OSError, smtplib.SMTPException) as exc:
+            problems.append(f"email to {wanted['email']}: {exc}")
+    if wanted.get("webhook"):
+        try:
+            request = urllib.request.Request(
+                wanted["webhook"],
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json", "User-Agent": "bumps-mpi"},
+                method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=20) as answer:  # noqa: S310 - http(s) only, checked
+                answer.read(1024)
+        except OSError as exc:
+            problems.append(f"webhook {wanted['webhook']}: {exc}")
+    return problems

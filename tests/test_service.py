@@ -1,0 +1,623 @@
+"""The job controller, for real: `bumps-submit serve` (uvicorn) on a loopback port, as an ordinary user,
+with the Slurm backend on the project's cluster; a real mail server (aiosmtpd) and webhook receiver; a
+real headless Chromium for the pages. One service for the module; its own ones where a test restarts it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import EXAMPLE, MODELS, chromium, cli, cli_json, one_line_error
+from service_helpers import Service, follow, free_port, submit, wait_for
+
+pytestmark = pytest.mark.slurm
+SMALL = {"samples": "2000", "burn": "100", "seed": "7"}
+SLOW = MODELS / "slow_peak.py"
+SLOW_FIT = {"samples": "6000", "burn": "100", "seed": "3", "args": "0.005"}  # about 25 s on 2 ranks
+
+
+class Mailbox:
+    """A real SMTP server on loopback (aiosmtpd): what it received."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[str] = []
+        self.arrived = threading.Condition()
+        mailbox = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+                with mailbox.arrived:
+                    mailbox.messages.append(envelope.content.decode("utf-8", "replace"))
+                    mailbox.arrived.notify_all()
+                return "250 OK"
+
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def wait(self, fragment: str, timeout: float = 60) -> str:
+        with self.arrived:
+            self.arrived.wait_for(lambda: any(fragment in m for m in self.messages), timeout=timeout)
+        found = [m for m in self.messages if fragment in m]
+        assert found, f"no mail with {fragment!r} in {timeout} s: {self.messages}"
+        return found[0]
+
+
+class Hooks:
+    """A real HTTP server on loopback that records the webhooks POSTed to it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        self.arrived = threading.Condition()
+        hooks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                self.send_response(204)
+                self.end_headers()
+                with hooks.arrived:
+                    hooks.bodies.append(body)
+                    hooks.arrived.notify_all()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, fit_id: str, timeout: float = 60) -> list[dict]:
+        with self.arrived:
+            self.arrived.wait_for(lambda: any(b["fit"] == fit_id for b in self.bodies), timeout=timeout)
+        return [b for b in self.bodies if b["fit"] == fit_id]
+
+
+@pytest.fixture(scope="module")
+def mailbox():
+    box = Mailbox()
+    yield box
+    box.controller.stop()
+
+
+@pytest.fixture(scope="module")
+def hooks():
+    receiver = Hooks()
+    yield receiver
+    receiver.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def service(slurm_cluster, mailbox, hooks):
+    """The shared service: Slurm backend, small upload limit, a mail server and allowed webhooks."""
+    extra = (
+        '[uploads]\nmax_mb = 4\n[limits]\nmax_ranks = 2\nmax_time = "00:10:00"\nmax_fits = 20\n'
+        f'[mail]\nhost = "127.0.0.1"\nport = {mailbox.port}\n[webhooks]\nallowed_hosts = ["127.0.0.1"]\n'
+    )
+    running = Service("slurm", extra).start()
+    yield running
+    for fit in running.client("admin").get("/api/v1/fits").json():
+        if fit["state"] in ("PENDING", "RUNNING"):
+            running.client("admin").post(f"/api/v1/fits/{fit['id']}/cancel")
+    running.close()
+
+
+def job_dir_of(service: Service, fit_id: str) -> Path:
+    return service.data / "fits" / fit_id / "job"
+
+
+def fit_dirs(service: Service) -> list[str]:
+    fits = service.data / "fits"
+    return sorted(p.name for p in fits.iterdir()) if fits.is_dir() else []
+
+
+# --- the API over the real Slurm backend ---------------------------------------------------------------
+
+
+def test_a_fit_submitted_over_the_api_runs_on_slurm_to_the_same_results_as_the_cli(service, mailbox, hooks):
+    alice = service.client("alice")
+    answer = submit(alice, EXAMPLE, **SMALL, notify_email="alice@example.org", notify_webhook=hooks.url)
+    assert answer.status_code == 201, answer.text
+    fit = answer.json()
+    assert fit["owner"] == "alice" and fit["job_id"] and fit["state"] == "PENDING"
+    seen = follow(alice, fit["id"])
+    states = [event["state"] for event in seen]
+    assert states[-1] == "COMPLETED", seen
+    assert any("progress" in event and event["progress"] for event in seen) or "RUNNING" in states
+
+    done = alice.get(f"/api/v1/fits/{fit['id']}").json()
+    from_cli = cli_json("results", job_dir_of(service, fit["id"]))
+    assert done["chisq"] == from_cli["chisq"]
+    assert done["parameters"] == from_cli["parameters"]
+    assert done["sandbox"]["level"] == "require"
+    assert "report.html" in done["files"] and len(done["figures"]) >= 5
+    report = alice.get(f"/api/v1/fits/{fit['id']}/files/report.html")
+    assert report.status_code == 200 and from_cli["chisq_str"] in report.text
+    assert "attachment" in report.headers["content-disposition"]
+    figure = alice.get(f"/api/v1/fits/{fit['id']}/files/figures/{done['figures'][0]}")
+    assert figure.content.startswith(b"\x89PNG")
+
+    mail = mailbox.wait(fit["id"])  # told once the fit ended, through the site's mail server
+    assert "To: alice@example.org" in mail and "COMPLETED" in mail and service.url in mail
+    hook = hooks.wait(fit["id"])
+    assert len(hook) == 1 and hook[0]["state"] == "COMPLETED" and hook[0]["url"].startswith(service.url)
+    assert hook[0]["chisq"] == pytest.approx(done["chisq"])
+
+
+def test_cancel_over_the_api_and_delete(service):
+    alice = service.client("alice")
+    fit = submit(alice, SLOW, **SLOW_FIT).json()
+    wait_for(alice, fit["id"], {"RUNNING", "PENDING"})
+    assert alice.delete(f"/api/v1/fits/{fit['id']}").status_code == 409  # still running: cancel first
+    assert alice.post(f"/api/v1/fits/{fit['id']}/cancel").status_code == 202
+    assert follow(alice, fit["id"])[-1]["state"] == "CANCELLED"
+    assert alice.delete(f"/api/v1/fits/{fit['id']}").status_code == 204
+    assert alice.get(f"/api/v1/fits/{fit['id']}").status_code == 404
+    assert not (service.data / "fits" / fit["id"]).exists()
+    assert fit["id"] not in [f["id"] for f in alice.get("/api/v1/fits").json()]
+
+
+def test_a_failing_model_shows_its_traceback(service):
+    alice = service.client("alice")
+    fit = submit(alice, MODELS / "fails_in_fit.py", init="random", seed="3", samples="2000").json()
+    assert follow(alice, fit["id"])[-1]["state"] == "FAILED"
+    done = alice.get(f"/api/v1/fits/{fit['id']}").json()
+    assert "Traceback" in done["error"]["traceback"] and done["error"]["message"]
+
+
+def test_a_model_that_fails_its_check_is_refused_at_once(service):
+    answer = submit(service.client("alice"), MODELS / "syntax_error.py")
+    assert answer.status_code == 422 and "syntax_error.py: syntax error at line" in answer.json()["detail"]
+    assert str(service.data) not in answer.text  # the service's own paths are its business
+    assert all(f["name"] != "syntax_error" for f in service.client("alice").get("/api/v1/fits").json())
+
+
+def test_the_api_has_an_openapi_description_and_filters(service):
+    schema = httpx.get(f"{service.url}/api/v1/openapi.json").json()
+    paths = schema["paths"]
+    for path in ("/api/v1/fits", "/api/v1/fits/{fit_id}", "/api/v1/fits/{fit_id}/events"):
+        assert path in paths
+    assert {"get", "post"} <= set(paths["/api/v1/fits"])
+    alice = service.client("alice")
+    everything = alice.get("/api/v1/fits").json()
+    completed = alice.get("/api/v1/fits", params={"state": "COMPLETED"}).json()
+    assert [f["id"] for f in completed] == [f["id"] for f in everything if f["state"] == "COMPLETED"]
+    assert alice.get("/api/v1/fits", params={"state": "NO_SUCH"}).json() == []
+
+
+# --- who may do what -----------------------------------------------------------------------------------
+
+
+def test_requests_without_or_with_a_wrong_token_are_refused(service):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic YTpi"}):
+        answer = httpx.get(f"{service.url}/api/v1/fits", headers=headers)
+        assert answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{service.url}/", follow_redirects=False).headers["location"] == "/login"
+
+
+def test_a_revoked_token_no_longer_works(service):
+    token = service.token("carol")
+    assert (
+        httpx.get(f"{service.url}/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    )
+    done = subprocess.run(service.command("token", "revoke", "carol"), capture_output=True, env=service.env())
+    assert done.returncode == 0
+    assert (
+        httpx.get(f"{service.url}/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    )
+    tokens = subprocess.run(
+        service.command("token", "list"), capture_output=True, text=True, env=service.env()
+    )
+    assert "carol" in tokens.stdout and "revoked" in tokens.stdout and token not in tokens.stdout
+    assert token not in (service.data / "service.sqlite").read_bytes().decode("latin-1")  # only its hash
+
+
+def test_another_users_fit_does_not_exist_for_you_and_an_admin_sees_all(service):
+    alice, bob, admin = service.client("alice"), service.client("bob"), service.client("admin")
+    fit = submit(alice, EXAMPLE, **SMALL).json()
+    for answer in (
+        bob.get(f"/api/v1/fits/{fit['id']}"),
+        bob.get(f"/api/v1/fits/{fit['id']}/events"),
+        bob.get(f"/api/v1/fits/{fit['id']}/files/job.json"),
+        bob.post(f"/api/v1/fits/{fit['id']}/cancel"),
+        bob.delete(f"/api/v1/fits/{fit['id']}"),
+    ):
+        assert answer.status_code == 404, answer.text
+    assert fit["id"] not in [f["id"] for f in bob.get("/api/v1/fits").json()]
+    assert fit["id"] in [f["id"] for f in admin.get("/api/v1/fits").json()]
+    assert admin.get(f"/api/v1/fits/{fit['id']}").status_code == 200
+    assert follow(alice, fit["id"])[-1]["state"] == "COMPLETED"  # and bob changed nothing
+
+
+def test_form_posts_need_their_csrf_token(service):
+    browser = httpx.Client(base_url=service.url, follow_redirects=False)
+    login = browser.post("/login", data={"token": service.tokens["alice"]})
+    assert login.status_code == 303 and "bumps_session" in browser.cookies
+    cookie = login.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    fit = submit(service.client("alice"), SLOW, **SLOW_FIT).json()
+    try:
+        for csrf in (None, "0" * 64):
+            data = {} if csrf is None else {"csrf": csrf}
+            assert browser.post(f"/fits/{fit['id']}/cancel", data=data).status_code == 403
+            assert browser.post(f"/api/v1/fits/{fit['id']}/cancel", data=data).status_code == 403
+        assert browser.post("/submit", files={"model": ("m.py", b"x")}).status_code == 403
+        assert not (job_dir_of(service, fit["id"]) / "cancel-request").exists()
+        assert service.client("alice").get(f"/api/v1/fits/{fit['id']}").json()["state"] in (
+            "PENDING",
+            "RUNNING",
+        )
+        me = browser.get("/api/v1/me").json()  # the page's own token works
+        assert browser.post(f"/fits/{fit['id']}/cancel", data={"csrf": me["csrf"]}).status_code == 303
+        assert follow(service.client("alice"), fit["id"])[-1]["state"] == "CANCELLED"
+    finally:
+        service.client("alice").post(f"/api/v1/fits/{fit['id']}/cancel")
+
+
+def test_uploads_cannot_reach_outside_their_fit(service):
+    alice = service.client("alice")
+    before = fit_dirs(service)
+    for name in ("../../escape.py", "/tmp/escape.py", "..", "a\\..\\b.py"):
+        answer = alice.post("/api/v1/fits", files=[("model", (name, EXAMPLE.read_bytes()))])
+        assert answer.status_code == 422, (name, answer.text)
+    data = [("model", ("peak.py", EXAMPLE.read_bytes())), ("data", ("../../../escape.dat", b"1 2 3"))]
+    assert alice.post("/api/v1/fits", files=data).status_code == 422
+    assert not list(service.base.rglob("escape*")) and not Path("/tmp/escape.py").exists()
+    assert fit_dirs(service) == before  # nothing left behind
+
+
+def _zip(entries: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, content in entries.items():
+            zf.writestr(name, content)
+        for name, target in (links or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = 0o120777 << 16  # a symbolic link
+            zf.writestr(info, target)
+    return buffer.getvalue()
+
+
+def test_zips_are_checked_entry_by_entry(service):
+    alice = service.client("alice")
+    peak = EXAMPLE.read_bytes()
+    refused = {
+        "a zip slip": _zip({"peak.py": peak, "../../slipped.py": b"print(1)"}),
+        "an absolute entry": _zip({"peak.py": peak, "/tmp/slipped.py": b"print(1)"}),
+        "a link": _zip({"peak.py": peak}, links={"data.txt": "/etc/shadow"}),
+        "a zip bomb": _zip({"peak.py": peak, "zeros.dat": b"\0" * (150 << 20)}),
+        "not a zip": b"PK\x03\x04 not really",
+    }
+    for why, archive in refused.items():
+        answer = alice.post("/api/v1/fits", files=[("archive", ("model.zip", archive))])
+        assert answer.status_code == 422, (why, answer.text)
+        assert answer.json()["detail"], why
+    assert not list(service.base.rglob("slipped*")) and not Path("/tmp/slipped.py").exists()
+    good = _zip({"peak.py": peak, "data/readme.txt": b"data beside the model"})
+    answer = alice.post("/api/v1/fits", files=[("archive", ("model.zip", good))], data=SMALL)
+    assert answer.status_code == 201, answer.text
+    fit = answer.json()
+    assert (service.data / "fits" / fit["id"] / "model" / "data" / "readme.txt").is_file()
+    assert follow(alice, fit["id"])[-1]["state"] == "COMPLETED"
+
+
+def test_oversized_uploads_are_refused_as_they_arrive(service):
+    alice = service.client("alice")
+    big = [("model", ("peak.py", EXAMPLE.read_bytes())), ("data", ("big.dat", b"0" * (6 << 20)))]
+    answer = alice.post("/api/v1/fits", files=big)
+    assert answer.status_code == 413 and "4 MB" in answer.json()["detail"]
+
+    def chunks():  # no Content-Length: counted as it streams
+        yield b'--x\r\nContent-Disposition: form-data; name="model"; filename="m.py"\r\n\r\n'
+        for _ in range(8):
+            yield b"#" * (1 << 20)
+
+    streamed = alice.post(
+        "/api/v1/fits", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=x"}
+    )
+    assert streamed.status_code == 413
+
+
+def test_limits_per_user_are_enforced(service):
+    alice = service.client("alice")
+    too_many = submit(alice, EXAMPLE, ntasks="3")
+    assert too_many.status_code == 422 and "1 to 2 ranks" in too_many.json()["detail"]
+    too_long = submit(alice, EXAMPLE, time="01:00:00")
+    assert too_long.status_code == 422 and "00:10:00" in too_long.json()["detail"]
+    hook = submit(alice, EXAMPLE, notify_webhook="http://10.0.0.1/steal")
+    assert hook.status_code == 422 and "not one this service may call" in hook.json()["detail"]
+
+
+def test_a_hostile_model_is_confined_and_the_service_goes_on(service, tmp_path):
+    """The model runs as the service's own user, yet cannot read its database or secret, nor another fit."""
+    alice = service.client("alice")
+    victim = submit(alice, EXAMPLE, **SMALL).json()
+    assert follow(alice, victim["id"])[-1]["state"] == "COMPLETED"
+    victim_result = job_dir_of(service, victim["id"]) / "result.json"
+    secret = service.data / "secret"
+    settings = {
+        "attacks": {
+            "secret": str(secret),
+            "other_result": str(victim_result),
+            "other_checkpoint": str(job_dir_of(service, victim["id"]) / "job.json"),
+            "home_file": str(Path(service.user.pw_dir) / "pwned"),
+            "tmp_file": str(service.base / "pwned"),
+            "port": service.port,
+            "victim_pid": service.proc.pid,
+            "huge_mb": 80,
+        },
+        "raise": False,
+    }
+    (tmp_path / "attacks.json").write_text(json.dumps(settings))
+    files = [
+        ("model", ("hostile.py", (MODELS / "hostile.py").read_bytes())),
+        ("data", ("attacks.json", (tmp_path / "attacks.json").read_bytes())),
+    ]
+    fit = alice.post("/api/v1/fits", files=files, data={**SMALL, "args": "attacks.json"}).json()
+    assert follow(alice, fit["id"])[-1]["state"] == "COMPLETED"
+    outcomes = json.loads((job_dir_of(service, fit["id"]) / "attacks-out.json").read_text())
+    assert all(outcome.startswith("blocked") for outcome in outcomes.values()), outcomes
+    assert not (service.base / "pwned").exists() and not (Path(service.user.pw_dir) / "pwned").exists()
+    assert (
+        json.loads(victim_result.read_text())["chisq"]
+        == alice.get(f"/api/v1/fits/{victim['id']}").json()["chisq"]
+    )
+
+    settings["raise"] = True  # the same attack, uncaught: the fit fails and says why
+    (tmp_path / "attacks.json").write_text(json.dumps(settings))
+    files[1] = ("data", ("attacks.json", (tmp_path / "attacks.json").read_bytes()))
+    failed = alice.post("/api/v1/fits", files=files, data={**SMALL, "args": "attacks.json"}).json()
+    assert follow(alice, failed["id"])[-1]["state"] == "FAILED"
+    error = alice.get(f"/api/v1/fits/{failed['id']}").json()["error"]
+    assert "PermissionError" in error["traceback"] or "Permission denied" in error["message"]
+    assert service.proc.poll() is None and alice.get("/api/v1/me").status_code == 200
+
+
+# --- the pages, in a real browser --------------------------------------------------------------------------
+
+
+def _login(browser, service: Service, who: str = "alice") -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{service.url}/login")
+    browser.find_element(By.NAME, "token").send_keys(service.tokens[who])
+    browser.find_element(By.ID, "login").click()
+    _until(browser, lambda: browser.current_url.rstrip("/") == service.url, "the list of fits after login")
+
+
+def _until(browser, condition, what: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} in {timeout} s; page: {browser.current_url}")
+
+
+def _images_loaded(browser) -> list:
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll('#figures img')).map(i => [i.complete, i.naturalWidth])"
+    )
+
+
+def test_the_pages_in_a_real_browser(service, tmp_path):
+    """Log in, submit through the form, watch the progress bar move and the figures appear; cancel another."""
+    from selenium.webdriver.common.by import By
+
+    browser = chromium()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    try:
+        _login(browser, service)
+        browser.save_screenshot(str(shots / "1-fits.png"))
+        browser.get(f"{service.url}/submit")
+        browser.find_element(By.ID, "model").send_keys(str(SLOW))
+        for field, value in SLOW_FIT.items():
+            browser.find_element(By.ID, field).send_keys(value)
+        browser.save_screenshot(str(shots / "2-submit.png"))
+        browser.find_element(By.ID, "submit").click()
+        _until(browser, lambda: "/fits/" in browser.current_url, "the fit's page after submitting")
+        fit_id = browser.current_url.rsplit("/", 1)[1]
+
+        values = []
+
+        def moved() -> bool:
+            value = browser.execute_script(
+                "const p = document.getElementById('progress'); return p && p.value"
+            )
+            if value and (not values or value != values[-1]):
+                values.append(value)
+            return len(values) >= 2
+
+        _until(browser, moved, "progress bar moving")
+        assert values[-1] > values[0], values  # it moved on its own: no reload
+        browser.save_screenshot(str(shots / "3-running.png"))
+        _until(browser, lambda: len(_images_loaded(browser)) >= 5, "figures after the fit")
+        _until(
+            browser,
+            lambda: all(done and width > 0 for done, width in _images_loaded(browser)),
+            "loaded images",
+        )
+        assert browser.find_element(By.ID, "state").text == "COMPLETED"
+        assert browser.find_element(By.ID, "chisq").text
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#parameters tbody tr")) == 4
+        browser.save_screenshot(str(shots / "4-completed.png"))
+        assert service.client("alice").get(f"/api/v1/fits/{fit_id}").json()["state"] == "COMPLETED"
+
+        other = submit(service.client("alice"), SLOW, **SLOW_FIT).json()
+        browser.get(f"{service.url}/fits/{other['id']}")
+        browser.find_element(By.ID, "cancel").click()
+        _until(browser, lambda: browser.find_element(By.ID, "state").text == "CANCELLED", "CANCELLED")
+        browser.save_screenshot(str(shots / "5-cancelled.png"))
+
+        browser.get(service.url)  # the list shows both, live
+        rows = {
+            r.get_attribute("data-fit") for r in browser.find_elements(By.CSS_SELECTOR, "#fits tr[data-fit]")
+        }
+        assert {fit_id, other["id"]} <= rows
+        for shot in shots.iterdir():
+            assert shot.stat().st_size > 5000
+        print(f"screenshots of the pages: {shots}")
+    finally:
+        browser.quit()
+
+
+def test_names_from_a_model_are_inert_in_the_pages(service, tmp_path):
+    alice = service.client("alice")
+    fit = submit(alice, MODELS / "hostile_names.py", **SMALL).json()
+    assert follow(alice, fit["id"])[-1]["state"] == "COMPLETED"
+    from selenium.webdriver.common.by import By
+
+    browser = chromium()
+    try:
+        _login(browser, service)
+        alerts = []
+        browser.get(f"{service.url}/fits/{fit['id']}")
+        scripts = browser.execute_script("return Array.from(document.scripts).map(s => s.src)")
+        assert scripts == [f"{service.url}/static/app.js"], scripts
+        assert not browser.find_elements(
+            By.CSS_SELECTOR, "#parameters img, #parameters script, #parameters b"
+        )
+        names = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#parameters tbody td:first-child")]
+        assert '<script>alert("a")</script>' in names, names
+        assert any("<img src=x onerror=alert(1)>" in name and "\x1b" not in name for name in names), names
+        try:
+            alerts.append(browser.switch_to.alert.text)
+        except Exception:  # no alert: what must happen
+            pass
+        assert not alerts
+        browser.get(f"{service.url}/fits/{fit['id']}/report")  # served under a sandboxing CSP
+        assert not browser.execute_script("return document.querySelectorAll('script').length")
+        browser.save_screenshot(str(tmp_path / "hostile-names.png"))
+    finally:
+        browser.quit()
+
+
+# --- restarts, idempotency, and a service that must not listen openly --------------------------------------
+
+
+def test_a_restart_while_fits_run_and_one_is_being_submitted_loses_and_duplicates_nothing(
+    slurm_cluster, tmp_path
+):
+    restarted = Service("slurm", '[limits]\nmax_ranks = 2\nmax_time = "00:10:00"\n').start()
+    try:
+        alice = restarted.client("alice")
+        running = submit(alice, SLOW, **SLOW_FIT, idempotency_key="run-1").json()
+        wait_for(alice, running["id"], {"RUNNING"})
+        slow_check = tmp_path / "slow_check.py"  # its model check takes 4 s: time to stop the service
+        slow_check.write_text("import time\ntime.sleep(4)\n" + EXAMPLE.read_text())
+        posting = threading.Thread(
+            target=lambda: _quietly(
+                lambda: submit(restarted.client("alice"), slow_check, **SMALL, idempotency_key="k-2")
+            )
+        )
+        posting.start()
+        deadline = time.monotonic() + 60
+        while not any(f["phase"] == "submitting" for f in alice.get("/api/v1/fits").json()):
+            assert time.monotonic() < deadline, "the submission never showed"
+            time.sleep(0.1)
+        restarted.stop(signal_kill())  # the worst moment: mid-check, mid-fit, no goodbye
+        posting.join()
+        restarted.start()
+
+        alice = restarted.client("alice")
+        fits = alice.get("/api/v1/fits").json()
+        assert len(fits) == 2, fits
+        caught = [f for f in fits if f["id"] != running["id"]][0]
+        assert caught["phase"] == "interrupted"
+        again = submit(alice, slow_check, **SMALL, idempotency_key="k-2")  # the client retries, as told
+        assert again.status_code == 201 and again.json()["id"] == caught["id"]
+        twice = submit(alice, slow_check, **SMALL, idempotency_key="k-2")
+        assert twice.status_code == 200 and twice.json()["id"] == caught["id"]
+        assert submit(alice, SLOW, **SLOW_FIT, idempotency_key="run-1").json()["id"] == running["id"]
+        assert follow(alice, running["id"])[-1]["state"] == "COMPLETED"
+        assert follow(alice, caught["id"])[-1]["state"] == "COMPLETED"
+        assert len(alice.get("/api/v1/fits").json()) == 2
+        accounting = subprocess.run(
+            ["sacct", "-a", "-n", "-X", "-o", "WorkDir%300", "-S", "now-1hour"],
+            capture_output=True,
+            text=True,
+        )
+        assert accounting.stdout.count(str(restarted.data / "fits" / caught["id"])) == 1  # sbatch'ed once
+    finally:
+        restarted.close()
+
+
+def _quietly(call) -> None:
+    try:
+        call()
+    except httpx.HTTPError:
+        pass  # the service went away mid-request: what this test does to it
+
+
+def signal_kill() -> int:
+    import signal
+
+    return signal.SIGKILL
+
+
+def test_a_local_run_outlives_a_restart_of_the_service(mpiexec):
+    local = Service("local", "[limits]\nmax_ranks = 2\n").start()
+    try:
+        alice = local.client("alice")
+        fit = submit(alice, SLOW, **SLOW_FIT).json()
+        wait_for(alice, fit["id"], {"RUNNING"})
+        local.stop(signal_kill())
+        local.start()
+        assert follow(local.client("alice"), fit["id"])[-1]["state"] == "COMPLETED"
+        assert len(local.client("alice").get("/api/v1/fits").json()) == 1
+    finally:
+        local.close()
+
+
+def test_failed_logins_are_rate_limited():
+    limited = Service("local").start()
+    try:
+        codes = [
+            httpx.post(f"{limited.url}/login", data={"token": f"guess-{i}"}).status_code for i in range(11)
+        ]
+        assert codes[:10] == [401] * 10 and codes[10] == 429
+        right = httpx.post(f"{limited.url}/login", data={"token": limited.tokens["alice"]})
+        assert right.status_code == 429  # even the right token waits: a guesser learns nothing
+    finally:
+        limited.close()
+
+
+def test_a_trusted_proxy_names_the_user_and_no_one_else_can():
+    """auth = "proxy": the user name from the proxy's header, believed only from the proxy's address."""
+    proxied = Service(
+        "local", settings='auth = "proxy"\ntrusted_proxies = ["127.0.0.2"]\nadmins = ["boss"]\n'
+    ).start()
+    try:
+        proxy = httpx.Client(base_url=proxied.url, transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+        me = proxy.get("/api/v1/me", headers={"X-Remote-User": "dana"})
+        assert me.status_code == 200 and (me.json()["name"], me.json()["admin"]) == ("dana", False)
+        assert proxy.get("/api/v1/me", headers={"X-Remote-User": "boss"}).json()["admin"] is True
+        assert proxy.get("/api/v1/me").status_code == 401  # the proxy named no one
+        spoofed = {"X-Remote-User": "boss", "X-Forwarded-For": "127.0.0.2", "X-Real-IP": "127.0.0.2"}
+        assert httpx.get(f"{proxied.url}/api/v1/me", headers=spoofed).status_code == 401  # not the proxy
+        token = {"Authorization": f"Bearer {proxied.tokens['alice']}"}
+        assert httpx.get(f"{proxied.url}/api/v1/me", headers=token).status_code == 401  # proxy mode only
+    finally:
+        proxied.close()
+
+
+def test_the_service_refuses_to_listen_openly_without_authentication(tmp_path):
+    config = tmp_path / "open.toml"
+    config.write_text(f'[service]\nauth = "none"\ndata_dir = "{tmp_path}/data"\n')
+    done = cli("serve", "--config", config, "--host", "0.0.0.0", timeout=60)
+    one_line_error(done, "refuses to listen on 0.0.0.0 without authentication")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[service]\nbackend = 'cloud'\n")
+    one_line_error(cli("serve", "--config", bad, timeout=60), "backend='cloud'")
