@@ -9,8 +9,10 @@ storage can read each other's results when its umask says so.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,21 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
+def read_regular(path: Path) -> bytes:
+    """A regular file's bytes, never through a symbolic link and never blocking on a pipe: a model
+    writes in its job directory, and whoever reads these files must not be led elsewhere or stalled."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, "a symbolic link: not followed") from None
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return fh.read()
+
+
 def read_json(path: Path, kind: type | None = dict) -> Any | None:
     """The parsed file, or None when it does not exist (yet).
 
@@ -117,7 +134,7 @@ def read_json(path: Path, kind: type | None = dict) -> Any | None:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(read_regular(path).decode("utf-8"))
     except FileNotFoundError:
         return None
     except UnicodeDecodeError:

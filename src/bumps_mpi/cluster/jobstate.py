@@ -12,6 +12,7 @@ query; caching is best effort and never breaks a read.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -21,18 +22,24 @@ from ..jobdir import (
     STATE_FILE,
     JobDir,
     read_json,
+    read_regular,
     write_json,
 )
 from . import slurm
 from .states import JobState, describe_exit, pending_hint
 
+JOB_ID = re.compile(r"\d+(_\d+)?")  # a job, or an array's task
 UNKNOWN_AFTER_S = 300  # a job neither accounting nor the controller knows this long after sbatch is lost
 FULL_BELOW_BYTES = 1 << 20  # free space under which a job's file system is reported full
 
 
 def job_id_of(job: JobDir) -> str | None:
-    job_id = job.spec.get("slurm", {}).get("job_id")
-    return None if job_id is None else str(job_id)
+    """The Slurm job id job.json records; None if none (or one of a shape Slurm never gives)."""
+    record = job.spec.get("slurm")
+    job_id = record.get("job_id") if isinstance(record, dict) else None
+    if isinstance(job_id, bool) or not isinstance(job_id, (str, int)):
+        return None
+    return str(job_id) if JOB_ID.fullmatch(str(job_id)) else None
 
 
 def elapsed_seconds(text: str | None) -> int | None:
@@ -50,11 +57,15 @@ def elapsed_seconds(text: str | None) -> int | None:
 
 
 def _cached(job: JobDir) -> dict | None:
+    """A Slurm job's final record, kept to spare accounting; a local run's local.json is as cheap to read
+    and is written last, by its supervisor, after the ranks have ended (the model may write state.json)."""
+    if _id_or_none(job) is None:
+        return None
     try:
         cached = read_json(job.file(STATE_FILE))
     except BumpsMpiError:  # a cache that cannot be read is no cache: ask Slurm again
         return None
-    if cached is None or cached.get("state") not in {s.value for s in JobState}:
+    if not isinstance(cached, dict) or cached.get("state") not in {s.value for s in JobState}:
         return None
     return cached
 
@@ -64,6 +75,15 @@ def _id_or_none(job: JobDir) -> str | None:
         return job_id_of(job)
     except BumpsMpiError:
         return None
+
+
+def ended_for_good(record: dict[str, Any]) -> bool:
+    """A final state that Slurm will not requeue, and the job's processes gone: the fit's own files show
+    its end a moment before that (rank 0 still draws the figures, the job still exits)."""
+    state = JobState(record["state"])
+    if not state.terminal or state in (JobState.PREEMPTED, JobState.NODE_FAIL):
+        return False
+    return not record.get("finishing")
 
 
 def status(jobs: list[JobDir]) -> list[dict[str, Any]]:
@@ -169,6 +189,7 @@ def _record(job: JobDir, cached: dict | None, view: _SlurmView) -> dict[str, Any
         # show it running again after the controller (or these files) showed its end
         ended = JobState.COMPLETED if result is not None else _out_of_memory(JobState.FAILED, error)
         record["state"] = ended.value
+        record["finishing"] = state is JobState.RUNNING  # its processes still run (drawing figures, exiting)
         record["reason"] = (
             None if state is JobState.RUNNING else f"from the job directory; {record['reason']}"
         )
@@ -252,7 +273,7 @@ def _script_status(job: JobDir, job_id: str | None, exit_code: str | None) -> in
         if job_id is None:  # mpiexec's own status, as local.state wrote it: "N:0", or "0:S" for a signal
             code, _, sig = (exit_code or "").partition(":")
             return -int(sig) if sig.isdigit() and int(sig) else int(code)
-        return int(job.file(EXIT_STATUS_FILE).read_text().strip())
+        return int(read_regular(job.file(EXIT_STATUS_FILE)).decode().strip())
     except (OSError, ValueError):
         return None
 

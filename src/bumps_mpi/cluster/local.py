@@ -11,6 +11,7 @@ continues a stale one.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ from ..jobdir import (
     RESUMABLE_FITTERS,
     JobDir,
     read_json,
+    write_atomic,
     write_json,
 )
 from . import processes
@@ -74,14 +76,23 @@ def _ranks(job: JobDir) -> list[dict[str, Any]]:
     return [r for r in ranks if isinstance(r, dict)]
 
 
-def _kill_ranks(job: JobDir, launcher: subprocess.Popen | None = None) -> None:
-    """SIGKILL every rank still alive (each in its own session, so mpiexec's death would not end them)."""
-    for rank in _ranks(job):
-        if processes.alive(rank):
-            try:
-                os.kill(int(rank["pid"]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+def _kill_ranks(
+    job: JobDir, launcher: subprocess.Popen | None = None, launcher_pid: int | None = None
+) -> None:
+    """SIGKILL every rank still alive (each in its own session, so mpiexec's death would not end them):
+    those ranks.json names, and every process of the job below mpiexec (ranks.json is the model's to
+    write: a forged one must not leave the real ranks running)."""
+    pids = {int(rank["pid"]) for rank in _ranks(job) if processes.runs_job(rank, job.path)}
+    below = launcher.pid if launcher is not None else launcher_pid
+    if below is not None:
+        pids |= {
+            p for p in processes.descendants(below) if str(job.path) in (processes.command_line(p) or [])
+        }
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     if launcher is not None:
         launcher.kill()
 
@@ -110,7 +121,7 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
             output[0] = None  # the terminal is gone: nothing more to show
         if not launched:
             return  # not started yet: it is killed as soon as it is
-        rank0 = next((r for r in _ranks(job) if r.get("rank") == 0 and processes.alive(r)), None)
+        rank0 = next((r for r in _ranks(job) if r.get("rank") == 0 and processes.runs_job(r, job.path)), None)
         if len(stops) > 1 or rank0 is None or not resumable:
             _kill_ranks(job, launched[0])
             return
@@ -124,7 +135,7 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
         wanted.append(signal.SIGHUP)
     previous = {sig: signal.signal(sig, forward) for sig in wanted}  # before mpiexec exists: no gap
     try:
-        with open(job.file(LOCAL_LOG_FILE), "ab") as log:
+        with _append(job.file(LOCAL_LOG_FILE)) as log:
             proc = subprocess.Popen(
                 command,
                 stdout=subprocess.PIPE,
@@ -194,7 +205,8 @@ def _has_result(job: JobDir) -> bool:
 
 def liveness(job: JobDir, local: dict[str, Any]) -> bool | None:
     """Whether a run recorded as RUNNING still has a process: True, False (stale), None (another host)."""
-    answers = [processes.alive(local.get("launcher"))] + [processes.alive(r) for r in _ranks(job)]
+    records = [local.get("launcher"), *_ranks(job)]
+    answers = [processes.runs_job(record, job.path) for record in records]
     if any(answers):
         return True
     if all(a is False for a in answers):
@@ -248,28 +260,29 @@ def cancel(job: JobDir, wait_s: float = STOP_WAIT_S) -> dict[str, Any]:
         host = (local.get("launcher") or {}).get("host", "another host")
         raise UsageError(f"{job.path} runs on {host}: cancel it there")
     try:
-        job.file(CANCEL_FILE).write_text(f"{time.time()}\n")
+        write_atomic(job.file(CANCEL_FILE), f"{time.time()}\n")  # a link the model left there is replaced
     except OSError as exc:
         raise SubmitError(f"cannot write {job.file(CANCEL_FILE)}: {exc.strerror or exc}") from None
     how = "stale"
     if live:
         how = "stopped"
-        supervisor = local.get("supervisor")
+        supervisor = _supervisor(job, local)
         rank0 = next((r for r in _ranks(job) if r.get("rank") == 0), None)
         resumable = job.spec.get("fit") in RESUMABLE_FITTERS
-        if processes.alive(supervisor):
+        if supervisor is not None:
             _signal(supervisor, signal.SIGTERM)  # it passes it to rank 0, or kills what cannot checkpoint
-        elif resumable and processes.alive(rank0):
+        elif resumable and processes.runs_job(rank0, job.path):
             _signal(rank0, signal.SIGTERM)
         else:
             how = "killed"
-            _kill_ranks(job)
+            _kill_ranks(job, launcher_pid=_launcher_pid(job, local))
         if not _wait(lambda: not liveness(job, local), wait_s if resumable else 10):
             how = "killed"
-            _kill_ranks(job)
-            _signal(local.get("launcher"), signal.SIGKILL)
+            _kill_ranks(job, launcher_pid=_launcher_pid(job, local))
+            if processes.runs_job(local.get("launcher"), job.path):
+                _signal(local.get("launcher"), signal.SIGKILL)
             _wait(lambda: not liveness(job, local), 10)
-    if processes.alive(local.get("supervisor")):  # it records the end itself
+    if _supervisor(job, local) is not None:  # it records the end itself
         _wait(lambda: (job.local_state or {}).get("state") != "RUNNING", 10)
     if (job.local_state or {}).get("state") == "RUNNING":
         try:
@@ -277,6 +290,33 @@ def cancel(job: JobDir, wait_s: float = STOP_WAIT_S) -> dict[str, Any]:
         except OSError:  # status still sees the processes gone, and the cancel-request
             pass
     return {"job_id": None, "job_dir": str(job.path), "cancelled": True, "how": how}
+
+
+def _launcher_pid(job: JobDir, local: dict[str, Any]) -> int | None:
+    launcher = local.get("launcher")
+    return int(launcher["pid"]) if processes.runs_job(launcher, job.path) else None
+
+
+def _append(path: Path) -> Any:
+    """The run's log, opened to append; a link the model left under its name is removed, not followed."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        path.unlink()
+        fd = os.open(path, flags, 0o666)
+    return os.fdopen(fd, "ab")
+
+
+def _supervisor(job: JobDir, local: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's supervisor, if alive and truly the parent of the job's own mpiexec (local.json is in
+    the job directory, where the model writes: its word alone names no process to signal)."""
+    supervisor, launcher = local.get("supervisor"), local.get("launcher")
+    if not processes.alive(supervisor) or not processes.runs_job(launcher, job.path):
+        return None
+    return supervisor if processes.parent_of(int(launcher["pid"])) == supervisor["pid"] else None
 
 
 def _signal(process: Any, signum: int) -> None:

@@ -71,3 +71,45 @@ def alive(record: Any) -> bool | None:
     if not isinstance(record.get("start"), int):  # recorded without /proc: the pid is all there is
         return True
     return now == record["start"]
+
+
+def command_line(pid: int) -> list[str] | None:
+    """The process's arguments (/proc/PID/cmdline); None if gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [arg.decode("utf-8", "replace") for arg in fh.read().split(b"\0") if arg]
+    except OSError:
+        return None
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(b")") + 2 :].split()[1])
+
+
+def runs_job(record: Any, job_path: Any) -> bool | None:
+    """alive(record), and if alive, whether that process was started for the job at *job_path* (its
+    arguments name the job directory). A record read from a job directory is the job's own writing: a
+    model could name any process in it, and whoever signals on its word must not signal that one."""
+    live = alive(record)
+    if live is not True or not os.path.exists("/proc/self/cmdline"):
+        return live
+    return str(job_path) in (command_line(int(record["pid"])) or [])
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below *pid* in the process tree (children, theirs, ...), from one scan of /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit() and (parent := parent_of(int(entry))) is not None:
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

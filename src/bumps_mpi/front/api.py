@@ -23,6 +23,7 @@ from ..jobdir import (
     RESUMABLE_FITTERS,
     JobDir,
     slurm_log,
+    write_atomic,
 )
 from . import registry
 
@@ -130,7 +131,7 @@ def request_checkpoint(ref: str) -> dict[str, Any]:
 
 def _write_request(job: JobDir, name: str) -> None:
     try:
-        job.file(name).write_text(f"{time.time()}\n")
+        write_atomic(job.file(name), f"{time.time()}\n")  # a link the model left there is replaced
     except OSError as exc:
         raise BumpsMpiError(f"cannot write {job.file(name)}: {exc.strerror or exc}") from None
 
