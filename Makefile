@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 DEMO_ARGS ?= --seed 1 --samples 10000
 
-.PHONY: venv demo test test-local bench lint cluster cluster-stop test-tools clean
+.PHONY: venv demo test test-local bench lint cluster cluster-stop database test-tools clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,service]'
+	$(PY) -m pip install --quiet -e '.[test,service,postgres]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -24,7 +24,7 @@ demo: venv
 
 ## test: start the project's Slurm cluster (root: installs it on first use) and run every test;
 ## Slurm, MPI and browser tests fail instead of skipping when their cluster, runtime or browser is missing
-test: venv cluster test-tools
+test: venv cluster database test-tools
 	BUMPS_MPI_REQUIRE_CLUSTER=1 $(PY) -m pytest -ra
 
 ## test-local: the tests that need no Slurm (Slurm tests skip); no root needed
@@ -34,13 +34,14 @@ test-local: venv
 ## bench: mapper per-call times and ratios (2 and 4 ranks), then a real refl1d DREAM fit, serial vs 2 ranks
 ## (installs the bench extra: refl1d, which pins bumps==1.0.4)
 bench: venv
-	$(PY) -m pip install --quiet -e '.[test,service,bench]'
+	$(PY) -m pip install --quiet -e '.[test,service,postgres,bench]'
 	$(PY) bench/mapper_bench.py
 	$(PY) bench/startup_bench.py
 	$(PY) bench/refl1d_bench.py
 	$(PY) bench/figures_bench.py
 	$(PY) bench/sandbox_bench.py
 	$(PY) bench/service_bench.py
+	$(PY) bench/dispatch_bench.py
 
 lint: venv
 	$(BIN)/ruff check src tests examples bench
@@ -48,6 +49,10 @@ lint: venv
 
 cluster:
 	scripts/slurm-cluster start
+
+## database: the PostgreSQL server the dispatcher's tests also run against (root: installs it on first use)
+database:
+	scripts/postgres-server start
 
 ## test-tools: Debian's chromium and chromium-driver (the report's browser test) and apparmor (parses the
 ## sandbox's AppArmor profile); root, nothing downloaded from elsewhere

@@ -168,6 +168,32 @@ def slurm_cluster():
     return True
 
 
+POSTGRES = "postgresql://postgres@127.0.0.1:54329"  # scripts/postgres-server's
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The project's PostgreSQL (scripts/postgres-server start); a function that makes a new database."""
+    try:
+        import psycopg
+    except ImportError:
+        unavailable("psycopg is not installed: pip install -e '.[test,service,postgres]'")
+    try:
+        psycopg.connect(f"{POSTGRES}/postgres", connect_timeout=10).close()
+    except psycopg.Error as exc:
+        unavailable(
+            f"the PostgreSQL test server is not running ({exc}); start it: scripts/postgres-server start"
+        )
+
+    def new_database() -> str:
+        name = f"bumps_{os.getpid()}_{time.monotonic_ns()}"
+        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as db:
+            db.execute(f"CREATE DATABASE {name}")
+        return f"{POSTGRES}/{name}"
+
+    return new_database
+
+
 @pytest.fixture(scope="session")
 def mpiexec():
     exe = Path(sys.executable).parent / "mpiexec"

@@ -38,8 +38,9 @@ class Service:
     """One service: its configuration, data directory, tokens and process; restartable."""
 
     def __init__(
-        self, backend: str, extra: str = "", user: pwd.struct_passwd | None = None, settings: str = ""
-    ):
+        self, backend: str, extra: str = "", user: pwd.struct_passwd | None = None, settings: str = "",
+        site: str = "",
+    ):  # fmt: skip
         self.user = user or service_user()
         self.base = Path(tempfile.mkdtemp(prefix="bumps-service-"))
         self.base.chmod(0o755)
@@ -52,7 +53,7 @@ class Service:
             f'base_url = "{self.url}"\n{settings}{extra}'
         )
         self.site = self.base / "site.toml"
-        self.site.write_text('[profiles.default]\ntime = "00:10:00"\nsandbox_max_file_mb = 64\n')
+        self.site.write_text(f'[profiles.default]\ntime = "00:10:00"\nsandbox_max_file_mb = 64\n{site}')
         for path in (self.base, self.config, self.site):
             os.chown(path, self.user.pw_uid, self.user.pw_gid)
         self.proc: subprocess.Popen | None = None
@@ -113,8 +114,43 @@ class Service:
 
     def close(self) -> None:
         self.stop(signal.SIGKILL)
-        subprocess.run(["pkill", "-KILL", "-f", str(self.data)], check=False)  # local runs' supervisors
+        subprocess.run(["pkill", "-KILL", "-f", str(self.base)], check=False)  # local runs, workers
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+class Worker:
+    """`bumps-submit worker` for a service in dispatch mode, as the service's user; restartable."""
+
+    def __init__(self, service: Service, name: str, *options: str):
+        self.service, self.name, self.options = service, name, options
+        self.state = service.base / f"worker-{name}"
+        self.log = service.base / f"worker-{name}.log"
+        made = subprocess.run(
+            service.command("worker-token"), capture_output=True, text=True, env=service.env()
+        )
+        assert made.returncode == 0, made.stderr
+        self.token = made.stdout.strip()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        service = self.service
+        command = [
+            *as_user(service.user.pw_uid, service.user.pw_gid), sys.executable, "-m", "bumps_mpi", "worker",
+            "--controller", service.url, "--name", self.name, "--state-dir", str(self.state),
+            "--registration-token", self.token, *self.options,
+        ]  # fmt: skip
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=service.env())
+        return self
+
+    def kill(self, how: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(how)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def said(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
 
 
 def submit(client: httpx.Client, model: Path, **fields: str) -> httpx.Response:

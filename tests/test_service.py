@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 import subprocess
 import threading
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import EXAMPLE, MODELS, chromium, cli, cli_json, one_line_error
+from conftest import EXAMPLE, MODELS, as_user, chromium, cli, cli_json, one_line_error
 from service_helpers import Service, follow, free_port, submit, wait_for
 
 pytestmark = pytest.mark.slurm
@@ -208,18 +209,19 @@ def test_requests_without_or_with_a_wrong_token_are_refused(service):
 
 def test_a_revoked_token_no_longer_works(service):
     token = service.token("carol")
-    assert (
-        httpx.get(f"{service.url}/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
-    )
+    bearer = {"Authorization": f"Bearer {token}"}
+    browser = httpx.Client(base_url=service.url, follow_redirects=False)
+    assert browser.post("/login", data={"token": token}).status_code == 303
+    assert browser.get("/api/v1/me").status_code == 200  # a session cookie from it
+    assert httpx.get(f"{service.url}/api/v1/me", headers=bearer).status_code == 200
     done = subprocess.run(service.command("token", "revoke", "carol"), capture_output=True, env=service.env())
     assert done.returncode == 0
-    assert (
-        httpx.get(f"{service.url}/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
-    )
-    tokens = subprocess.run(
+    assert httpx.get(f"{service.url}/api/v1/me", headers=bearer).status_code == 401
+    assert browser.get("/api/v1/me").status_code == 401  # the sessions it opened end with it
+    listed = subprocess.run(
         service.command("token", "list"), capture_output=True, text=True, env=service.env()
     )
-    assert "carol" in tokens.stdout and "revoked" in tokens.stdout and token not in tokens.stdout
+    assert "carol" in listed.stdout and "revoked" in listed.stdout and token not in listed.stdout
     assert token not in (service.data / "service.sqlite").read_bytes().decode("latin-1")  # only its hash
 
 
@@ -273,6 +275,10 @@ def test_uploads_cannot_reach_outside_their_fit(service):
         assert answer.status_code == 422, (name, answer.text)
     data = [("model", ("peak.py", EXAMPLE.read_bytes())), ("data", ("../../../escape.dat", b"1 2 3"))]
     assert alice.post("/api/v1/fits", files=data).status_code == 422
+    clash = [("model", ("m.py", EXAMPLE.read_bytes())), ("data", ("m.py/d.txt", b"1"))]
+    assert alice.post("/api/v1/fits", files=clash).status_code == 422  # a file and a folder of one name
+    args = alice.post("/api/v1/fits", files=[("model", ("m.py", EXAMPLE.read_bytes()))], data={"args": "[1,"})
+    assert args.status_code == 422 and "JSON list of strings" in args.json()["detail"]
     assert not list(service.base.rglob("escape*")) and not Path("/tmp/escape.py").exists()
     assert fit_dirs(service) == before  # nothing left behind
 
@@ -298,6 +304,7 @@ def test_zips_are_checked_entry_by_entry(service):
         "a link": _zip({"peak.py": peak}, links={"data.txt": "/etc/shadow"}),
         "a zip bomb": _zip({"peak.py": peak, "zeros.dat": b"\0" * (150 << 20)}),
         "not a zip": b"PK\x03\x04 not really",
+        "too many entries": _zip({"peak.py": peak, **{f"d/{i}.dat": b"" for i in range(60)}}),
     }
     for why, archive in refused.items():
         answer = alice.post("/api/v1/fits", files=[("archive", ("model.zip", archive))])
@@ -397,10 +404,16 @@ def _login(browser, service: Service, who: str = "alice") -> None:
 
 
 def _until(browser, condition, what: str, timeout: float = 180) -> None:
+    """Wait for *condition*; a page that reloads meanwhile (its elements gone) just means: not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():
-            return
+        try:
+            if condition():
+                return
+        except (StaleElementReferenceException, NoSuchElementException):
+            pass
         time.sleep(0.2)
     raise AssertionError(f"no {what} in {timeout} s; page: {browser.current_url}")
 
@@ -502,6 +515,77 @@ def test_names_from_a_model_are_inert_in_the_pages(service, tmp_path):
         browser.save_screenshot(str(tmp_path / "hostile-names.png"))
     finally:
         browser.quit()
+
+
+def _fit_row(service: Service, fit_id: str) -> tuple:
+    db = sqlite3.connect(f"file:{service.data / 'service.sqlite'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT state, ended FROM fits WHERE id = ?", (fit_id,)).fetchone()
+    finally:
+        db.close()
+
+
+def test_a_model_that_forges_its_records_and_plants_links_gains_nothing(mpiexec, tmp_path):
+    """Its job directory is the model's to write: the service acts on its own records and serves no link."""
+    local = Service("local", "[limits]\nmax_ranks = 2\n").start()
+    victim = subprocess.Popen([*as_user(local.user.pw_uid, local.user.pw_gid), "sleep", "600"])
+    try:
+        alice = local.client("alice")
+        forge = {"victim": victim.pid, "secret": str(local.data / "secret")}
+        files = [
+            ("model", ("forger.py", (MODELS / "forger.py").read_bytes())),
+            ("data", ("forge.json", json.dumps(forge).encode())),
+            ("data", ("slow_peak.py", SLOW.read_bytes())),
+        ]
+        fit = alice.post(
+            "/api/v1/fits", files=files, data={"samples": "400000", "args": "0.005 forge.json"}
+        ).json()
+        job = job_dir_of(local, fit["id"])
+        deadline = time.monotonic() + 120
+        while not (job / "export" / "evil.js").exists():
+            assert time.monotonic() < deadline, "the model never planted its files"
+            time.sleep(0.2)
+        while _fit_row(local, fit["id"])[0] not in ("COMPLETED", "FAILED"):  # the forged records read ...
+            assert time.monotonic() < deadline, _fit_row(local, fit["id"])
+            time.sleep(0.2)
+        assert _fit_row(local, fit["id"])[1] is None  # ... and not believed it: its supervisor still runs
+
+        listed = alice.get(f"/api/v1/fits/{fit['id']}").json()["files"]
+        assert "export/evil.svg" in listed
+        for planted in ("export/stolen.txt", "slurm-1.out", "export/pipe.txt"):
+            assert planted not in listed
+            assert alice.get(f"/api/v1/fits/{fit['id']}/files/{planted}").status_code == 404
+        svg = alice.get(f"/api/v1/fits/{fit['id']}/files/export/evil.svg")
+        assert svg.headers["content-type"] == "application/octet-stream"
+        assert svg.headers["content-disposition"].startswith("attachment")
+        assert svg.headers["content-security-policy"].startswith("sandbox")
+        assert svg.headers["x-content-type-options"] == "nosniff"
+
+        assert alice.post(f"/api/v1/fits/{fit['id']}/cancel").status_code == 202
+        assert follow(alice, fit["id"])[-1]["state"] in ("CANCELLED", "FAILED")
+        assert victim.poll() is None  # the process the model named is untouched
+        left = subprocess.run(["pgrep", "-f", str(job)], capture_output=True, text=True).stdout.split()
+        assert not left, left  # and the real ranks are gone, though ranks.json named someone else
+    finally:
+        victim.kill()
+        local.close()
+
+
+def test_without_authentication_only_loopback_by_name_and_no_webhook_inside(mpiexec):
+    open_one = Service("local", settings='auth = "none"\n').start()
+    try:
+        me = httpx.get(f"{open_one.url}/api/v1/me")
+        assert me.status_code == 200 and me.json()["name"] == "local"
+        rebound = httpx.get(f"{open_one.url}/api/v1/me", headers={"Host": "attacker.example"})
+        assert rebound.status_code == 401  # a page elsewhere whose name resolves here gets nothing
+        client = httpx.Client(base_url=open_one.url)
+        assert submit(client, EXAMPLE).status_code == 403  # a page elsewhere cannot post here either
+        client.headers["X-CSRF-Token"] = me.json()["csrf"]
+        for inside in ("http://127.0.0.1:9/hook", "http://169.254.169.254/latest", "http://10.1.2.3/"):
+            answer = submit(client, EXAMPLE, notify_webhook=inside)
+            assert answer.status_code == 422 and "own network" in answer.json()["detail"], answer.text
+    finally:
+        open_one.close()
 
 
 # --- restarts, idempotency, and a service that must not listen openly --------------------------------------

@@ -560,18 +560,71 @@ def token_add(ctx: click.Context, name: str, admin: bool) -> None:
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", name):
         raise BumpsMpiError(f"user name {name!r} is not allowed: letters, digits and ._@- (at most 64)")
-    click.echo(Store(ctx.obj["config"].data_dir / "service.sqlite").add_token(name, admin))
+    click.echo(Store.of(ctx.obj["config"]).add_token(name, admin))
 
 
 @token.command(name="revoke")
 @click.argument("name")
 @click.pass_context
 def token_revoke(ctx: click.Context, name: str) -> None:
-    """Revoke every token of NAME (their sessions end with them at the next login)."""
+    """Revoke every token of NAME and end their sessions now."""
     from ..service.store import Store
 
-    count = Store(ctx.obj["config"].data_dir / "service.sqlite").revoke(name)
+    count = Store.of(ctx.obj["config"]).revoke(name)
     echo(f"revoked {count} token(s) of {name}")
+
+
+@serve.command(name="worker-token")
+@click.pass_context
+def worker_token(ctx: click.Context) -> None:
+    """Make a one-time token with which one worker registers (dispatch mode); it is shown this once."""
+    from ..service.dispatch import Queue
+    from ..service.store import Store
+
+    config = ctx.obj["config"]
+    click.echo(Queue(config, Store.of(config)).registration_token())
+
+
+@main.command()
+@click.option("--controller", required=True, help="The job controller's URL (https://...).")
+@click.option("--capacity", type=int, default=1, show_default=True, help="Fits in flight here at most.")
+@click.option("--profile", help="Site profile the fits are submitted with (Slurm).")
+@click.option("--local", is_flag=True, help="Run the fits here under mpiexec instead of Slurm.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="What fits may ask for.")
+@click.option("--name", help="This worker's name [the host name].")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    default="~/.local/share/bumps-mpi/worker",
+    show_default=True,
+    help="Its credential and its fits in flight.",
+)
+@click.option("--registration-token", envvar="BUMPS_MPI_REGISTRATION_TOKEN", help="To register, once.")
+def worker(
+    controller: str, capacity: int, profile: str | None, local: bool, labels: tuple[str, ...],
+    name: str | None, state_dir: str, registration_token: str | None,
+) -> None:  # fmt: skip
+    """Pull fits from a job controller in dispatch mode and run them on this cluster (or here)."""
+    from pathlib import Path
+
+    from ..service.worker import Worker
+
+    if capacity < 1:
+        raise BumpsMpiError(f"--capacity must be at least 1, got {capacity}")
+    found = {}
+    for label in labels:
+        key, sep, value = label.partition("=")
+        if not sep or not key:
+            raise BumpsMpiError(f"--label {label!r}: give KEY=VALUE")
+        found[key] = value
+    if not controller.startswith(("http://", "https://")):
+        raise BumpsMpiError(f"--controller {controller!r}: give the controller's http(s) URL")
+    runner = Worker(
+        controller, Path(state_dir).expanduser(), capacity, found, profile, local, name,
+        registration_token, say=lambda line: echo(f"bumps-submit worker: {line}", err=True),
+    )  # fmt: skip
+    echo(f"bumps-submit worker: pulling up to {capacity} fit(s) from {controller}", err=True)
+    runner.run()
 
 
 @token.command(name="list")
@@ -580,7 +633,7 @@ def token_list(ctx: click.Context) -> None:
     """Every token's user, role and dates (never the token)."""
     from ..service.store import Store
 
-    for row in Store(ctx.obj["config"].data_dir / "service.sqlite").tokens():
+    for row in Store.of(ctx.obj["config"]).tokens():
         state = "revoked" if row["revoked"] else "active"
         role = "admin" if row["admin"] else "user"
         since = time.strftime("%Y-%m-%d", time.localtime(row["created"]))

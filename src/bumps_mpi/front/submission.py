@@ -68,6 +68,7 @@ class JobRequest:
     profile: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     read: list[Path] = field(default_factory=list)  # paths the confined model may read, besides the site's
+    start_from: Path | None = None  # a checkpoint the fit continues from (the dispatcher's next attempt)
 
 
 @dataclass
@@ -245,6 +246,7 @@ def submit(request: JobRequest) -> dict[str, Any]:
         prepared.target, {JOB_FILE: _json(prepared.spec), SCRIPT_FILE: prepared.script}, request.model
     )
     try:
+        _start_from(job, request)
         job_id = slurm.sbatch(job.file(SCRIPT_FILE), job.path)
     except slurm.SubmitUncertain:
         raise  # it may be queued: its directory stays, and the message says so
@@ -311,8 +313,21 @@ def create_local(request: JobRequest, ranks: int | None = None, warn: Any = None
             warn(f"bumps-submit: warning: {note}")
     prepared.spec["local"] = {"ranks": ranks}
     job = _create_job_dir(prepared.target, {JOB_FILE: _json(prepared.spec)}, request.model)
+    try:
+        _start_from(job, request)
+    except BaseException:
+        shutil.rmtree(job.path, ignore_errors=True)
+        raise
     _register(None, job, prepared.spec["name"])
     return job, ranks
+
+
+def _start_from(job: JobDir, request: JobRequest) -> None:
+    """Put the checkpoint to continue from in place (checked: it loads), before the job can start."""
+    if request.start_from is None:
+        return
+    shutil.copyfile(request.start_from, job.file(CHECKPOINT_FILE))
+    check_checkpoint(job)
 
 
 def check_checkpoint(job: JobDir) -> int:

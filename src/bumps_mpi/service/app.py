@@ -14,19 +14,22 @@ in the pages' script) and the report is served under a sandboxing CSP.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import os
 import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi import Depends, FastAPI, Form, Header, HTTPException, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
@@ -34,12 +37,12 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..cluster.render import limit_seconds
-from ..cluster.states import JobState
 from ..errors import BumpsMpiError, UsageError
 from ..jobdir import FIGURES_DIR, REPORT_FILE
 from ..text import plain
-from . import notify, uploads
+from . import files, notify, uploads
 from .auth import COOKIE, Auth, User
+from .dispatch import Queue
 from .monitor import Monitor
 from .runner import Runner, fit_dir, job_of
 from .settings import ServiceConfig, load
@@ -50,15 +53,50 @@ PAGE_POLICY = (
     "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
 )
+SAFE = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY"}
 REPORT_POLICY = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-DOWNLOADS = (
-    "result.json",
-    "error.json",
-    REPORT_FILE,
-    "local.out",
-    "job.json",
-)  # besides export/, figures/, logs
+DOWNLOADS = ("result.json", "error.json", REPORT_FILE, "local.out")  # besides export/, figures/, logs
+# every download: the browser must never run it nor guess its type; only PNG figures are shown inline
+DOWNLOAD_HEADERS = {
+    "Content-Security-Policy": "sandbox; default-src 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 FIT_FIELDS = ("samples", "burn", "steps", "pop", "init", "thin")
+STREAM_S = 3600  # an event stream's longest life: a client that still wants it reconnects
+_FILE = {"type": "string", "format": "binary"}
+SUBMIT_SCHEMA = {  # the form the submit endpoint reads itself (after authentication), for OpenAPI
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "model": {**_FILE, "description": "the model file (.py)"},
+                        "data": {"type": "array", "items": _FILE, "description": "its data files"},
+                        "archive": {**_FILE, "description": "or one zip of the model and its data"},
+                        "model_name": {"type": "string", "description": "the model file in the zip"},
+                        "args": {"type": "string", "description": "the model's arguments"},
+                        "fit": {"type": "string", "default": "dream"},
+                        **{
+                            name: {"type": "string"}
+                            for name in ("samples", "burn", "steps", "pop", "init", "thin")
+                        },
+                        "seed": {"type": "integer"},
+                        "ntasks": {"type": "integer"},
+                        "time": {"type": "string", "description": "Slurm time limit, e.g. 00:30:00"},
+                        "labels": {
+                            "type": "string",
+                            "description": "dispatch: key=value,... a worker must have",
+                        },
+                        "notify_email": {"type": "string"},
+                        "notify_webhook": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 class FitOut(BaseModel):
@@ -73,6 +111,8 @@ class FitOut(BaseModel):
     job_id: str | None = None
     chisq: float | None = None
     message: str | None = None
+    worker: str | None = None  # dispatch: the worker of the current (or last) attempt
+    attempt: int = 0
 
 
 class FitDetail(FitOut):
@@ -95,10 +135,11 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         config = load(Path(path) if path else None)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["BUMPS_MPI_REGISTRY"] = str(config.data_dir / "registry.jsonl")  # the service's own list
-    store = Store(config.data_dir / "service.sqlite")
+    store = Store.of(config)
     auth = Auth(config, store)
-    runner = Runner(config, store)
-    monitor = Monitor(config, store)
+    queue = Queue(config, store)
+    runner = Runner(config, store, queue)
+    monitor = Monitor(config, store, queue, runner)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # noqa: ANN202
@@ -123,20 +164,28 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     templates.env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        """A bug or a broken file: a short answer with the usual headers, the traceback in the log."""
+        import traceback
+
+        traceback.print_exception(exc)
+        body = {"detail": f"the service failed: {type(exc).__name__}; its log has the details"}
+        return JSONResponse(body, status_code=500, headers={"Content-Security-Policy": PAGE_POLICY, **SAFE})
+
     @app.middleware("http")
     async def headers(request: Request, call_next):  # noqa: ANN001, ANN202
         response = await call_next(request)
         response.headers.setdefault("Content-Security-Policy", PAGE_POLICY)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "same-origin"
-        response.headers["X-Frame-Options"] = "DENY"
+        response.headers.update(SAFE)
         return response
 
     # --- who -------------------------------------------------------------------------------------------
 
     def who(request: Request) -> User | None:
         client = request.client.host if request.client else None
-        return auth.identify(dict(request.headers), dict(request.cookies), client)
+        server = request.scope.get("server") or (None,)
+        return auth.identify(dict(request.headers), dict(request.cookies), client, server[0])
 
     def api_user(request: Request) -> User:
         user = who(request)
@@ -165,6 +214,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         return FitOut(
             id=fit["id"], owner=fit["owner"], name=fit["name"], created=fit["created"], state=state,
             phase=fit["phase"], job_id=fit.get("job_id"), chisq=fit.get("chisq"), message=fit.get("message"),
+            worker=fit.get("worker"), attempt=fit.get("attempt") or 0,
         )  # fmt: skip
 
     def detail(fit: dict) -> FitDetail:
@@ -174,7 +224,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             return out
         record = monitor.record(fit) or {}
         out.state = record.get("state", out.state)
-        out.progress = record.get("progress")
+        out.progress = finite(record.get("progress"))
         out.reason = plain(record["reason"]) if record.get("reason") else None
         if record.get("error"):  # the model's words: text, without terminal control sequences
             out.error = {k: plain(v) if isinstance(v, str) else v for k, v in record["error"].items()}
@@ -186,9 +236,10 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             out.parameters = [{**p, "name": plain(p["name"])} for p in result["parameters"]]
             out.chisq, out.chisq_str = result["chisq"], result["chisq_str"]
             out.sandbox = result.get("sandbox")
-        figures = job.file(FIGURES_DIR)
-        out.figures = sorted(p.name for p in figures.glob("*.png")) if figures.is_dir() else []
         out.files = downloads(job.path)
+        out.figures = [
+            n.split("/", 1)[1] for n in out.files if n.startswith(f"{FIGURES_DIR}/") and n.endswith(".png")
+        ]
         return out
 
     def over(fit: dict) -> bool:
@@ -196,28 +247,35 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         return bool(fit.get("ended")) or fit["phase"] in ("rejected", "interrupted", "deleted")
 
     def downloads(job_path: Path) -> list[str]:
-        found = [name for name in DOWNLOADS if (job_path / name).is_file()]
-        found += sorted(p.name for p in job_path.glob("slurm-*.out"))
-        for folder in ("export", FIGURES_DIR):
-            if (job_path / folder).is_dir():
-                found += sorted(f"{folder}/{p.name}" for p in (job_path / folder).iterdir() if p.is_file())
-        return found
+        """What a fit offers for download: regular files only (no links followed), in a fixed set."""
+        found = list(files.regular_files(job_path))
+        wanted = set(DOWNLOADS)
+        return [
+            name for name in found
+            if name in wanted or (name.startswith("slurm-") and name.endswith(".out"))
+            or name.startswith(("export/", f"{FIGURES_DIR}/"))
+        ]  # fmt: skip
 
-    def file_in(fit: dict, relative: str) -> Path:
-        """A download: only what downloads() lists, only inside the job directory, never through a link."""
+    def open_in(fit: dict, relative: str) -> tuple[Any, int]:
+        """A download opened once, beneath the job directory, through no link: (file, size)."""
         job = job_of(config, fit)
         if job is None or relative not in downloads(job.path):
             raise HTTPException(404, f"no file {relative!r} in this fit")
-        path = job.path / relative
-        if path.is_symlink() or not path.resolve().is_relative_to(job.path.resolve()):
-            raise HTTPException(404, f"no file {relative!r} in this fit")
-        return path
+        try:
+            handle = files.open_beneath(job.path, relative)
+        except OSError:
+            raise HTTPException(404, f"no file {relative!r} in this fit") from None
+        return handle, os.fstat(handle.fileno()).st_size
 
-    inside = re.compile(re.escape(str(config.data_dir / "fits")) + r"/[0-9a-f]+/(model|job)/")
+    inside = re.compile(re.escape(str(config.data_dir / "fits")) + r"/[0-9a-f]+/(model|job)(/|\b)")
+    service_paths = re.compile(re.escape(str(config.data_dir)) + r"\S*")
 
     def public(text: str | None) -> str | None:
         """A message without the service's own paths: the user's file names, as they sent them."""
-        return None if text is None else plain(inside.sub("", text))
+        if text is None:
+            return None
+        text = inside.sub(lambda m: "" if m.group(2) == "/" else f"the fit's {m.group(1)} directory", text)
+        return plain(service_paths.sub("(the service's files)", text))
 
     # --- submitting ---------------------------------------------------------------------------------------
 
@@ -236,7 +294,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         time_limit = form.get("time") or None
         if time_limit and (limit_seconds(time_limit) or 1e18) > (limit_seconds(limits.max_time) or 1e18):
             raise UsageError(f"time {time_limit!r}: this service allows at most {limits.max_time} for you")
-        running = [f for f in store.fits(user.name) if f["phase"] == "submitted" and not f.get("ended")]
+        running = [f for f in store.active() if f["owner"] == user.name and f["phase"] != "interrupted"]
         if len(running) >= limits.max_fits:
             raise UsageError(
                 f"you have {len(running)} fits running, the most this service allows: wait for one"
@@ -248,17 +306,18 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         args = form.get("args") or ""
         request_record = {
             "model": "",
-            "args": json.loads(args) if args.startswith("[") else args.split(),
+            "args": _arguments(args),
             "fit": form.get("fit") or "dream",
             "options": options,
             "seed": _int(form.get("seed"), "seed"),
             "ntasks": ntasks,
             "time": time_limit,
+            "wants": _labels(form.get("labels") or ""),  # dispatch: what a worker must offer
         }
         display = (model.filename if model else archive.filename if archive else None) or "fit"
         fit, new = store.new_fit(user.name, Path(display).stem[:60], request_record, idem_key, wanted)
         if not new:
-            if fit["phase"] == "interrupted":
+            if fit["phase"] == "interrupted" and store.take_interrupted(fit["id"]):  # one retry continues it
                 return await run_in_threadpool(runner.resubmit, fit), True
             return fit, False
         try:
@@ -266,10 +325,10 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             store.update_fit(fit["id"], request=json.dumps(request_record))
             return await run_in_threadpool(runner.submit, store.fit(fit["id"])), True
         except BaseException:
-            shutil.rmtree(fit_dir(config, fit["id"]), ignore_errors=True)
-            if (store.fit(fit["id"]) or {}).get("phase") == "submitting":
+            if (store.fit(fit["id"]) or {}).get("phase") in ("submitting", "rejected"):  # never submitted
+                shutil.rmtree(fit_dir(config, fit["id"]), ignore_errors=True)
                 store.update_fit(fit["id"], phase="rejected")
-            raise
+            raise  # interrupted (Slurm may have queued it): its files stay, for a retry with its key
 
     def receive(
         fit_id: str, form: dict, model: UploadFile | None, data: list[UploadFile], archive: UploadFile | None
@@ -317,16 +376,11 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         who_ = (owner if owner else None) if user.admin else user.name
         return [summary(f) for f in store.fits(who_, state=state, limit=max(1, min(limit, 1000)))]
 
-    @app.post("/api/v1/fits", response_model=FitOut, status_code=201)
+    @app.post("/api/v1/fits", response_model=FitOut, status_code=201, openapi_extra=SUBMIT_SCHEMA)
     async def submit_fit(
-        request: Request,
-        model: UploadFile | None = File(None),
-        data: list[UploadFile] = File([]),
-        archive: UploadFile | None = File(None),
-        idempotency_key: str | None = Header(None),
-        user: User = Depends(api_user),
+        request: Request, idempotency_key: str | None = Header(None), user: User = Depends(api_user)
     ) -> Any:
-        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        form, model, data, archive = await parsed(request)  # only once the user is known
         changing(request, user, form.get("csrf"))
         try:
             fit, new = await create(user, form, model, data, archive, idempotency_key)
@@ -334,6 +388,22 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             return JSONResponse({"detail": public(str(exc)), "output": public(exc.output)}, status_code=422)
         return JSONResponse(
             summary(store.fit(fit["id"]) or fit).model_dump(), status_code=201 if new else 200
+        )
+
+    async def parsed(request: Request) -> tuple[dict[str, str], Any, list, Any]:
+        """The form's text fields and its files: model, data (any number), archive."""
+        try:
+            form = await request.form(max_files=config.upload_max_files + 2)
+        except Exception as exc:  # not multipart, or past the parser's limits
+            raise HTTPException(400, f"send the fit as multipart/form-data ({exc})") from None
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        uploaded = [v for v in form.getlist("data") if not isinstance(v, str)]
+        model, archive = form.get("model"), form.get("archive")
+        return (
+            fields,
+            None if isinstance(model, str) else model,
+            uploaded,
+            None if isinstance(archive, str) else archive,
         )
 
     @app.get("/api/v1/fits/{fit_id}", response_model=FitDetail)
@@ -344,23 +414,33 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     def events(fit_id: str, user: User = Depends(api_user)) -> StreamingResponse:
         fit = visible(fit_id, user)
         return StreamingResponse(
-            stream(fit), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+            stream(fit["id"]), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
         )
 
-    def stream(fit: dict) -> Iterator[str]:
-        """Server-Sent Events: the fit's state and progress whenever they change; `end` when it ends."""
-        last, round_ = None, -1
-        while True:
-            current = store.fit(fit["id"]) or fit
-            shown = detail(current).model_dump(include={"state", "reason", "progress", "chisq", "message"})
-            if shown != last:
-                yield f"data: {json.dumps(shown)}\n\n"
-                last = shown
-            if over(current):
-                yield "event: end\ndata: {}\n\n"
-                return
-            round_ = monitor.wait(round_, timeout=15)
-            yield ": still here\n\n"
+    async def stream(fit_id: str) -> AsyncIterator[str]:
+        """Server-Sent Events: the fit's state and progress whenever they change; `end` when it ends (or
+        is deleted). Async: an open stream holds no thread; it ends after STREAM_S (clients reconnect)."""
+        last, seen, until = None, -1, time.monotonic() + STREAM_S
+        quiet = time.monotonic()
+        while time.monotonic() < until:
+            if monitor.round != seen:
+                seen = monitor.round
+                current = store.fit(fit_id)
+                if current is None:  # deleted meanwhile
+                    break
+                shown = finite(
+                    detail(current).model_dump(include={"state", "reason", "progress", "chisq", "message"})
+                )
+                if shown != last:
+                    yield f"data: {json.dumps(shown)}\n\n"
+                    last, quiet = shown, time.monotonic()
+                if over(current):
+                    break
+            if time.monotonic() - quiet > 15:
+                yield ": still here\n\n"
+                quiet = time.monotonic()
+            await asyncio.sleep(0.25)
+        yield "event: end\ndata: {}\n\n"
 
     @app.post("/api/v1/fits/{fit_id}/cancel", status_code=202)
     def cancel_fit(request: Request, fit_id: str, user: User = Depends(api_user)) -> dict[str, Any]:
@@ -369,7 +449,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         try:
             runner.cancel(fit)
         except BumpsMpiError as exc:
-            raise HTTPException(409, str(exc)) from None
+            raise HTTPException(409, public(str(exc))) from None
         return {"id": fit_id, "cancelled": True}
 
     @app.delete("/api/v1/fits/{fit_id}", status_code=204)
@@ -378,18 +458,34 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         remove(visible(fit_id, user))
 
     def remove(fit: dict) -> None:
-        state = detail(fit).state
-        if fit["phase"] == "submitted" and not JobState(state).terminal:
-            raise HTTPException(409, f"the fit is {state}: cancel it first, then delete it")
+        if fit["phase"] in ("queued", "leased") or (
+            fit["phase"] == "submitted" and not over(fit) and runner.still_running([fit])
+        ):
+            raise HTTPException(409, "the fit is still running: cancel it first, then delete it")
         runner.delete(fit)
 
     @app.get("/api/v1/fits/{fit_id}/files/{relative:path}")
-    def download(fit_id: str, relative: str, user: User = Depends(api_user)) -> FileResponse:
-        path = file_in(visible(fit_id, user), relative)
-        inline = path.suffix in (".png", ".svg") and relative.startswith(FIGURES_DIR)
-        return FileResponse(
-            path, filename=path.name, content_disposition_type="inline" if inline else "attachment"
+    def download(fit_id: str, relative: str, user: User = Depends(api_user)) -> StreamingResponse:
+        handle, size = open_in(visible(fit_id, user), relative)
+        name = Path(relative).name
+        figure = relative.startswith(f"{FIGURES_DIR}/") and name.endswith(".png")
+        disposition = "inline" if figure else f"attachment; filename*=UTF-8''{quote(name)}"
+        return StreamingResponse(
+            files.chunks(handle),
+            media_type="image/png" if figure else "application/octet-stream",
+            headers={**DOWNLOAD_HEADERS, "Content-Disposition": disposition, "Content-Length": str(size)},
         )
+
+    def admin_user(request: Request) -> User:
+        user = api_user(request)
+        if not user.admin:
+            raise HTTPException(403, "for administrators")
+        return user
+
+    if config.backend == "dispatch":
+        from .dispatch_api import router
+
+        app.include_router(router(queue, admin_user, monitor.ended_elsewhere))
 
     # --- pages ---------------------------------------------------------------------------------------------
 
@@ -454,9 +550,10 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         return page(request, "fit.html", user, fit=detail(fit), terminal=over(fit))
 
     @app.get("/fits/{fit_id}/report", include_in_schema=False)
-    def report_page(fit_id: str, user: User = Depends(page_user)) -> FileResponse:
-        path = file_in(visible(fit_id, user), REPORT_FILE)
-        return FileResponse(path, media_type="text/html", headers={"Content-Security-Policy": REPORT_POLICY})
+    def report_page(fit_id: str, user: User = Depends(page_user)) -> StreamingResponse:
+        handle, size = open_in(visible(fit_id, user), REPORT_FILE)
+        headers = {"Content-Security-Policy": REPORT_POLICY, "Content-Length": str(size)}
+        return StreamingResponse(files.chunks(handle), media_type="text/html", headers=headers)
 
     def submit_form_page(request: Request, user: User, status: int = 200, **context: Any) -> HTMLResponse:
         limits, mail = config.limits_for(user.name), bool(config.mail_host)
@@ -470,14 +567,8 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         return submit_form_page(request, user)
 
     @app.post("/submit", include_in_schema=False)
-    async def submit_form(
-        request: Request,
-        model: UploadFile | None = File(None),
-        data: list[UploadFile] = File([]),
-        archive: UploadFile | None = File(None),
-        user: User = Depends(page_user),
-    ) -> Any:
-        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    async def submit_form(request: Request, user: User = Depends(page_user)) -> Any:
+        form, model, data, archive = await parsed(request)
         changing(request, user, form.get("csrf"))
         try:
             fit, _ = await create(user, form, model, data, archive, form.get("idempotency_key") or None)
@@ -561,3 +652,42 @@ def _int(value: Any, name: str) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         raise UsageError(f"{name} {value!r} is not a whole number") from None
+
+
+def _arguments(text: str) -> list[str]:
+    """The model's arguments: a JSON list of strings, or words separated by spaces."""
+    if not text.startswith("["):
+        return text.split()
+    try:
+        found = json.loads(text)
+    except ValueError:
+        found = None
+    if not isinstance(found, list) or not all(isinstance(a, str) for a in found):
+        raise UsageError(f"args {text[:80]!r}: give words separated by spaces, or a JSON list of strings")
+    return found
+
+
+def finite(value: Any) -> Any:
+    """*value* with every NaN or infinity as None: JSON has no such numbers (browsers refuse them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+def _labels(text: str) -> dict[str, str]:
+    """`cluster=hpc1,site=ill` as a dict; a clear error for anything else."""
+    found = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if (
+            not sep
+            or not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", key)
+            or not re.fullmatch(r"[^,=]{1,100}", value)
+        ):
+            raise UsageError(f"labels {text!r}: give key=value pairs separated by commas (cluster=hpc1)")
+        found[key] = value
+    return found

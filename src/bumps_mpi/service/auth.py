@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .settings import ServiceConfig
+from .settings import LOOPBACK, ServiceConfig
 from .store import Store
 
 COOKIE = "bumps_session"
@@ -49,16 +49,20 @@ class Auth:
         self._failures: dict[str, collections.deque] = {}
         self._lock = threading.Lock()
 
-    def identify(self, headers: dict[str, str], cookies: dict[str, str], client: str | None) -> User | None:
-        if self.config.auth == "none":
+    def identify(
+        self, headers: dict[str, str], cookies: dict[str, str], client: str | None, server: str | None = None
+    ) -> User | None:
+        if self.config.auth == "none":  # loopback only: reached there, and named so (no DNS rebinding)
+            host = headers.get("host", "").rsplit(":", 1)[0].strip("[]")
+            if server not in LOOPBACK or host not in LOOPBACK:
+                return None
             return User("local", True)
         if self.config.auth == "proxy":
             name = headers.get(self.config.proxy_header.lower())
             if not name or client not in self.config.trusted_proxies:
                 return None
-            admin = name in self.config.admins
-            self.store.ensure_user(name, admin)
-            return User(name, admin or self.store.is_admin(name))
+            self.store.ensure_user(name)
+            return User(name, name in self.config.admins)  # the configuration says who, now
         bearer = headers.get("authorization", "")
         if bearer.lower().startswith("bearer "):
             row = self.store.user_for_token(bearer[7:].strip())
@@ -105,6 +109,9 @@ class Auth:
     def _fail(self, client: str) -> None:
         with self._lock:
             self._failures.setdefault(client, collections.deque()).append(time.monotonic())
+            if len(self._failures) > 10_000:  # forget the addresses whose failures are all old
+                cutoff = time.monotonic() - FAILURE_WINDOW_S
+                self._failures = {k: v for k, v in self._failures.items() if v and v[-1] > cutoff}
 
 
 def _secret(path: Path) -> bytes:

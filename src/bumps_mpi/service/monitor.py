@@ -5,11 +5,14 @@ running (one batched sacct and squeue for Slurm, the recorded processes for loca
 runs), keeps the newest record of each in memory for pages, the API and the
 event streams (so fifty clients polling cost no query of their own), stores the
 state and chi-square in the records, and when a fit ends, marks it ended and
-sends its notifications, once.
+sends its notifications, once. A fit whose files say it ended while the service knows its processes
+or its Slurm job to be alive has not ended (the files are the model's to write).
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 import time
 from typing import Any
@@ -17,14 +20,15 @@ from typing import Any
 from ..cluster import jobstate
 from ..cluster.states import JobState
 from . import notify
-from .runner import job_of
+from .dispatch import Queue
+from .runner import Runner, job_of
 from .settings import ServiceConfig
 from .store import Store
 
 
 class Monitor:
-    def __init__(self, config: ServiceConfig, store: Store):
-        self.config, self.store = config, store
+    def __init__(self, config: ServiceConfig, store: Store, queue: Queue, runner: Runner):
+        self.config, self.store, self.queue, self.runner = config, store, queue, runner
         self.records: dict[str, dict[str, Any]] = {}  # fit id -> its newest status record
         self.ending: dict[str, float] = {}  # fit id -> when its directory first showed it had ended
         self.round = 0  # increases after every poll: event streams wait on it
@@ -45,58 +49,85 @@ class Monitor:
             try:
                 self.poll()
             except Exception as exc:  # a round that failed (Slurm down): the next one tries again
-                self.problems.append(f"monitor: {type(exc).__name__}: {exc}")
+                self.problem(f"monitor: {type(exc).__name__}: {exc}")
             self._stop.wait(self.config.poll_s)
 
+    def problem(self, text: str) -> None:
+        """Say it in the service's log; keep the last few for whoever asks."""
+        print(f"bumps-mpi service: {text}", file=sys.stderr, flush=True)
+        self.problems = [*self.problems[-99:], text]
+
     def poll(self) -> None:
+        if self.config.backend == "dispatch":
+            for fit_id in self.queue.expire():  # leases past their expiry: queued again, or ended
+                fit = self.store.fit(fit_id)
+                if fit and fit.get("ended"):
+                    self.ended_elsewhere(fit_id)
         fits = [f for f in self.store.active() if f["phase"] == "submitted"]
         jobs = [(fit, job) for fit in fits if (job := job_of(self.config, fit)) is not None]
-        records = jobstate.status([job for _, job in jobs]) if jobs else []
-        for (fit, job), record in zip(jobs, records, strict=True):
-            state = record["state"]
+        records = self._status([job for _, job in jobs])
+        running = self.runner.still_running([fit for fit, _ in jobs]) if jobs else set()
+        for (fit, _), record in zip(jobs, records, strict=True):
+            if fit["id"] in running and jobstate.ended_for_good(record):
+                record = {**record, "finishing": True}  # its files say it ended; its processes still run
             changes: dict[str, Any] = {}
-            if state != fit.get("state"):
-                changes["state"] = state
-            if record.get("chisq") is not None and record["chisq"] != fit.get("chisq"):
+            if record["state"] != fit.get("state"):
+                changes["state"] = record["state"]
+            if isinstance(record.get("chisq"), float) and record["chisq"] != fit.get("chisq"):
                 changes["chisq"] = record["chisq"]
-            if self._over(fit["id"], record):
+            over = self._over(fit["id"], record)
+            if over:
                 changes["ended"] = time.time()
-                self._report(job, record)
-                told = threading.Thread(target=self._tell, args=(fit, record), daemon=True)
-                told.start()  # a slow mail server must not hold up the others' states
             if changes:
                 self.store.update_fit(fit["id"], **changes)
-            self.records[fit["id"]] = record  # shown once its report is written and its end recorded
+            self.records[fit["id"]] = record  # shown once its end is recorded
+            if over:  # told once its end is recorded: a failed update never tells twice
+                threading.Thread(target=self._tell, args=(fit, record), daemon=True).start()
         with self.changed:
             self.round += 1
             self.changed.notify_all()
 
+    def _status(self, jobs: list) -> list[dict[str, Any]]:
+        """One batched status query; if one job's files break it, each job on its own (UNKNOWN if broken)."""
+        try:
+            return jobstate.status(jobs) if jobs else []
+        except Exception as exc:
+            self.problem(f"status of {len(jobs)} fits: {type(exc).__name__}: {exc}; asking one by one")
+        records = []
+        for job in jobs:
+            try:
+                records.append(jobstate.status([job])[0])
+            except Exception as exc:
+                records.append(
+                    {"state": "UNKNOWN", "reason": f"its files cannot be read ({type(exc).__name__})"}
+                )
+        return records
+
     def _over(self, fit_id: str, record: dict[str, Any]) -> bool:
-        """Has the fit ended for good? Final state, and for Slurm its exit known: the directory shows the
-        end while rank 0 still draws the figures; accounting that never says is waited for a minute."""
-        state = record["state"]
-        if not JobState(state).terminal or state in (JobState.PREEMPTED.value, JobState.NODE_FAIL.value):
-            return False
-        if not record.get("job_id") or record.get("exit") is not None:
+        """Has the fit ended for good? (accounting that never tells the exit is waited for a minute)"""
+        if jobstate.ended_for_good(record):
             return True
+        if not JobState(record["state"]).terminal or record["state"] in ("PREEMPTED", "NODE_FAIL"):
+            return False
         first = self.ending.setdefault(fit_id, time.monotonic())
         return time.monotonic() - first > 60
 
+    def ended_elsewhere(self, fit_id: str) -> None:
+        """A dispatched fit has ended (its worker completed it, or it ran out of attempts): tell its user."""
+        fit = self.store.fit(fit_id)
+        if fit is not None:
+            record = {"state": fit["state"], "chisq": fit.get("chisq")}
+            threading.Thread(target=self._tell, args=(fit, record), daemon=True).start()
+
     def _tell(self, fit: dict, record: dict[str, Any]) -> None:
-        self.problems.extend(notify.send(self.config, fit, record))
-
-    def _report(self, job: Any, record: dict[str, Any]) -> None:
-        """The fit's report.html, from its figures as the job drew them (HTML only: no model code runs)."""
-        from ..results import report
-
-        try:
-            report.write(job, record)
-        except Exception as exc:  # a report is a convenience: the fit's result stands without it
-            self.problems.append(f"report of {job.path}: {type(exc).__name__}: {exc}")
+        for problem in notify.send(self.config, fit, record):
+            self.problem(problem)
 
     def record(self, fit: dict) -> dict[str, Any] | None:
-        """The newest status of a fit: the monitor's while it runs (None before its first round), else
-        read now (an ended fit's state is final and cached by the job-state layer)."""
+        """The newest status of a fit: the monitor's while it runs (None before its first round), a
+        dispatched fit's from its worker's heartbeats, else read now (an ended fit's state is final)."""
+        if fit["phase"] in ("queued", "leased", "done"):
+            return dispatched(self.config, fit)
         if not fit.get("ended"):
             return self.records.get(fit["id"])
         self.records.pop(fit["id"], None)
@@ -108,3 +139,21 @@ class Monitor:
         with self.changed:
             self.changed.wait_for(lambda: self.round > after, timeout=timeout)
             return self.round
+
+
+def dispatched(config: ServiceConfig, fit: dict) -> dict[str, Any]:
+    """A dispatched fit's status: waiting, its worker's last heartbeat, or how it ended."""
+    remote = json.loads(fit.get("remote") or "{}")
+    if fit["phase"] == "queued":
+        again = f" (attempt {fit['attempt'] + 1})" if fit.get("attempt") else ""
+        return {"state": "PENDING", "reason": fit.get("message") or f"waiting for a worker{again}"}
+    if fit["phase"] == "leased":
+        state = remote.get("state") or "PENDING"
+        return {"state": state, "reason": remote.get("reason"), "progress": remote.get("progress")}
+    job = job_of(config, fit)
+    return {
+        "state": fit.get("state") or "UNKNOWN",
+        "reason": fit.get("message"),
+        "progress": remote.get("progress"),
+        "error": job.error if job is not None else None,
+    }

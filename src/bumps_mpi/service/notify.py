@@ -1,14 +1,17 @@
 """Telling a user that a fit has ended: email through the site's mail server, and/or a webhook.
 
 A webhook is a POST of a small JSON document ({"fit", "name", "state", "chisq", "url"}) to the
-address the user gave, http or https only, and only to the hosts the site allows when it names
-any (a service that POSTs wherever it is told is a way into the site's own network).
+address the user gave, http or https only, never following a redirect; only to the hosts the site
+allows when it names any, else only to public addresses (a service that POSTs wherever it is told is
+a way into the site's own network).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import smtplib
+import socket
 import urllib.request
 from email.message import EmailMessage
 from typing import Any
@@ -32,13 +35,43 @@ def check_request(config: ServiceConfig, email: str | None, webhook: str | None)
             raise UsageError(f"notify email {email!r} is not an email address")
         found["email"] = email
     if webhook:
-        parts = urlsplit(webhook)
+        try:
+            parts = urlsplit(webhook)
+            parts.port  # noqa: B018 - parsing the port can fail too
+        except ValueError:
+            raise UsageError(f"webhook {webhook!r} is not a URL") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"webhook {webhook!r}: give an http or https URL")
         if config.webhook_hosts and parts.hostname not in config.webhook_hosts:
             raise UsageError(f"webhook host {parts.hostname!r} is not one this service may call")
+        if not config.webhook_hosts:
+            _public_address(parts.hostname)
         found["webhook"] = webhook
     return found
+
+
+def _public_address(host: str) -> None:
+    """Refuse a webhook to this site's own network (loopback, private, link-local: the cloud metadata
+    address among them) unless the site names the host in [webhooks] allowed_hosts."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        raise UsageError(f"webhook host {host!r} cannot be resolved") from None
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if not ip.is_global:
+            raise UsageError(
+                f"webhook host {host!r} is on this site's own network ({ip}): the service does not call "
+                "there unless its administrators allow the host in [webhooks] allowed_hosts"
+            )
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a redirect is an answer, not a new address to POST to
+
+
+OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def message(config: ServiceConfig, fit: dict, record: dict[str, Any]) -> dict[str, Any]:
@@ -69,8 +102,8 @@ def send(config: ServiceConfig, fit: dict, record: dict[str, Any]) -> list[str]:
             )
             with smtplib.SMTP(config.mail_host, config.mail_port, timeout=20) as smtp:
                 smtp.send_message(mail)
-        except (OSError, smtplib.SMTPException) as exc:
-            problems.append(f"email to {wanted['email']}: {exc}")
+        except Exception as exc:  # never raises: the fit has ended anyway
+            problems.append(f"email to {wanted['email']}: {type(exc).__name__}: {exc}")
     if wanted.get("webhook"):
         try:
             request = urllib.request.Request(
@@ -79,8 +112,10 @@ def send(config: ServiceConfig, fit: dict, record: dict[str, Any]) -> list[str]:
                 headers={"Content-Type": "application/json", "User-Agent": "bumps-mpi"},
                 method="POST",
             )
-            with urllib.request.urlopen(request, timeout=20) as answer:  # noqa: S310 - http(s) only, checked
+            if not config.webhook_hosts:  # checked again now: a name may resolve elsewhere than at submission
+                _public_address(urlsplit(wanted["webhook"]).hostname or "")
+            with OPENER.open(request, timeout=20) as answer:  # http(s) only, checked; no redirects
                 answer.read(1024)
-        except OSError as exc:
-            problems.append(f"webhook {wanted['webhook']}: {exc}")
+        except Exception as exc:
+            problems.append(f"webhook {wanted['webhook']}: {type(exc).__name__}: {exc}")
     return problems

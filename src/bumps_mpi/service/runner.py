@@ -20,15 +20,18 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from ..cluster import jobstate, local, slurm
-from ..errors import BumpsMpiError, UsageError
+from ..cluster import jobstate, processes, slurm
+from ..errors import BumpsMpiError, SubmitError, UsageError
 from ..front import submission
-from ..jobdir import CHECKPOINT_FILE, JobDir
+from ..jobdir import CANCEL_FILE, CHECKPOINT_FILE, JobDir, write_atomic
+from .dispatch import Queue
 from .settings import ServiceConfig
 from .store import Store
 
@@ -41,12 +44,32 @@ def fit_dir(config: ServiceConfig, fit_id: str) -> Path:
 
 def job_of(config: ServiceConfig, fit: dict) -> JobDir | None:
     path = fit.get("job_dir")
-    return JobDir(path) if path and Path(path).is_dir() else None
+    return RecordedJob(path, fit) if path and Path(path).is_dir() else None
+
+
+class RecordedJob(JobDir):
+    """A fit's job directory whose Slurm id is the one the service recorded when it submitted it, never
+    what job.json says now (the model can write job.json: it could name someone else's job)."""
+
+    def __init__(self, path: Path | str, fit: dict):
+        super().__init__(path)
+        self.recorded_id = fit.get("job_id")
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        try:
+            spec = dict(super().spec)
+        except BumpsMpiError:
+            spec = {}
+        spec.pop("slurm", None)
+        if self.recorded_id:
+            spec["slurm"] = {"job_id": str(self.recorded_id)}
+        return spec
 
 
 class Runner:
-    def __init__(self, config: ServiceConfig, store: Store):
-        self.config, self.store = config, store
+    def __init__(self, config: ServiceConfig, store: Store, queue: Queue):
+        self.config, self.store, self.queue = config, store, queue
 
     def job_request(self, fit: dict) -> submission.JobRequest:
         asked = json.loads(fit["request"])
@@ -75,8 +98,11 @@ class Runner:
 
     def submit(self, fit: dict) -> dict:
         """Check and submit (or start) a recorded fit; its row says how it went. Raises on a rejection."""
-        request = self.job_request(fit)
         asked = json.loads(fit["request"])
+        if self.config.backend == "dispatch":  # a worker checks and runs it (its model, its cluster)
+            self.queue.enqueue(fit["id"], asked.get("wants") or {})
+            return self.store.fit(fit["id"]) or fit
+        request = self.job_request(fit)
         try:
             if self.config.backend == "slurm":
                 done = submission.submit(request)
@@ -91,7 +117,10 @@ class Runner:
                 ranks = int(asked.get("ntasks") or self.config.local_ranks)
                 job, ranks = submission.create_local(request, ranks)
                 self.store.update_fit(fit["id"], phase="submitted", job_dir=str(job.path), state="RUNNING")
-                launch(job, ranks)
+                try:
+                    self._launched(fit["id"], job, ranks)
+                except OSError as exc:
+                    raise SubmitError(f"the fit could not be started here: {exc}") from None
         except BumpsMpiError as exc:
             if isinstance(exc, slurm.SubmitUncertain):
                 self.store.update_fit(fit["id"], phase="interrupted", message=str(exc))
@@ -100,16 +129,45 @@ class Runner:
             raise
         return self.store.fit(fit["id"]) or fit
 
+    def _launched(self, fit_id: str, job: JobDir, ranks: int) -> None:
+        """Start a local run's supervisor and keep who it is here, not in the job directory."""
+        self.store.update_fit(fit_id, supervisor=json.dumps(launch(job, ranks)))
+
     def cancel(self, fit: dict) -> None:
+        """Cancel by what the service recorded (its Slurm id, its supervisor), never by the job's files:
+        the model writes those, and could name someone else's job or process in them."""
+        if fit["phase"] in ("queued", "leased"):
+            self.queue.cancel(fit)
+            return
         job = job_of(self.config, fit)
         if job is None:
             raise UsageError("the fit has not started: there is nothing to cancel")
         if fit.get("job_id"):
-            from ..front import api
+            write_atomic(job.file(CANCEL_FILE), f"{time.time()}\n")  # no requeue after this
+            slurm.scancel(str(fit["job_id"]))
+            return
+        supervisor = json.loads(fit.get("supervisor") or "null")
+        if not processes.alive(supervisor):
+            raise UsageError("the fit's run has ended: there is nothing to cancel")
+        write_atomic(job.file(CANCEL_FILE), f"{time.time()}\n")
+        os.kill(int(supervisor["pid"]), signal.SIGTERM)  # rank 0 checkpoints and stops; the rest end
 
-            api.cancel(str(job.path))
-        else:
-            local.cancel(job)
+    def still_running(self, fits: list[dict]) -> set[str]:
+        """The fits whose processes or Slurm job the service itself knows to be alive (ids)."""
+        alive = {f["id"] for f in fits if processes.alive(json.loads(f.get("supervisor") or "null"))}
+        ids = {str(f["job_id"]): f["id"] for f in fits if f.get("job_id")}
+        if ids:
+            try:
+                listed = subprocess.run(
+                    ["squeue", "-h", "-o", "%i", "-j", ",".join(ids)],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                ).stdout.split()
+            except (OSError, subprocess.TimeoutExpired):
+                listed = list(ids)  # Slurm cannot say: nothing ends on the files' word alone
+            alive |= {ids[i] for i in listed if i in ids}
+        return alive
 
     def delete(self, fit: dict) -> None:
         shutil.rmtree(fit_dir(self.config, fit["id"]), ignore_errors=True)
@@ -121,10 +179,13 @@ class Runner:
         for fit in self.store.active():
             job_dir = fit_dir(self.config, fit["id"]) / "job"
             job = JobDir(job_dir) if (job_dir / "job.json").exists() else None
-            if fit["phase"] == "submitting":
-                said.append(f"{fit['id']}: " + self._settle(fit, job))
-            elif fit["phase"] == "submitted" and job is not None and not fit.get("job_id"):
-                said.extend(self._restart_local(fit, job))
+            try:
+                if fit["phase"] == "submitting":
+                    said.append(f"{fit['id']}: " + self._settle(fit, job))
+                elif fit["phase"] == "submitted" and job is not None and not fit.get("job_id"):
+                    said.extend(self._restart_local(fit, job))
+            except Exception as exc:  # one fit's broken files must not keep the service from starting
+                said.append(f"{fit['id']}: not settled ({type(exc).__name__}: {exc})")
         return said
 
     def _settle(self, fit: dict, job: JobDir | None) -> str:
@@ -156,19 +217,19 @@ class Runner:
         stale = (record.get("reason") or "").startswith("stale")
         if not stale or not job.file(CHECKPOINT_FILE).exists():
             return []
-        submission.resume(job, launch=launch)
+        submission.resume(job, launch=lambda job, ranks: self._launched(fit["id"], job, ranks))
         return [f"{fit['id']}: its local run was gone; started again from its checkpoint"]
 
     def resubmit(self, fit: dict) -> dict:
-        """Submit again a fit a stop interrupted (the same Idempotency-Key came back)."""
-        self.store.update_fit(fit["id"], phase="submitting", message=None)
+        """Submit again a fit a stop interrupted (the same Idempotency-Key came back; already taken)."""
+        self.store.update_fit(fit["id"], message=None)
         return self.submit(self.store.fit(fit["id"]) or fit)
 
 
-def launch(job: JobDir, ranks: int) -> None:
-    """Start a local run's supervisor in its own session: it outlives a restart of the service."""
+def launch(job: JobDir, ranks: int) -> dict[str, Any]:
+    """Start a local run's supervisor in its own session (it outlives a restart of the service); who it is."""
     with open(os.devnull, "wb") as null:
-        subprocess.Popen(
+        started = subprocess.Popen(
             [sys.executable, "-m", "bumps_mpi.service.supervise", str(job.path), str(ranks)],
             stdin=subprocess.DEVNULL,
             stdout=null,
@@ -176,3 +237,4 @@ def launch(job: JobDir, ranks: int) -> None:
             start_new_session=True,
             cwd=job.path,
         )
+    return processes.identity(started.pid)

@@ -4,7 +4,10 @@
 host = "127.0.0.1"             # anything but loopback needs authentication
 port = 8470
 data_dir = "~/.local/share/bumps-mpi/service"
-backend = "local"              # local: mpiexec here; slurm: sbatch, with the site profile below
+database = ""                  # SQLite in data_dir; or postgresql://user@host/db for several hosts
+backend = "local"              # local: mpiexec here; slurm: sbatch, with the site profile below;
+                               # dispatch: fits wait here for workers on other clusters to pull them
+lease_s = 180                  # dispatch: a claim's lease (renewed by heartbeats); max_attempts = 3
 profile = "default"            # bumps-mpi site profile for Slurm (partition, account, ...)
 auth = "token"                 # token | proxy | none (none: loopback only)
 proxy_header = "X-Remote-User" # auth = "proxy": the user name an authenticating proxy sets...
@@ -77,13 +80,19 @@ class ServiceConfig:
     webhook_hosts: list[str] = field(default_factory=list)
     local_ranks: int = 2
     poll_s: float = 2.0
+    database: str = ""  # a postgresql:// URL; empty: SQLite in data_dir
+    lease_s: float = 180.0  # dispatch: a claim's lease, renewed by each heartbeat (a third of it apart)
+    max_attempts: int = 3  # dispatch: attempts before a fit whose workers keep dying ends FAILED
+    claim_wait_s: float = 20.0  # dispatch: how long a claim waits for a fit (long polling)
 
     def limits_for(self, user: str) -> Limits:
         return self.users.get(user, self.limits)
 
     def check(self) -> ServiceConfig:
-        if self.backend not in ("local", "slurm"):
-            raise UsageError(f"[service] backend={self.backend!r}: use local or slurm")
+        if self.backend not in ("local", "slurm", "dispatch"):
+            raise UsageError(f"[service] backend={self.backend!r}: use local, slurm or dispatch")
+        if self.lease_s < 3 or self.max_attempts < 1:
+            raise UsageError("[service] lease_s must be at least 3 (seconds) and max_attempts at least 1")
         if self.auth not in ("token", "proxy", "none"):
             raise UsageError(f"[service] auth={self.auth!r}: use token, proxy or none")
         if self.auth == "none" and self.host not in LOOPBACK:
@@ -140,7 +149,8 @@ def load(path: Path | None = None, **overrides: Any) -> ServiceConfig:
     simple = {
         "host": str, "port": int, "backend": str, "profile": str, "auth": str, "proxy_header": str,
         "trusted_proxies": list, "admins": list, "base_url": str, "secure_cookies": bool,
-        "local_ranks": int, "poll_s": float,
+        "local_ranks": int, "poll_s": float, "lease_s": float, "max_attempts": int, "claim_wait_s": float,
+        "database": str,
     }  # fmt: skip
     for key, value in service.items():
         if key == "data_dir":

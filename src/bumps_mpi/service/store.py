@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
@@ -28,14 +30,14 @@ CREATE TABLE IF NOT EXISTS users (
 );
 CREATE TABLE IF NOT EXISTS tokens (
     hash TEXT PRIMARY KEY,
-    user TEXT NOT NULL REFERENCES users(name),
+    username TEXT NOT NULL REFERENCES users(name),
     label TEXT NOT NULL,
     created REAL NOT NULL,
     revoked REAL
 );
 CREATE TABLE IF NOT EXISTS sessions (
     hash TEXT PRIMARY KEY,
-    user TEXT NOT NULL REFERENCES users(name),
+    username TEXT NOT NULL REFERENCES users(name),
     csrf TEXT NOT NULL,
     expires REAL NOT NULL
 );
@@ -44,7 +46,8 @@ CREATE TABLE IF NOT EXISTS fits (
     owner TEXT NOT NULL,
     name TEXT NOT NULL,
     created REAL NOT NULL,
-    phase TEXT NOT NULL,          -- submitting, submitted, rejected, interrupted, deleted
+    phase TEXT NOT NULL,          -- submitting, submitted, rejected, interrupted, deleted, queued, leased,
+                                  -- done (dispatch mode)
     state TEXT,                   -- the last state the monitor saw (bumps_mpi.cluster.states)
     job_dir TEXT,
     job_id TEXT,
@@ -54,9 +57,44 @@ CREATE TABLE IF NOT EXISTS fits (
     ended REAL,                   -- when the monitor saw its end (and sent its notifications)
     chisq REAL,
     message TEXT,
+    -- dispatch mode (bumps_mpi.service.dispatch): who runs it, under which lease, how it goes there
+    attempt INTEGER NOT NULL DEFAULT 0,
+    lease TEXT,                   -- the current lease's id, NULL while queued or ended
+    lease_expires REAL,           -- by the controller's clock, never a worker's
+    worker TEXT,                  -- the worker of the current (or last) attempt
+    wants TEXT,                   -- labels the fit asks of a worker, as JSON
+    remote TEXT,                  -- the last heartbeat: state, reason, progress, cluster job id (JSON)
+    cancel INTEGER NOT NULL DEFAULT 0,
+    checkpoint_attempt INTEGER,   -- the attempt whose checkpoint is kept (fits/<id>/checkpoint.h5)
+    done_lease TEXT,              -- the lease whose "complete" was accepted (a retry of it is harmless)
+    supervisor TEXT,              -- a local run's supervisor: pid, start time, host, boot (JSON)
     UNIQUE (owner, idem_key)
 );
 CREATE INDEX IF NOT EXISTS fits_owner ON fits(owner, created);
+CREATE INDEX IF NOT EXISTS fits_phase ON fits(phase, created);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    credential TEXT NOT NULL UNIQUE,  -- SHA-256 of the worker's credential
+    labels TEXT NOT NULL,
+    capacity INTEGER NOT NULL,
+    registered REAL NOT NULL,
+    last_seen REAL
+);
+CREATE TABLE IF NOT EXISTS registrations (
+    hash TEXT PRIMARY KEY,            -- SHA-256 of a one-time registration token
+    created REAL NOT NULL,
+    used REAL
+);
+CREATE TABLE IF NOT EXISTS attempts (   -- every claim, for the record (and the tests)
+    fit TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker TEXT NOT NULL,
+    claimed REAL NOT NULL,
+    ended REAL,
+    outcome TEXT,                     -- completed STATE, expired, refused
+    PRIMARY KEY (fit, attempt)
+);
 """
 
 
@@ -65,20 +103,41 @@ def digest(secret: str) -> str:
 
 
 class Store:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+    """The records, in SQLite (a path: the embedded default) or PostgreSQL (a postgresql:// URL: for a
+    controller on more than one host). The SQL is written once, in the dialect both share; `?` becomes
+    psycopg's `%s`, REAL becomes DOUBLE PRECISION, and claims lock rows with SKIP LOCKED."""
+
+    def __init__(self, target: Path | str):
         self._lock = threading.RLock()
+        self.postgres = str(target).startswith(("postgresql://", "postgres://"))
+        self.skip_locked = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
+        if self.postgres:
+            self._db = _postgres(str(target))
+            schema = SCHEMA.replace(" REAL", " DOUBLE PRECISION")  # 4-byte floats would round timestamps
+            for statement in filter(str.strip, schema.split(";")):  # (no ";" inside SCHEMA's comments)
+                self._db.execute(statement)
+            return
+        path = Path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
 
+    @classmethod
+    def of(cls, config: Any) -> Store:
+        """The service's store: its `database` URL, else SQLite in its data directory."""
+        return cls(config.database or config.data_dir / "service.sqlite")
+
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[Any]:
         """One transaction that takes the write lock at once (a deferred one that upgrades can fail)."""
         with self._lock:
+            if self.postgres:
+                with self._db.transaction():
+                    yield _Dialect(self._db)
+                return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -87,16 +146,20 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
-    def read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    def read(self, sql: str, args: tuple = ()) -> list[Any]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            return (
+                _Dialect(self._db).execute(sql, args).fetchall()
+                if self.postgres
+                else self._db.execute(sql, args).fetchall()
+            )
 
     # --- users and tokens ----------------------------------------------------------------------------
 
     def ensure_user(self, name: str, admin: bool = False) -> None:
         with self.write() as db:
             db.execute(
-                "INSERT OR IGNORE INTO users(name, admin, created) VALUES (?, ?, ?)",
+                "INSERT INTO users(name, admin, created) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (name, int(admin), time.time()),
             )
             if admin:
@@ -108,27 +171,30 @@ class Store:
         self.ensure_user(user, admin)
         with self.write() as db:
             db.execute(
-                "INSERT INTO tokens(hash, user, label, created) VALUES (?, ?, ?, ?)",
+                "INSERT INTO tokens(hash, username, label, created) VALUES (?, ?, ?, ?)",
                 (digest(token), user, label or user, time.time()),
             )
         return token
 
     def revoke(self, user: str) -> int:
+        """Revoke every token of *user* and end their sessions now; how many tokens."""
         with self.write() as db:
+            db.execute("DELETE FROM sessions WHERE username = ?", (user,))
             return db.execute(
-                "UPDATE tokens SET revoked = ? WHERE user = ? AND revoked IS NULL", (time.time(), user)
+                "UPDATE tokens SET revoked = ? WHERE username = ? AND revoked IS NULL", (time.time(), user)
             ).rowcount
 
     def tokens(self) -> list[dict[str, Any]]:
         rows = self.read(
-            "SELECT t.user, u.admin, t.created, t.revoked FROM tokens t JOIN users u ON u.name = t.user "
+            'SELECT t.username AS "user", u.admin, t.created, t.revoked FROM tokens t '
+            "JOIN users u ON u.name = t.username "
             "ORDER BY t.created"
         )
         return [dict(r) for r in rows]
 
     def user_for_token(self, token: str) -> sqlite3.Row | None:
         rows = self.read(
-            "SELECT u.name, u.admin FROM tokens t JOIN users u ON u.name = t.user "
+            "SELECT u.name, u.admin FROM tokens t JOIN users u ON u.name = t.username "
             "WHERE t.hash = ? AND t.revoked IS NULL",
             (digest(token),),
         )
@@ -146,14 +212,14 @@ class Store:
         with self.write() as db:
             db.execute("DELETE FROM sessions WHERE expires < ?", (time.time(),))
             db.execute(
-                "INSERT INTO sessions(hash, user, csrf, expires) VALUES (?, ?, ?, ?)",
+                "INSERT INTO sessions(hash, username, csrf, expires) VALUES (?, ?, ?, ?)",
                 (digest(session), user, csrf, time.time() + lifetime_s),
             )
         return session, csrf
 
     def session(self, session: str) -> sqlite3.Row | None:
         rows = self.read(
-            "SELECT s.user AS name, s.csrf, u.admin FROM sessions s JOIN users u ON u.name = s.user "
+            "SELECT s.username AS name, s.csrf, u.admin FROM sessions s JOIN users u ON u.name = s.username "
             "WHERE s.hash = ? AND s.expires > ?",
             (digest(session), time.time()),
         )
@@ -208,9 +274,49 @@ class Store:
     def active(self) -> list[dict]:
         """Fits whose state may still change (and those being submitted)."""
         rows = self.read(
-            "SELECT * FROM fits WHERE phase IN ('submitting', 'submitted', 'interrupted') AND ended IS NULL"
+            "SELECT * FROM fits WHERE phase IN ('submitting', 'submitted', 'interrupted', 'queued', 'leased')"
+            " AND ended IS NULL"
         )
         return [dict(r) for r in rows]
 
+    def take_interrupted(self, fit_id: str) -> bool:
+        """Move an interrupted fit back to submitting, if it still is interrupted: only one retry does."""
+        with self.write() as db:
+            return (
+                db.execute(
+                    "UPDATE fits SET phase = 'submitting' WHERE id = ? AND phase = 'interrupted'", (fit_id,)
+                ).rowcount
+                == 1
+            )
+
     def delete_fit(self, fit_id: str) -> None:
         self.update_fit(fit_id, phase="deleted")
+
+
+def _postgres(url: str) -> Any:
+    try:
+        import psycopg
+        from psycopg.rows import dict_row
+    except ImportError:
+        raise UsageError(
+            "a postgresql:// database needs psycopg: pip install 'bumps-mpi[postgres]'"
+        ) from None
+    try:
+        return psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=30)
+    except psycopg.Error as exc:
+        raise UsageError(f"cannot reach the database {url.split('@')[-1]}: {exc}") from None
+
+
+class _Dialect:
+    """A psycopg connection that takes the SQL as written for SQLite (`?` placeholders)."""
+
+    def __init__(self, db: Any):
+        self.db = db
+
+    def execute(self, sql: str, args: tuple | list = ()) -> Any:
+        return self.db.execute(sql.replace("?", "%s"), args)
+
+    def executemany(self, sql: str, rows: list) -> Any:
+        cursor = self.db.cursor()
+        cursor.executemany(sql.replace("?", "%s"), rows)
+        return cursor

@@ -59,10 +59,12 @@ def save(stream: BinaryIO, destination: Path, name: str, budget: Budget, limit_m
     relative = safe_name(name)
     budget.take_file()
     target = destination / relative
-    if target.exists():
-        raise Refused(f"file name {name!r} is given twice")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "xb") as out:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        out = open(target, "xb")  # noqa: SIM115 - closed below
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        raise Refused(f"file name {name!r} is given twice (or as a file and a folder)") from None
+    with out:
         while chunk := stream.read(CHUNK):
             budget.take_bytes(len(chunk), limit_mb)
             out.write(chunk)
@@ -71,6 +73,9 @@ def save(stream: BinaryIO, destination: Path, name: str, budget: Budget, limit_m
 
 def unzip(archive: Path, destination: Path, budget: Budget, limit_unzipped_mb: int) -> list[Path]:
     """Unpack a checked zip into *destination*; every rule is checked on every entry before any is written."""
+    entries = _entry_count(archive)
+    if entries is not None and entries > budget.files:
+        raise Refused(f"the zip has {entries} entries: more than this service accepts ({budget.files} files)")
     try:
         with zipfile.ZipFile(archive) as zf:
             entries = zf.infolist()
@@ -108,5 +113,22 @@ def unzip(archive: Path, destination: Path, budget: Budget, limit_unzipped_mb: i
             return written
     except zipfile.BadZipFile as exc:
         raise Refused(f"not a zip file: {exc}") from None
-    except FileExistsError as exc:
-        raise Refused(f"zip entry {Path(exc.filename).name!r} is given twice") from None
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+        raise Refused(
+            f"zip entry {Path(str(exc.filename)).name!r} is given twice (or as a file and a folder)"
+        ) from None
+
+
+def _entry_count(archive: Path) -> int | None:
+    """The entry count a zip's end record declares, read before the whole directory is parsed (a zip of
+    a million empty entries costs seconds and memory to open); None if there is no end record to read."""
+    with open(archive, "rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        fh.seek(max(0, size - 65_557))
+        tail = fh.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) < at + 22:
+        return None
+    count = int.from_bytes(tail[at + 10 : at + 12], "little")
+    return 1 << 32 if count == 0xFFFF else count  # zip64's count: more than any limit here

@@ -1,0 +1,415 @@
+"""`bumps-submit worker`: pull fits from a job controller in dispatch mode and run them here.
+
+Outbound HTTP(S) only. The worker registers once with a one-time token and keeps
+its credential in its state directory (0600). It claims fits (long polling) while
+it has fewer than `capacity` in flight, downloads each fit's model (and the
+checkpoint of an earlier attempt), submits it through the same submission layer
+as the command line (to Slurm with a site profile, or locally), then every third
+of the lease: sends a heartbeat with the fit's state and progress, uploads a new
+checkpoint when there is one; at the end uploads the result files and reports the
+final state. Every call carries the lease. A refused lease (another attempt owns
+the fit), or no accepted heartbeat for a whole lease (cut off from the
+controller), makes the worker cancel its job and let the fit go: nothing of it is
+sent afterwards.
+
+A restarted worker finds its fits in `inflight/` and renews their leases (or, if
+they are gone, cancels their jobs) instead of abandoning them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ..cluster import jobstate, processes, slurm
+from ..cluster.states import JobState
+from ..errors import BumpsMpiError, UsageError
+from ..jobdir import CANCEL_FILE, CHECKPOINT_FILE, JobDir, write_atomic
+from . import files
+
+SKIP = {"model", "tmp", CHECKPOINT_FILE}  # not sent as results (the checkpoint goes on its own)
+BACKOFF_MAX_S = 30.0
+
+
+class Unreachable(Exception):
+    """The controller did not answer (down, restarting, or the network): try again later."""
+
+
+class Gone(Exception):
+    """The controller refused the lease (409): another attempt owns the fit."""
+
+
+class Controller:
+    """The controller's dispatch API, with this worker's credential."""
+
+    def __init__(self, url: str, credential: str | None = None):
+        self.url, self.credential = url.rstrip("/"), credential
+
+    def call(
+        self, method: str, path: str, payload: Any = None, raw: bytes | None = None, timeout: float = 60,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:  # fmt: skip
+        data = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else None)
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
+        request.add_header(
+            "Content-Type", "application/octet-stream" if raw is not None else "application/json"
+        )
+        if self.credential:
+            request.add_header("Authorization", f"Bearer {self.credential}")
+        for key, value in (headers or {}).items():
+            request.add_header(key, value)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 - the site's URL
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+            if exc.code == 409:
+                raise Gone(_detail(body)) from None
+            if exc.code >= 500 or exc.code == 429:
+                raise Unreachable(f"{exc.code} {_detail(body)}") from None
+            raise BumpsMpiError(
+                f"the controller refused {method} {path}: {exc.code} {_detail(body)}"
+            ) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # cut off mid-answer too
+            raise Unreachable(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
+
+    def json(self, method: str, path: str, payload: Any = None, timeout: float = 60) -> Any:
+        status, body = self.call(method, path, payload, timeout=timeout)
+        return json.loads(body) if status != 204 and body else None
+
+
+def _detail(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("detail"))
+    except (ValueError, AttributeError):
+        return body[:200].decode("utf-8", "replace")
+
+
+class Worker:
+    def __init__(
+        self, url: str, state_dir: Path, capacity: int, labels: dict[str, str], profile: str | None,
+        local: bool, name: str | None = None, registration_token: str | None = None,
+        say: Any = print,
+    ):  # fmt: skip
+        self.state_dir, self.capacity, self.labels = state_dir, capacity, labels
+        self.profile, self.local, self.say = profile, local, say
+        self.name = name or socket.gethostname()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.state_dir / "inflight").mkdir(exist_ok=True)
+        self.attempts: dict[str, Attempt] = {}
+        self.stop = threading.Event()
+        self.controller = Controller(url, self._registered(url, registration_token))
+
+    def _registered(self, url: str, token: str | None) -> str:
+        """The credential: saved, or from registering now (again after a pause while nobody answers)."""
+        backoff = 1.0
+        while True:
+            try:
+                return self._credential(url, token)
+            except Unreachable as exc:
+                self.say(f"the controller did not answer ({exc}); registering again in {backoff:.0f} s")
+                time.sleep(backoff)
+                backoff = min(2 * backoff, BACKOFF_MAX_S)
+
+    def _credential(self, url: str, token: str | None) -> str:
+        saved = self.state_dir / "worker.json"
+        if saved.exists():
+            return json.loads(saved.read_text())["credential"]
+        if not token:
+            raise UsageError(
+                f"this worker is not registered ({saved} is missing): give --registration-token "
+                "(an administrator makes one with 'bumps-submit serve worker-token')"
+            )
+        answer = Controller(url).json(
+            "POST",
+            "/api/v1/workers/register",
+            {"token": token, "name": self.name, "labels": self.labels, "capacity": self.capacity},
+        )
+        fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "w") as fh:
+            json.dump({"worker": answer["worker_id"], "credential": answer["credential"], "url": url}, fh)
+        self.say(f"registered as worker {answer['worker_id']} ({self.name})")
+        return answer["credential"]
+
+    def run(self) -> None:
+        for record in sorted((self.state_dir / "inflight").glob("*.json")):
+            attempt = Attempt(self, json.loads(record.read_text()))
+            self.say(f"fit {attempt.fit_id}: attempt {attempt.number} found again, renewing its lease")
+            self._start(attempt)
+        backoff = 1.0
+        while not self.stop.is_set():
+            self.attempts = {k: a for k, a in self.attempts.items() if a.is_alive()}
+            if len(self.attempts) >= self.capacity:
+                self.stop.wait(1.0)
+                continue
+            try:
+                claim = self.controller.json(
+                    "POST",
+                    "/api/v1/dispatch/claim",
+                    {"labels": self.labels, "capacity": self.capacity},
+                    timeout=90,
+                )
+                backoff = 1.0
+            except Exception as exc:  # never die of an answer: back off and ask again
+                self.say(f"the controller did not answer ({exc}); again in {backoff:.0f} s")
+                self.stop.wait(backoff)
+                backoff = min(2 * backoff, BACKOFF_MAX_S)
+                continue
+            if claim:
+                record = {
+                    "fit": claim["fit"], "lease": claim["lease"], "attempt": claim["attempt"],
+                    "expires_in": claim["expires_in"], "request": claim["request"],
+                    "has_checkpoint": claim["has_checkpoint"], "job_dir": None,
+                }  # fmt: skip
+                self._start(Attempt(self, record))
+
+    def _start(self, attempt: Attempt) -> None:
+        attempt.save()
+        self.attempts[attempt.fit_id] = attempt
+        attempt.start()
+
+
+class Attempt(threading.Thread):
+    """One claimed fit on this worker: submit it, keep its lease, send its files, report its end."""
+
+    def __init__(self, worker: Worker, record: dict[str, Any]):
+        super().__init__(name=f"fit-{record['fit']}", daemon=True)
+        self.worker, self.record = worker, record
+        self.fit_id, self.lease, self.number = record["fit"], record["lease"], record["attempt"]
+        self.api = worker.controller
+        self.base = worker.state_dir / "fits" / f"{self.fit_id}-{self.number}"
+        self.last_ok = time.monotonic()
+        self.sent_checkpoint: str | None = None
+
+    @property
+    def path(self) -> str:
+        return f"/api/v1/dispatch/fits/{self.fit_id}"
+
+    def save(self) -> None:
+        write_atomic(self.worker.state_dir / "inflight" / f"{self.fit_id}.json", json.dumps(self.record))
+
+    def forget(self) -> None:
+        (self.worker.state_dir / "inflight" / f"{self.fit_id}.json").unlink(missing_ok=True)
+
+    def lease_query(self) -> str:
+        return "?lease=" + urllib.parse.quote(self.lease)
+
+    def run(self) -> None:
+        try:
+            job = self._job()
+            if job is None:
+                return
+            self._follow(job)
+        except Gone as exc:
+            self.worker.say(f"fit {self.fit_id}: its lease is gone ({exc}); letting it go")
+            self._cancel()
+            self.forget()
+        except Exception as exc:  # a bug or the disk: never leave a job running that no one follows
+            self.worker.say(f"fit {self.fit_id}: {type(exc).__name__}: {exc}; cancelling its job")
+            self._cancel()
+            self.forget()  # its lease expires and the fit goes back to the queue
+
+    # --- starting -------------------------------------------------------------------------------------------
+
+    def _job(self) -> JobDir | None:
+        """The fit's job here: found again after a restart, or submitted now."""
+        path = self.record.get("job_dir")
+        if path and (Path(path) / "job.json").exists():
+            job = JobDir(path)
+            if not self.worker.local and not self.record.get("slurm_id"):
+                found = _find(job.path)  # stopped before it wrote the id down: ask Slurm (not the files)
+                if found:
+                    self.record["slurm_id"] = found
+                    self.save()
+            if self.record.get("slurm_id") or self.record.get("supervisor"):
+                self._heartbeat(job)  # Gone here: a newer attempt owns the fit; run() cancels this job
+                return job
+        shutil.rmtree(self.base, ignore_errors=True)
+        model_dir = self._retrying(self._fetch)
+        try:
+            return self._submit(model_dir)
+        except BumpsMpiError as exc:  # the model check or the cluster refused it: the fit fails, saying why
+            message = f"on worker {self.worker.name}: {exc}"
+            self._retrying(lambda: self._complete(None, JobState.FAILED.value, message))
+            return None
+
+    def _fetch(self) -> Path:
+        self._heartbeat(None)  # still ours? (a restart may have come after the lease)
+        shutil.rmtree(self.base, ignore_errors=True)
+        return self._download()
+
+    def _retrying(self, call: Any) -> Any:
+        """*call*, again after a pause while the controller does not answer, for as long as the lease."""
+        backoff = 1.0
+        while True:
+            try:
+                return call()
+            except Unreachable as exc:
+                if time.monotonic() - self.last_ok > float(self.record.get("expires_in", 180)):
+                    raise Gone(f"no answer for longer than the lease ({exc})") from None
+                self.worker.say(f"fit {self.fit_id}: the controller did not answer ({exc}); trying again")
+                time.sleep(backoff)
+                backoff = min(2 * backoff, BACKOFF_MAX_S)
+
+    def _download(self) -> Path:
+        from .uploads import Budget, unzip
+
+        self.base.mkdir(parents=True, exist_ok=True)
+        _, bundle = self.api.call("GET", f"{self.path}/bundle{self.lease_query()}", timeout=300)
+        archive = self.base / "bundle.zip"
+        archive.write_bytes(bundle)
+        model_dir = self.base / "model"
+        model_dir.mkdir()
+        unzip(archive, model_dir, Budget(1 << 40, 100_000, 1 << 40), 1 << 20)
+        archive.unlink()
+        if self.record.get("has_checkpoint"):
+            _, data = self.api.call("GET", f"{self.path}/checkpoint{self.lease_query()}", timeout=300)
+            (self.base / "start-from.h5").write_bytes(data)
+        return model_dir
+
+    def _submit(self, model_dir: Path) -> JobDir:
+        from ..front import submission
+        from .runner import launch
+
+        asked = self.record["request"]
+        resources: dict[str, Any] = {"sandbox": "require"}  # strangers' code: confined, or not at all
+        if not self.worker.local:
+            resources.update({k: asked[k] for k in ("ntasks", "time") if asked.get(k)})
+        start_from = self.base / "start-from.h5"
+        request = submission.JobRequest(
+            model=model_dir / asked["model"],
+            model_args=list(asked.get("args", [])),
+            fit=asked.get("fit", "dream"),
+            fit_options=dict(asked.get("options", {})),
+            seed=asked.get("seed"),
+            name=f"fit-{self.fit_id}",
+            job_dir=self.base / "job",
+            profile=self.worker.profile,
+            resources=resources,
+            start_from=start_from if start_from.exists() else None,
+        )
+        self.record["job_dir"] = str(self.base / "job")
+        self.save()  # before the job exists: a restart finds it (or finds it never started)
+        if self.worker.local:
+            job, ranks = submission.create_local(request, int(asked.get("ntasks") or 2))
+            self.record["supervisor"] = launch(job, ranks)
+            where = "here"
+        else:
+            done = submission.submit(request)
+            job, where = JobDir(done["job_dir"]), f"as Slurm job {done['job_id']}"
+            self.record["slurm_id"] = done["job_id"]
+        self.save()  # who runs it, in the worker's own records (the job directory is the model's)
+        resumed = " from the last checkpoint" if request.start_from else ""
+        self.worker.say(f"fit {self.fit_id}: attempt {self.number} started {where}{resumed}")
+        return job
+
+    # --- following ---------------------------------------------------------------------------------
+
+    def _follow(self, job: JobDir) -> None:
+        period = max(1.0, float(self.record.get("expires_in", 180)) / 3)
+        backoff = 1.0
+        while True:
+            record = jobstate.status([job])[0]
+            try:
+                answer = self._heartbeat(job, record)
+                backoff = 1.0
+                if answer.get("cancel") and not JobState(record["state"]).terminal:
+                    self._cancel(job)
+                self._send_checkpoint(job)
+                if jobstate.ended_for_good(record):
+                    self._send_results(job)
+                    self._complete(job, record["state"], record.get("reason"))
+                    return
+            except Unreachable as exc:
+                lost_for = time.monotonic() - self.last_ok
+                if lost_for > float(self.record.get("expires_in", 180)):
+                    self.worker.say(f"fit {self.fit_id}: cut off from the controller for {lost_for:.0f} s "
+                                    "(longer than the lease): cancelling its job")  # fmt: skip
+                    self._cancel(job)
+                    self.forget()
+                    return
+                self.worker.say(f"fit {self.fit_id}: heartbeat not answered ({exc})")
+                time.sleep(min(backoff, period))
+                backoff = min(2 * backoff, BACKOFF_MAX_S)
+                continue
+            time.sleep(period)
+
+    def _heartbeat(self, job: JobDir | None, record: dict[str, Any] | None = None) -> dict[str, Any]:
+        report: dict[str, Any] = {"lease": self.lease, "worker": self.worker.name}
+        if record is not None:
+            report.update({k: record.get(k) for k in ("state", "reason", "progress", "job_id")})
+        else:
+            report["state"] = "PENDING"
+        answer = self.api.json("POST", f"{self.path}/heartbeat", report, timeout=30)
+        self.last_ok = time.monotonic()
+        self.record["expires_in"] = answer["expires_in"]
+        return answer
+
+    def _send_checkpoint(self, job: JobDir) -> None:
+        try:  # the job directory is the model's to write: read it through no link (bumps_mpi.service.files)
+            with files.open_beneath(job.path, CHECKPOINT_FILE) as handle:
+                data = handle.read()
+        except OSError:
+            return
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == self.sent_checkpoint:
+            return
+        self.api.call(
+            "PUT", f"{self.path}/checkpoint{self.lease_query()}", raw=data, timeout=300,
+            headers={"X-Content-SHA256": digest},
+        )  # fmt: skip
+        self.sent_checkpoint = digest
+
+    def _send_results(self, job: JobDir) -> None:
+        for relative in files.regular_files(job.path):
+            parts = relative.split("/")
+            if parts[0] in SKIP or any(part.startswith(".") for part in parts):  # temporaries, mid-write
+                continue
+            try:
+                with files.open_beneath(job.path, relative) as handle:
+                    data = handle.read()
+            except OSError:
+                continue  # replaced by a link or gone since the listing: not the fit's result
+            self.api.call(
+                "PUT", f"{self.path}/files/{urllib.parse.quote(relative)}{self.lease_query()}", raw=data,
+                timeout=300, headers={"X-Content-SHA256": hashlib.sha256(data).hexdigest()},
+            )  # fmt: skip
+
+    def _complete(self, job: JobDir | None, state: str, message: str | None) -> None:
+        self.api.json(
+            "POST", f"{self.path}/complete", {"lease": self.lease, "state": state, "message": message}
+        )
+        self.worker.say(f"fit {self.fit_id}: attempt {self.number} ended {state}")
+        self.forget()
+
+    def _cancel(self, job: JobDir | None = None) -> None:
+        """Stop this attempt's job, by what the worker recorded (its Slurm id, its supervisor)."""
+        path = self.record.get("job_dir")
+        if path and Path(path).is_dir():
+            write_atomic(Path(path) / CANCEL_FILE, f"{time.time()}\n")  # no requeue after this
+        if self.record.get("slurm_id"):
+            try:
+                slurm.scancel(str(self.record["slurm_id"]))
+            except BumpsMpiError:
+                pass  # it has ended already
+        elif processes.alive(self.record.get("supervisor")):
+            os.kill(int(self.record["supervisor"]["pid"]), signal.SIGTERM)
+
+
+def _find(job_dir: Path) -> str | None:
+    try:
+        return slurm.find_by_workdir(job_dir)
+    except slurm.Unreachable:
+        return None

@@ -1,0 +1,223 @@
+"""The central dispatcher, for real: a controller in dispatch mode and `bumps-submit worker` processes (one
+submitting to the project's Slurm cluster, one running locally), as an ordinary user, on loopback; and
+the faults that must lose nothing: a worker killed, a worker cut off, the controller killed mid-way.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE, MODELS, serial_fit
+from service_helpers import Service, Worker, follow, submit
+
+pytestmark = pytest.mark.slurm
+LEASE_S = 6
+SLOW = MODELS / "slow_peak.py"
+MANY = MODELS / "many_files.py"  # slow_peak's fit, with 300 more files to upload at its end
+LONG_FIT = {"samples": "20000", "burn": "100", "seed": "5", "args": "0.005"}  # about 80 s on 2 ranks
+
+
+def dispatcher(lease_s: float = LEASE_S, database: str = "") -> Service:
+    service = Service(
+        "dispatch",
+        "[limits]\nmax_fits = 20\nmax_ranks = 2\n",
+        settings=f'lease_s = {lease_s}\nmax_attempts = 3\nclaim_wait_s = 5\ndatabase = "{database}"\n',
+        site="checkpoint_every = 2\n",
+    )
+    service.database = database
+    return service.start()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request):
+    """The claim and recovery tests run on both stores: SQLite (embedded) and a real PostgreSQL server."""
+    return request.getfixturevalue("postgres_server")() if request.param == "postgres" else ""
+
+
+@pytest.fixture
+def controller(slurm_cluster, database):
+    service = dispatcher(database=database)
+    yield service
+    service.close()
+    subprocess.run(["scancel", "--user", service.user.pw_name], check=False)
+
+
+def attempts(service: Service) -> list[dict]:
+    """Every claim, from the controller's own records (read-only)."""
+    if getattr(service, "database", ""):
+        import psycopg
+        from psycopg.rows import dict_row
+
+        with psycopg.connect(service.database, row_factory=dict_row) as db:
+            return list(db.execute("SELECT * FROM attempts ORDER BY claimed"))
+    db = sqlite3.connect(f"file:{service.data / 'service.sqlite'}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM attempts ORDER BY claimed")]
+    finally:
+        db.close()
+
+
+def wait(condition, what: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def test_two_workers_share_five_fits_within_their_capacity(controller):
+    on_slurm = Worker(controller, "hpc", "--capacity", "1", "--label", "cluster=ci").start()
+    here = Worker(controller, "laptop", "--capacity", "1", "--local", "--label", "cluster=laptop").start()
+    try:
+        alice = controller.client("alice")
+        seeds = [1, 2, 3, 4, 5]
+        fits = [submit(alice, EXAMPLE, samples="2000", burn="100", seed=str(s)).json() for s in seeds]
+        assert {f["phase"] for f in fits} <= {"queued", "leased"}  # a worker may have claimed one already
+        ended = [follow(alice, f["id"])[-1]["state"] for f in fits]
+        assert ended == ["COMPLETED"] * 5, (ended, on_slurm.said(), here.said())
+        for fit, seed in zip(fits, seeds, strict=True):
+            done = alice.get(f"/api/v1/fits/{fit['id']}").json()
+            reference = serial_fit(EXAMPLE, "dream", {"samples": 2000, "burn": 100}, seed=seed)
+            assert done["chisq"] == reference["chisq"], seed  # the same fit, wherever it ran
+            assert [p["best"] for p in done["parameters"]] == reference["best"]
+            assert done["attempt"] == 1 and len(done["figures"]) >= 5 and "report.html" in done["files"]
+        claims = attempts(controller)
+        assert len(claims) == 5 and all(c["outcome"] == "completed COMPLETED" for c in claims)
+        for worker in {c["worker"] for c in claims}:  # capacity 1: one fit at a time on each worker
+            spans = sorted((c["claimed"], c["ended"]) for c in claims if c["worker"] == worker)
+            assert all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1)), spans
+        health = {w["name"]: w for w in controller.client("admin").get("/api/v1/workers").json()}
+        assert set(health) == {"hpc", "laptop"} and all(w["in_flight"] == 0 for w in health.values())
+        assert all(time.time() - w["last_seen"] < 60 for w in health.values())
+        assert len({c["worker"] for c in claims}) == 2, claims  # both took part
+        assert "Submitted" not in here.said() and "as Slurm job" in on_slurm.said()
+        assert controller.client("bob").get("/api/v1/workers").status_code == 403  # health: admins only
+    finally:
+        on_slurm.kill(signal.SIGTERM)
+        here.kill(signal.SIGTERM)
+
+
+def test_a_killed_workers_fit_resumes_elsewhere_from_its_checkpoint(controller):
+    alice = controller.client("alice")
+    doomed = Worker(controller, "doomed", "--capacity", "1").start()  # Slurm
+    fit = submit(alice, SLOW, **LONG_FIT).json()
+    checkpointed = controller.data / "fits" / fit["id"] / "checkpoints" / "1.h5"
+    wait(checkpointed.exists, "a checkpoint uploaded by the first worker", timeout=180)
+    first_job = json.loads((doomed.state / "inflight" / f"{fit['id']}.json").read_text())["job_dir"]
+    slurm_id = json.loads((Path(first_job) / "job.json").read_text())["slurm"]["job_id"]
+    doomed.kill()  # SIGKILL: no goodbye; its Slurm job runs on
+    died = time.monotonic()
+    rescuer = Worker(controller, "rescuer", "--capacity", "1", "--local").start()
+    try:
+        wait(
+            lambda: "resuming from the checkpoint" in _local_out(rescuer, fit["id"], 2), "attempt 2 resuming"
+        )
+        moved_s = time.monotonic() - died
+        doomed.start()  # restarted, it learns its lease is gone and cancels its Slurm job
+        wait(lambda: "letting it go" in doomed.said(), "the restarted worker letting the fit go", timeout=60)
+        wait(lambda: "CANCELLED" in _accounting(slurm_id), f"Slurm job {slurm_id} cancelled", timeout=60)
+        assert follow(alice, fit["id"], timeout=400)[-1]["state"] == "COMPLETED"
+        done = alice.get(f"/api/v1/fits/{fit['id']}").json()
+        assert done["attempt"] == 2 and done["worker"] != attempts(controller)[0]["worker"]
+        claims = attempts(controller)
+        assert [(c["attempt"], c["outcome"]) for c in claims] == [(1, "expired"), (2, "completed COMPLETED")]
+        job = controller.data / "fits" / fit["id"] / "job"
+        assert (job / ".attempt").read_text() == "2"  # attempt 1 never wrote a thing the fit kept
+        runs = json.loads((job / "runs.json").read_text())
+        assert runs[0]["resumed_from_step"] > 0, runs
+        print(f"worker killed -> fit resuming elsewhere: {moved_s:.1f} s (lease {LEASE_S} s)")
+    finally:
+        rescuer.kill(signal.SIGTERM)
+        doomed.kill(signal.SIGTERM)
+
+
+def _accounting(job_id: str) -> str:
+    return subprocess.run(
+        ["sacct", "-n", "-X", "-j", job_id, "-o", "State"], capture_output=True, text=True
+    ).stdout
+
+
+def _local_out(worker: Worker, fit_id: str, attempt: int) -> str:
+    log = worker.state / "fits" / f"{fit_id}-{attempt}" / "job" / "local.out"
+    return log.read_text() if log.exists() else ""
+
+
+def test_a_worker_cut_off_longer_than_its_lease_cancels_its_fit(slurm_cluster):
+    service = dispatcher()
+    here = Worker(service, "island", "--capacity", "1", "--local").start()
+    try:
+        alice = service.client("alice")
+        fit = submit(alice, SLOW, **LONG_FIT).json()
+        wait(lambda: alice.get(f"/api/v1/fits/{fit['id']}").json()["state"] == "RUNNING", "running")
+        service.stop(signal.SIGKILL)  # the controller is gone for longer than the lease
+        state = here.state / "fits" / f"{fit['id']}-1" / "job" / "local.json"
+        wait(lambda: json.loads(state.read_text())["state"] == "CANCELLED", "the cut-off worker cancelling")
+        assert "cut off from the controller" in here.said()
+        service.start()
+        alice = service.client("alice")
+        assert follow(alice, fit["id"], timeout=400)[-1]["state"] == "COMPLETED"  # attempt 2, from scratch
+        claims = attempts(service)
+        assert [(c["attempt"], c["outcome"]) for c in claims] == [(1, "expired"), (2, "completed COMPLETED")]
+        assert (service.data / "fits" / fit["id"] / "job" / ".attempt").read_text() == "2"
+    finally:
+        here.kill(signal.SIGTERM)
+        service.close()
+
+
+def test_the_controller_killed_mid_claim_heartbeat_and_upload_loses_nothing(slurm_cluster, database):
+    service = dispatcher(lease_s=15, database=database)
+    workers = [
+        Worker(service, "w1", "--capacity", "1", "--local").start(),
+        Worker(service, "w2", "--capacity", "1", "--local").start(),
+    ]
+    try:
+        alice = service.client("alice")
+        fits = [
+            submit(alice, MANY, data=[SLOW], samples="3000", burn="100", seed=str(s), args="0.002").json()
+            for s in (1, 2, 3)
+        ]
+        restarts = 0
+
+        def crash(when: str) -> None:
+            nonlocal restarts
+            service.stop(signal.SIGKILL)
+            service.start()
+            restarts += 1
+            print(f"controller killed {when}")
+
+        crash("while the workers claim")  # the first claims are in flight (long polling)
+        wait(lambda: any(c["outcome"] is None for c in attempts(service)), "a fit running")
+        time.sleep(2.5)  # a heartbeat is due every lease/3 = 5 s: this one lands mid-way
+        crash("between heartbeats")
+        fits_dir = service.data / "fits"
+        wait(lambda: any(fits_dir.glob("*/attempts/*/notes/*")), "result files arriving", timeout=300)
+        crash("while results were being uploaded")
+        alice = service.client("alice")
+        ended = [follow(alice, f["id"], timeout=400)[-1]["state"] for f in fits]
+        assert ended == ["COMPLETED"] * 3, (ended, [w.said() for w in workers])
+        assert len(alice.get("/api/v1/fits").json()) == 3  # nothing duplicated
+        assert not list(fits_dir.rglob("*.part"))  # no partial file left, anywhere
+        claims = attempts(service)
+        for fit in fits:
+            mine = [c for c in claims if c["fit"] == fit["id"]]
+            completed = [c for c in mine if c["outcome"] == "completed COMPLETED"]
+            assert len(completed) == 1, mine  # one result per fit
+            job = fits_dir / fit["id"] / "job"
+            assert (job / ".attempt").read_text() == str(completed[0]["attempt"])
+            assert json.loads((job / "result.json").read_text())["chisq"] > 0
+        alive = [w.proc.poll() is None for w in workers]
+        assert restarts == 3 and all(alive), [
+            w.said()[-3000:] for w in workers
+        ]  # they recovered by themselves
+    finally:
+        for worker in workers:
+            worker.kill(signal.SIGTERM)
+        service.close()
