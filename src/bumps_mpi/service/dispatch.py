@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -61,12 +62,12 @@ class Queue:
         """Trade a registration token (once) for (worker id, credential)."""
         worker_id, credential = "w-" + secrets.token_hex(4), "wkr-" + secrets.token_urlsafe(32)
         with self.store.write() as db:
-            row = db.execute(
-                "SELECT used FROM registrations WHERE hash = ?", (digest(token),)
-            ).fetchone()  # fmt: skip
-            if row is None or row["used"] is not None:
+            taken = db.execute(  # once: a second use, even at the same moment, finds it used
+                "UPDATE registrations SET used = ? WHERE hash = ? AND used IS NULL RETURNING hash",
+                (time.time(), digest(token)),
+            ).fetchone()
+            if taken is None:
                 raise PermissionError("that registration token is not valid (or was used already)")
-            db.execute("UPDATE registrations SET used = ? WHERE hash = ?", (time.time(), digest(token)))
             db.execute(
                 "INSERT INTO workers(id, name, credential, labels, capacity, registered) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -112,38 +113,44 @@ class Queue:
                     self.arrived.wait(timeout=deadline - time.monotonic())
 
     def _claim_now(self, worker: dict, labels: dict[str, str], capacity: int) -> dict | None:
+        """Claim for *worker* within what it registered with: a claim may ask for less, never more."""
         now = time.time()
+        capacity = min(capacity, int(worker["capacity"]))
+        labels = json.loads(worker["labels"])  # the labels it registered with, not what a claim says
         with self.store.write() as db:
-            db.execute("UPDATE workers SET last_seen = ?, labels = ?, capacity = ? WHERE id = ?",
-                       (now, json.dumps(labels), capacity, worker["id"]))  # fmt: skip
+            db.execute("UPDATE workers SET last_seen = ? WHERE id = ?", (now, worker["id"]))
             held = db.execute(
                 "SELECT COUNT(*) AS n FROM fits WHERE worker = ? AND phase = 'leased'", (worker["id"],)
             ).fetchone()["n"]
             if held >= capacity:
                 return None
-            waiting = (
-                db.execute(  # PostgreSQL: rows another controller is claiming are skipped, not waited on
-                    "SELECT * FROM fits WHERE phase = 'queued' ORDER BY created LIMIT 200"
-                    + self.store.skip_locked
+            offset = 0
+            while True:  # the oldest queued fit this worker suits, a page at a time
+                page = db.execute(  # PostgreSQL: rows another controller is claiming are skipped
+                    "SELECT * FROM fits WHERE phase = 'queued' ORDER BY created LIMIT 200 OFFSET ?"
+                    + self.store.skip_locked,
+                    (offset,),
                 ).fetchall()
+                if not page:
+                    return None
+                offset += len(page)
+                for row in page:
+                    if _suits(dict(row), labels):
+                        return self._lease(db, dict(row), worker, now)
+
+    def _lease(self, db: Any, row: dict, worker: dict, now: float) -> dict | None:
+        lease = "lease-" + secrets.token_hex(12)
+        claimed = db.execute(
+            "UPDATE fits SET phase = 'leased', lease = ?, lease_expires = ?, attempt = attempt + 1, "
+            "worker = ?, remote = NULL WHERE id = ? AND phase = 'queued' RETURNING *",
+            (lease, now + self.config.lease_s, worker["id"], row["id"]),
+        ).fetchone()
+        if claimed is not None:
+            db.execute(
+                "INSERT INTO attempts(fit, attempt, worker, claimed) VALUES (?, ?, ?, ?)",
+                (row["id"], claimed["attempt"], worker["id"], now),
             )
-            for row in waiting:
-                if not _suits(dict(row), labels):
-                    continue
-                lease = "lease-" + secrets.token_hex(12)
-                claimed = db.execute(
-                    "UPDATE fits SET phase = 'leased', lease = ?, lease_expires = ?, attempt = attempt + 1, "
-                    "worker = ?, remote = NULL WHERE id = ? AND phase = 'queued' RETURNING *",
-                    (lease, now + self.config.lease_s, worker["id"], row["id"]),
-                ).fetchone()
-                if claimed is None:
-                    continue
-                db.execute(
-                    "INSERT INTO attempts(fit, attempt, worker, claimed) VALUES (?, ?, ?, ?)",
-                    (row["id"], claimed["attempt"], worker["id"], now),
-                )
-                return dict(claimed)
-        return None
+        return None if claimed is None else dict(claimed)
 
     def fenced(self, fit_id: str, lease: str, worker: dict) -> dict:
         """The fit, if *lease* is its current, unexpired lease held by *worker*; else Fenced."""
@@ -173,40 +180,48 @@ class Queue:
         return {"expires_in": self.config.lease_s, "cancel": bool(renewed["cancel"])}
 
     def expire(self) -> list[str]:
-        """Return every fit whose lease has expired to the queue (or end it after max_attempts); what."""
+        """Return every fit whose lease has expired to the queue (or end it after max_attempts); what.
+
+        Each change names the lease and its expiry again: a fit completed, renewed or claimed meanwhile
+        (by another controller, on PostgreSQL) is left alone."""
         now, said = time.time(), []
         with self.store.write() as db:
             rows = db.execute(
-                "SELECT * FROM fits WHERE phase = 'leased' AND lease_expires < ?", (now,)
-            ).fetchall()  # fmt: skip
+                "SELECT * FROM fits WHERE phase = 'leased' AND lease_expires < ?" + self.store.skip_locked,
+                (now,),
+            ).fetchall()
             for row in rows:
-                db.execute(
-                    "UPDATE attempts SET ended = ?, outcome = 'expired' WHERE fit = ? AND attempt = ?",
-                    (now, row["id"], row["attempt"]),
-                )
+                still = "WHERE id = ? AND phase = 'leased' AND lease = ? AND lease_expires < ? RETURNING id"
+                key = (row["id"], row["lease"], now)
                 if row["cancel"]:
-                    db.execute(
+                    done = db.execute(
                         "UPDATE fits SET phase = 'done', lease = NULL, state = 'CANCELLED', ended = ?, "
-                        "message = 'cancelled (its worker was lost)' WHERE id = ?",
-                        (now, row["id"]),
-                    )
+                        "message = 'cancelled (its worker was lost)' " + still,
+                        (now, *key),
+                    ).fetchone()
                 elif row["attempt"] >= self.config.max_attempts:
                     message = (
                         f"gave up after {row['attempt']} attempts: each worker that ran it stopped answering "
                         f"for {self.config.lease_s:.0f} s (the fit may crash its workers)"
                     )
-                    db.execute(
+                    done = db.execute(
                         "UPDATE fits SET phase = 'done', lease = NULL, state = 'FAILED', ended = ?, "
-                        "message = ? WHERE id = ?",
-                        (now, message, row["id"]),
-                    )
+                        "message = ? " + still,
+                        (now, message, *key),
+                    ).fetchone()
                 else:
-                    db.execute(
+                    message = f"attempt {row['attempt']} lost its worker: waiting for another"
+                    done = db.execute(
                         "UPDATE fits SET phase = 'queued', lease = NULL, state = 'PENDING', message = ? "
-                        "WHERE id = ?",
-                        (f"attempt {row['attempt']} lost its worker: waiting for another", row["id"]),
+                        + still,
+                        (message, *key),
+                    ).fetchone()
+                if done is not None:
+                    db.execute(
+                        "UPDATE attempts SET ended = ?, outcome = 'expired' WHERE fit = ? AND attempt = ?",
+                        (now, row["id"], row["attempt"]),
                     )
-                said.append(row["id"])
+                    said.append(row["id"])
         if said:
             self.wake()
         return said
@@ -272,8 +287,10 @@ class Queue:
         chisq = None
         try:
             chisq = json.loads(((job if moved else attempt_dir) / "result.json").read_text()).get("chisq")
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             chisq = None
+        if isinstance(chisq, bool) or not isinstance(chisq, (int, float)) or not math.isfinite(chisq):
+            chisq = None  # the model's file: only a finite number is recorded
         now = time.time()
         with self.store.write() as db:
             done = db.execute(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 import zipfile
 from typing import Any
 
@@ -121,13 +122,18 @@ def router(queue: Queue, admin_user: Any, on_end: Any) -> APIRouter:
         except Fenced as exc:
             raise HTTPException(409, str(exc)) from None
 
-    async def _body(request: Request) -> io.BytesIO:
-        data = bytearray()
+    async def _body(request: Request) -> Any:
+        """The request's body in a temporary file (in memory while small), up to FILE_LIMIT."""
+        spool = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115 - handed on, closed there
+        size = 0
         async for chunk in request.stream():
-            data += chunk
-            if len(data) > FILE_LIMIT:
+            size += len(chunk)
+            if size > FILE_LIMIT:
+                spool.close()
                 raise HTTPException(413, f"a file larger than {FILE_LIMIT >> 20} MB")
-        return io.BytesIO(bytes(data))
+            spool.write(chunk)
+        spool.seek(0)
+        return spool
 
     def _sha(request: Request) -> str:
         digest = request.headers.get("x-content-sha256", "")
@@ -142,7 +148,8 @@ def router(queue: Queue, admin_user: Any, on_end: Any) -> APIRouter:
         fit = await run_in_threadpool(fenced, fit_id, lease, who)
         body, digest = await _body(request), _sha(request)
         try:
-            _, new = await run_in_threadpool(queue.put_file, fit, relative, digest, body, FILE_LIMIT)
+            with body:
+                _, new = await run_in_threadpool(queue.put_file, fit, relative, digest, body, FILE_LIMIT)
         except Refused as exc:
             raise HTTPException(422, str(exc)) from None
         return JSONResponse({"stored": relative, "new": new}, status_code=201 if new else 200)
@@ -152,7 +159,8 @@ def router(queue: Queue, admin_user: Any, on_end: Any) -> APIRouter:
         fit = await run_in_threadpool(fenced, fit_id, lease, who)
         body, digest = await _body(request), _sha(request)
         try:
-            new = await run_in_threadpool(queue.put_checkpoint, fit, digest, body, FILE_LIMIT)
+            with body:
+                new = await run_in_threadpool(queue.put_checkpoint, fit, digest, body, FILE_LIMIT)
         except Refused as exc:
             raise HTTPException(422, str(exc)) from None
         except Fenced as exc:

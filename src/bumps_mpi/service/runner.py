@@ -153,21 +153,7 @@ class Runner:
         os.kill(int(supervisor["pid"]), signal.SIGTERM)  # rank 0 checkpoints and stops; the rest end
 
     def still_running(self, fits: list[dict]) -> set[str]:
-        """The fits whose processes or Slurm job the service itself knows to be alive (ids)."""
-        alive = {f["id"] for f in fits if processes.alive(json.loads(f.get("supervisor") or "null"))}
-        ids = {str(f["job_id"]): f["id"] for f in fits if f.get("job_id")}
-        if ids:
-            try:
-                listed = subprocess.run(
-                    ["squeue", "-h", "-o", "%i", "-j", ",".join(ids)],
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                ).stdout.split()
-            except (OSError, subprocess.TimeoutExpired):
-                listed = list(ids)  # Slurm cannot say: nothing ends on the files' word alone
-            alive |= {ids[i] for i in listed if i in ids}
-        return alive
+        return alive_ids(fits)
 
     def delete(self, fit: dict) -> None:
         shutil.rmtree(fit_dir(self.config, fit["id"]), ignore_errors=True)
@@ -238,3 +224,18 @@ def launch(job: JobDir, ranks: int) -> dict[str, Any]:
             cwd=job.path,
         )
     return processes.identity(started.pid)
+
+
+def alive_ids(fits: list[dict]) -> set[str]:
+    """The fits whose processes or Slurm job the records themselves (not the job's files) show alive."""
+    alive = {f["id"] for f in fits if processes.alive(json.loads(f.get("supervisor") or "null"))}
+    ids = {str(f["job_id"]): f["id"] for f in fits if f.get("job_id")}
+    if ids:
+        try:
+            listed = subprocess.run(
+                ["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True, timeout=60
+            ).stdout.split()
+        except (OSError, subprocess.TimeoutExpired):
+            listed = list(ids)  # Slurm cannot say: nothing ends on the files' word alone
+        alive |= {ids[i] for i in listed if i in ids}
+    return alive

@@ -98,6 +98,13 @@ CREATE TABLE IF NOT EXISTS attempts (   -- every claim, for the record (and the 
 """
 
 
+ADDED_COLUMNS = [  # (column, type) added to fits after its first release, for older data directories
+    ("attempt", "INTEGER NOT NULL DEFAULT 0"), ("lease", "TEXT"), ("lease_expires", "REAL"),
+    ("worker", "TEXT"), ("wants", "TEXT"), ("remote", "TEXT"), ("cancel", "INTEGER NOT NULL DEFAULT 0"),
+    ("checkpoint_attempt", "INTEGER"), ("done_lease", "TEXT"), ("supervisor", "TEXT"),
+]  # fmt: skip
+
+
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -113,9 +120,11 @@ class Store:
         self.skip_locked = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
         if self.postgres:
             self._db = _postgres(str(target))
+            self.url = str(target)
             schema = SCHEMA.replace(" REAL", " DOUBLE PRECISION")  # 4-byte floats would round timestamps
             for statement in filter(str.strip, schema.split(";")):  # (no ";" inside SCHEMA's comments)
                 self._db.execute(statement)
+            self._migrate()
             return
         path = Path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +133,21 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added since a data directory was made (CREATE TABLE IF NOT EXISTS adds none)."""
+        have = {row["name"] for row in self.read("PRAGMA table_info(fits)")} if not self.postgres else None
+        if not self.postgres:  # the first release named the token's and session's owner "user"
+            for table in ("tokens", "sessions"):
+                if "user" in {row["name"] for row in self.read(f"PRAGMA table_info({table})")}:
+                    self._db.execute(f'ALTER TABLE {table} RENAME COLUMN "user" TO username')
+        for column, kind in ADDED_COLUMNS:
+            if self.postgres:
+                kind = kind.replace("REAL", "DOUBLE PRECISION")
+                self._db.execute(f"ALTER TABLE fits ADD COLUMN IF NOT EXISTS {column} {kind}")
+            elif column not in have:
+                self._db.execute(f"ALTER TABLE fits ADD COLUMN {column} {kind}")
 
     @classmethod
     def of(cls, config: Any) -> Store:
@@ -135,6 +159,7 @@ class Store:
         """One transaction that takes the write lock at once (a deferred one that upgrades can fail)."""
         with self._lock:
             if self.postgres:
+                self._reconnect_if_lost()
                 with self._db.transaction():
                     yield _Dialect(self._db)
                 return
@@ -146,8 +171,15 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
+    def _reconnect_if_lost(self) -> None:
+        """PostgreSQL restarted or failed over: a new connection, rather than failing every request."""
+        if self._db.closed or self._db.broken:
+            self._db = _postgres(self.url)
+
     def read(self, sql: str, args: tuple = ()) -> list[Any]:
         with self._lock:
+            if self.postgres:
+                self._reconnect_if_lost()
             return (
                 _Dialect(self._db).execute(sql, args).fetchall()
                 if self.postgres

@@ -35,7 +35,7 @@ from typing import Any
 
 from ..cluster import jobstate, processes, slurm
 from ..cluster.states import JobState
-from ..errors import BumpsMpiError, UsageError
+from ..errors import BumpsMpiError, ModelCheckError, UsageError
 from ..jobdir import CANCEL_FILE, CHECKPOINT_FILE, JobDir, write_atomic
 from . import files
 
@@ -182,7 +182,11 @@ class Worker:
 
 
 class Attempt(threading.Thread):
-    """One claimed fit on this worker: submit it, keep its lease, send its files, report its end."""
+    """One claimed fit on this worker: submit it, keep its lease, send its files, report its end.
+
+    The worker lets go of a fit a third of a lease before the controller would (two heartbeats
+    missed, counted from when the last accepted one was sent), so that its job has stopped before the
+    fit can be handed to another worker."""
 
     def __init__(self, worker: Worker, record: dict[str, Any]):
         super().__init__(name=f"fit-{record['fit']}", daemon=True)
@@ -190,18 +194,31 @@ class Attempt(threading.Thread):
         self.fit_id, self.lease, self.number = record["fit"], record["lease"], record["attempt"]
         self.api = worker.controller
         self.base = worker.state_dir / "fits" / f"{self.fit_id}-{self.number}"
-        self.last_ok = time.monotonic()
+        self.last_ok = time.monotonic()  # when the last accepted heartbeat was sent
         self.sent_checkpoint: str | None = None
 
     @property
     def path(self) -> str:
         return f"/api/v1/dispatch/fits/{self.fit_id}"
 
+    @property
+    def lease_s(self) -> float:
+        return float(self.record.get("expires_in", 180))
+
+    def own_deadline_passed(self) -> bool:
+        return time.monotonic() - self.last_ok > self.lease_s * 2 / 3
+
     def save(self) -> None:
         write_atomic(self.worker.state_dir / "inflight" / f"{self.fit_id}.json", json.dumps(self.record))
 
     def forget(self) -> None:
-        (self.worker.state_dir / "inflight" / f"{self.fit_id}.json").unlink(missing_ok=True)
+        """Drop this attempt's record, if it is still this attempt's (the fit may have come back)."""
+        path = self.worker.state_dir / "inflight" / f"{self.fit_id}.json"
+        try:
+            if json.loads(path.read_text()).get("lease") == self.lease:
+                path.unlink()
+        except (OSError, ValueError):
+            pass
 
     def lease_query(self) -> str:
         return "?lease=" + urllib.parse.quote(self.lease)
@@ -227,23 +244,46 @@ class Attempt(threading.Thread):
         """The fit's job here: found again after a restart, or submitted now."""
         path = self.record.get("job_dir")
         if path and (Path(path) / "job.json").exists():
-            job = JobDir(path)
             if not self.worker.local and not self.record.get("slurm_id"):
-                found = _find(job.path)  # stopped before it wrote the id down: ask Slurm (not the files)
+                found = self._retrying(lambda: _find(Path(path)))  # Slurm's word, never job.json's
                 if found:
                     self.record["slurm_id"] = found
                     self.save()
             if self.record.get("slurm_id") or self.record.get("supervisor"):
-                self._heartbeat(job)  # Gone here: a newer attempt owns the fit; run() cancels this job
+                job = self._recorded(path)
+                self._retrying(lambda: self._heartbeat(job))  # Gone: a newer attempt owns the fit
                 return job
-        shutil.rmtree(self.base, ignore_errors=True)
         model_dir = self._retrying(self._fetch)
-        try:
-            return self._submit(model_dir)
-        except BumpsMpiError as exc:  # the model check or the cluster refused it: the fit fails, saying why
-            message = f"on worker {self.worker.name}: {exc}"
-            self._retrying(lambda: self._complete(None, JobState.FAILED.value, message))
-            return None
+        backoff = 1.0
+        while True:
+            try:
+                return self._submit(model_dir)
+            except (
+                ModelCheckError,
+                UsageError,
+            ) as exc:  # the model or the request: the fit fails, saying why
+                failed = f"on worker {self.worker.name}: {exc}"
+                self._retrying(lambda failed=failed: self._complete(None, JobState.FAILED.value, failed))
+                return None
+            except slurm.SubmitUncertain as exc:  # it may be queued: look for it, never submit it twice
+                self.worker.say(f"fit {self.fit_id}: {exc}; looking for it in Slurm")
+                found = self._retrying(lambda: _find(self.base / "job"))
+                if found:
+                    self.record["slurm_id"] = found
+                    self.save()
+                    return self._recorded(self.base / "job")
+                shutil.rmtree(self.base / "job", ignore_errors=True)
+            except BumpsMpiError as exc:  # the cluster, for now (slurmctld restarting): keep the lease, retry
+                self.worker.say(f"fit {self.fit_id}: not submitted ({exc}); trying again in {backoff:.0f} s")
+            self._retrying(lambda: self._heartbeat(None))
+            time.sleep(backoff)
+            backoff = min(2 * backoff, BACKOFF_MAX_S)
+
+    def _recorded(self, path: Path | str) -> JobDir:
+        """The job, with the Slurm id this worker recorded (the model can rewrite job.json)."""
+        from .runner import RecordedJob
+
+        return RecordedJob(path, {"job_id": self.record.get("slurm_id")})
 
     def _fetch(self) -> Path:
         self._heartbeat(None)  # still ours? (a restart may have come after the lease)
@@ -251,15 +291,15 @@ class Attempt(threading.Thread):
         return self._download()
 
     def _retrying(self, call: Any) -> Any:
-        """*call*, again after a pause while the controller does not answer, for as long as the lease."""
+        """*call*, again after a pause while the controller (or Slurm) does not answer, within the lease."""
         backoff = 1.0
         while True:
             try:
                 return call()
-            except Unreachable as exc:
-                if time.monotonic() - self.last_ok > float(self.record.get("expires_in", 180)):
-                    raise Gone(f"no answer for longer than the lease ({exc})") from None
-                self.worker.say(f"fit {self.fit_id}: the controller did not answer ({exc}); trying again")
+            except (Unreachable, slurm.Unreachable) as exc:
+                if self.own_deadline_passed():
+                    raise Gone(f"no answer for too long to keep the lease ({exc})") from None
+                self.worker.say(f"fit {self.fit_id}: no answer ({exc}); trying again")
                 time.sleep(backoff)
                 backoff = min(2 * backoff, BACKOFF_MAX_S)
 
@@ -308,20 +348,31 @@ class Attempt(threading.Thread):
             where = "here"
         else:
             done = submission.submit(request)
-            job, where = JobDir(done["job_dir"]), f"as Slurm job {done['job_id']}"
+            where = f"as Slurm job {done['job_id']}"
             self.record["slurm_id"] = done["job_id"]
         self.save()  # who runs it, in the worker's own records (the job directory is the model's)
         resumed = " from the last checkpoint" if request.start_from else ""
         self.worker.say(f"fit {self.fit_id}: attempt {self.number} started {where}{resumed}")
-        return job
+        return self._recorded(self.base / "job")
 
     # --- following ---------------------------------------------------------------------------------
 
+    def _status(self, job: JobDir) -> dict[str, Any]:
+        """The job's status; its end only once the worker's own records say its processes are gone."""
+        from .runner import alive_ids
+
+        record = jobstate.status([job])[0]
+        mine = {"id": self.fit_id, "job_id": self.record.get("slurm_id"),
+                "supervisor": json.dumps(self.record.get("supervisor"))}  # fmt: skip
+        if jobstate.ended_for_good(record) and alive_ids([mine]):
+            record = {**record, "finishing": True}
+        return record
+
     def _follow(self, job: JobDir) -> None:
-        period = max(1.0, float(self.record.get("expires_in", 180)) / 3)
+        period = max(1.0, self.lease_s / 3)
         backoff = 1.0
         while True:
-            record = jobstate.status([job])[0]
+            record = self._status(job)
             try:
                 answer = self._heartbeat(job, record)
                 backoff = 1.0
@@ -329,18 +380,18 @@ class Attempt(threading.Thread):
                     self._cancel(job)
                 self._send_checkpoint(job)
                 if jobstate.ended_for_good(record):
-                    self._send_results(job)
-                    self._complete(job, record["state"], record.get("reason"))
+                    message = self._send_results(job, record)
+                    self._complete(job, JobState.FAILED.value if message else record["state"],
+                                   message or record.get("reason"))  # fmt: skip
                     return
             except Unreachable as exc:
-                lost_for = time.monotonic() - self.last_ok
-                if lost_for > float(self.record.get("expires_in", 180)):
-                    self.worker.say(f"fit {self.fit_id}: cut off from the controller for {lost_for:.0f} s "
-                                    "(longer than the lease): cancelling its job")  # fmt: skip
+                if self.own_deadline_passed():
+                    self.worker.say(f"fit {self.fit_id}: cut off from the controller for too long to keep "
+                                    "its lease: cancelling its job")  # fmt: skip
                     self._cancel(job)
                     self.forget()
                     return
-                self.worker.say(f"fit {self.fit_id}: heartbeat not answered ({exc})")
+                self.worker.say(f"fit {self.fit_id}: no answer ({exc}); trying again")
                 time.sleep(min(backoff, period))
                 backoff = min(2 * backoff, BACKOFF_MAX_S)
                 continue
@@ -352,8 +403,9 @@ class Attempt(threading.Thread):
             report.update({k: record.get(k) for k in ("state", "reason", "progress", "job_id")})
         else:
             report["state"] = "PENDING"
+        sent = time.monotonic()
         answer = self.api.json("POST", f"{self.path}/heartbeat", report, timeout=30)
-        self.last_ok = time.monotonic()
+        self.last_ok = sent  # the controller renewed the lease no earlier than this
         self.record["expires_in"] = answer["expires_in"]
         return answer
 
@@ -366,13 +418,20 @@ class Attempt(threading.Thread):
         digest = hashlib.sha256(data).hexdigest()
         if digest == self.sent_checkpoint:
             return
-        self.api.call(
-            "PUT", f"{self.path}/checkpoint{self.lease_query()}", raw=data, timeout=300,
-            headers={"X-Content-SHA256": digest},
-        )  # fmt: skip
+        try:
+            self.api.call(
+                "PUT", f"{self.path}/checkpoint{self.lease_query()}", raw=data, timeout=300,
+                headers={"X-Content-SHA256": digest},
+            )  # fmt: skip
+        except (Unreachable, Gone):
+            raise
+        except BumpsMpiError as exc:  # a checkpoint helps a next attempt; the fit goes on without it
+            self.worker.say(f"fit {self.fit_id}: checkpoint not kept by the controller ({exc})")
         self.sent_checkpoint = digest
 
-    def _send_results(self, job: JobDir) -> None:
+    def _send_results(self, job: JobDir, record: dict[str, Any]) -> str | None:
+        """Send the job's files, renewing the lease between them; why one was refused, if one was."""
+        period = max(1.0, self.lease_s / 3)
         for relative in files.regular_files(job.path):
             parts = relative.split("/")
             if parts[0] in SKIP or any(part.startswith(".") for part in parts):  # temporaries, mid-write
@@ -382,10 +441,18 @@ class Attempt(threading.Thread):
                     data = handle.read()
             except OSError:
                 continue  # replaced by a link or gone since the listing: not the fit's result
-            self.api.call(
-                "PUT", f"{self.path}/files/{urllib.parse.quote(relative)}{self.lease_query()}", raw=data,
-                timeout=300, headers={"X-Content-SHA256": hashlib.sha256(data).hexdigest()},
-            )  # fmt: skip
+            if time.monotonic() - self.last_ok > period:
+                self._heartbeat(job, record)  # a long upload must not outlive the lease
+            try:
+                self.api.call(
+                    "PUT", f"{self.path}/files/{urllib.parse.quote(relative)}{self.lease_query()}", raw=data,
+                    timeout=300, headers={"X-Content-SHA256": hashlib.sha256(data).hexdigest()},
+                )  # fmt: skip
+            except (Unreachable, Gone):
+                raise
+            except BumpsMpiError as exc:  # refused for good (too large, a bad name): the fit says so
+                return f"the controller refused its file {relative}: {exc}"
+        return None
 
     def _complete(self, job: JobDir | None, state: str, message: str | None) -> None:
         self.api.json(
@@ -409,7 +476,5 @@ class Attempt(threading.Thread):
 
 
 def _find(job_dir: Path) -> str | None:
-    try:
-        return slurm.find_by_workdir(job_dir)
-    except slurm.Unreachable:
-        return None
+    """Slurm's id of the job running in *job_dir* (squeue); slurm.Unreachable when Slurm cannot say."""
+    return slurm.find_by_workdir(job_dir)
