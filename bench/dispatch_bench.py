@@ -59,13 +59,14 @@ def queue_load(scratch: Path, fits: int, workers: int, database: str = "") -> No
     from bumps_mpi.service.settings import load
     from bumps_mpi.service.store import Store
 
-    data, port = scratch / "data", 18471
+    data, port = scratch / f"data-{'pg' if database else 'sqlite'}", 18471
     config = scratch / "service.toml"
     config.write_text(
         f'[service]\ndata_dir = "{data}"\nport = {port}\nbackend = "dispatch"\nclaim_wait_s = 0\n'
+        f'database = "{database}"\n'
     )
     settings = load(config)
-    store = Store(data / "service.sqlite")
+    store = Store.of(settings)
     queue = Queue(settings, store)
     user_token = store.add_token("bench")
     began = time.perf_counter()
@@ -129,9 +130,8 @@ def queue_load(scratch: Path, fits: int, workers: int, database: str = "") -> No
                 http.get("/api/v1/me")
                 baseline.append(time.perf_counter() - started)
         leased = store.read("SELECT COUNT(*) AS n FROM fits WHERE phase = 'leased'")[0]["n"]
-        print(
-            f"dispatcher (SQLite): {fits} queued fits ({seeded:.1f} s to record), {workers} workers, loopback"
-        )
+        kind = "PostgreSQL" if database else "SQLite"
+        print(f"dispatcher ({kind}): {fits} queued fits ({seeded:.1f} s to record), {workers} workers")
         print(f"  claimed {leased} of {fits} in {claimed_s:.1f} s: {leased / claimed_s:.0f} claims/s")
         print(f"  claim      {percentiles(claims)}   ({len(claims)} calls, the last of each one empty)")
         print(f"  heartbeat  {percentiles(beats)}   ({len(beats)} calls)")
