@@ -41,6 +41,7 @@ from . import files
 
 SKIP = {"model", "tmp", CHECKPOINT_FILE}  # not sent as results (the checkpoint goes on its own)
 BACKOFF_MAX_S = 30.0
+LOOK_S = 5.0  # how often a running job is looked at (its end is reported at once; heartbeats are rarer)
 
 
 class Unreachable(Exception):
@@ -369,17 +370,21 @@ class Attempt(threading.Thread):
         return record
 
     def _follow(self, job: JobDir) -> None:
+        """Look at the job every few seconds (its end is sent at once); heartbeat every third of a lease."""
         period = max(1.0, self.lease_s / 3)
-        backoff = 1.0
+        look = min(LOOK_S, period)
+        backoff, beaten = 1.0, 0.0
         while True:
             record = self._status(job)
+            ended = jobstate.ended_for_good(record)
             try:
-                answer = self._heartbeat(job, record)
-                backoff = 1.0
-                if answer.get("cancel") and not JobState(record["state"]).terminal:
-                    self._cancel(job)
-                self._send_checkpoint(job)
-                if jobstate.ended_for_good(record):
+                if ended or time.monotonic() - beaten >= period:
+                    answer = self._heartbeat(job, record)
+                    beaten, backoff = time.monotonic(), 1.0
+                    if answer.get("cancel") and not JobState(record["state"]).terminal:
+                        self._cancel(job)
+                    self._send_checkpoint(job)
+                if ended:
                     message = self._send_results(job, record)
                     self._complete(job, JobState.FAILED.value if message else record["state"],
                                    message or record.get("reason"))  # fmt: skip
@@ -395,7 +400,7 @@ class Attempt(threading.Thread):
                 time.sleep(min(backoff, period))
                 backoff = min(2 * backoff, BACKOFF_MAX_S)
                 continue
-            time.sleep(period)
+            time.sleep(look)
 
     def _heartbeat(self, job: JobDir | None, record: dict[str, Any] | None = None) -> dict[str, Any]:
         report: dict[str, Any] = {"lease": self.lease, "worker": self.worker.name}
