@@ -172,6 +172,38 @@ def test_a_worker_cut_off_longer_than_its_lease_cancels_its_fit(slurm_cluster):
         service.close()
 
 
+def test_a_revoked_worker_stops_its_fits_and_they_go_back_to_the_queue(slurm_cluster):
+    service = dispatcher()
+    here = Worker(service, "lost-laptop", "--capacity", "1", "--local").start()
+    try:
+        alice = service.client("alice")
+        fit = submit(alice, SLOW, **LONG_FIT).json()
+        wait(lambda: alice.get(f"/api/v1/fits/{fit['id']}").json()["state"] == "RUNNING", "running")
+        listed = subprocess.run(
+            service.command("worker-list"), capture_output=True, text=True, env=service.env()
+        )
+        assert "lost-laptop" in listed.stdout and "in flight 1" in listed.stdout, listed.stdout
+        revoked = subprocess.run(
+            service.command("worker-revoke", "lost-laptop"), capture_output=True, text=True, env=service.env()
+        )
+        assert revoked.returncode == 0, revoked.stderr
+        assert here.proc.wait(timeout=120) == 1  # it stops, saying why
+        assert "credential (revoked?)" in here.said()
+        state = here.state / "fits" / f"{fit['id']}-1" / "job" / "local.json"
+        wait(lambda: json.loads(state.read_text())["state"] == "CANCELLED", "its job stopped", 60)
+        wait(
+            lambda: alice.get(f"/api/v1/fits/{fit['id']}").json()["phase"] == "queued",
+            "back in the queue",
+            60,
+        )
+        command = service.command("worker-revoke", "lost-laptop")
+        again = subprocess.run(command, capture_output=True, text=True, env=service.env())
+        assert again.returncode == 1 and "no worker 'lost-laptop'" in again.stderr
+    finally:
+        here.kill(signal.SIGTERM)
+        service.close()
+
+
 def test_the_controller_killed_mid_claim_heartbeat_and_upload_loses_nothing(slurm_cluster, database):
     service = dispatcher(lease_s=15, database=database)
     workers = [

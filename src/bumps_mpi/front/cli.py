@@ -585,6 +585,40 @@ def worker_token(ctx: click.Context) -> None:
     click.echo(Queue(config, Store.of(config)).registration_token())
 
 
+@serve.command(name="worker-list")
+@click.pass_context
+def worker_list(ctx: click.Context) -> None:
+    """The registered workers: name, id, labels, capacity, last heartbeat, fits in flight."""
+    from ..service.dispatch import Queue
+    from ..service.store import Store
+
+    config = ctx.obj["config"]
+    for row in Queue(config, Store.of(config)).workers():
+        seen = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["last_seen"]))
+            if row["last_seen"]
+            else "never"
+        )
+        labels = ",".join(f"{k}={v}" for k, v in row["labels"].items()) or "-"
+        echo(f"{row['name']:<20} {row['id']:<11} {labels:<24} capacity {row['capacity']:<3} "
+             f"in flight {row['in_flight']:<3} last seen {seen}")  # fmt: skip
+
+
+@serve.command(name="worker-revoke")
+@click.argument("worker")
+@click.pass_context
+def worker_revoke(ctx: click.Context, worker: str) -> None:
+    """Revoke WORKER (name or id): its credential stops working, its fits go back to the queue."""
+    from ..service.dispatch import Queue
+    from ..service.store import Store
+
+    config = ctx.obj["config"]
+    count = Queue(config, Store.of(config)).revoke_worker(worker)
+    if not count:
+        raise BumpsMpiError(f"no worker {worker!r}: see 'bumps-submit serve worker-list'")
+    echo(f"revoked {count} worker(s) named {worker}; their fits go back to the queue")
+
+
 @main.command()
 @click.option("--controller", required=True, help="The job controller's URL (https://...).")
 @click.option("--capacity", type=int, default=1, show_default=True, help="Fits in flight here at most.")

@@ -75,6 +75,18 @@ class Queue:
             )
         return worker_id, credential
 
+    def revoke_worker(self, ref: str) -> int:
+        """Remove a worker (by id or name): its credential stops working at once, and its fits' leases
+        end now, so they go back to the queue at the next round; how many workers."""
+        with self.store.write() as db:
+            ids = [r["id"] for r in db.execute("SELECT id FROM workers WHERE id = ? OR name = ?", (ref, ref))]
+            for worker_id in ids:
+                db.execute(
+                    "UPDATE fits SET lease_expires = 0 WHERE worker = ? AND phase = 'leased'", (worker_id,)
+                )
+                db.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+        return len(ids)
+
     def worker_for(self, credential: str) -> dict | None:
         rows = self.store.read("SELECT * FROM workers WHERE credential = ?", (digest(credential),))
         return dict(rows[0]) if rows else None

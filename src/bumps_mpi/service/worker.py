@@ -52,6 +52,10 @@ class Gone(Exception):
     """The controller refused the lease (409): another attempt owns the fit."""
 
 
+class Revoked(BumpsMpiError):
+    """The controller refused this worker's credential (401): revoked, or registered elsewhere."""
+
+
 class Controller:
     """The controller's dispatch API, with this worker's credential."""
 
@@ -78,6 +82,11 @@ class Controller:
             body = exc.read()
             if exc.code == 409:
                 raise Gone(_detail(body)) from None
+            if exc.code == 401 and self.credential:
+                raise Revoked(
+                    "the controller refused this worker's credential (revoked?): register it again with "
+                    "a new --registration-token, after removing its worker.json"
+                ) from None
             if exc.code >= 500 or exc.code == 429:
                 raise Unreachable(f"{exc.code} {_detail(body)}") from None
             raise BumpsMpiError(
@@ -163,6 +172,11 @@ class Worker:
                     timeout=90,
                 )
                 backoff = 1.0
+            except Revoked:
+                self.stop.set()
+                for attempt in list(self.attempts.values()):
+                    attempt.join(timeout=120)  # each cancels its job on its next call, and lets go
+                raise
             except Exception as exc:  # never die of an answer: back off and ask again
                 self.say(f"the controller did not answer ({exc}); again in {backoff:.0f} s")
                 self.stop.wait(backoff)
