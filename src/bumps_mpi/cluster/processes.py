@@ -22,16 +22,21 @@ def _boot_id() -> str | None:
         return None
 
 
-def start_ticks(pid: int) -> int | None:
-    """Start time in clock ticks since boot (/proc/PID/stat field 22); None if gone or a zombie."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat from field 3 (the state) on; None if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
     except OSError:
         return None
     # the command name (field 2) may hold spaces and parentheses: count from the last ')'
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return None if fields[0] in (b"Z", b"X") else int(fields[19])
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def start_ticks(pid: int) -> int | None:
+    """Start time in clock ticks since boot (/proc/PID/stat field 22); None if gone or a zombie."""
+    fields = _stat_fields(pid)
+    return None if fields is None or fields[0] in (b"Z", b"X") else int(fields[19])
 
 
 def identity(pid: int | None = None) -> dict[str, Any]:
@@ -83,12 +88,8 @@ def command_line(pid: int) -> list[str] | None:
 
 
 def parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    return int(stat[stat.rfind(b")") + 2 :].split()[1])
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[1])
 
 
 def runs_job(record: Any, job_path: Any) -> bool | None:

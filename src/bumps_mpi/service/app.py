@@ -44,7 +44,7 @@ from . import files, notify, uploads
 from .auth import COOKIE, Auth, User
 from .dispatch import Queue
 from .monitor import Monitor
-from .runner import Runner, fit_dir, job_of
+from .runner import Runner, alive_ids, fit_dir, job_of
 from .settings import ServiceConfig, load
 from .store import Store
 
@@ -139,7 +139,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     auth = Auth(config, store)
     queue = Queue(config, store)
     runner = Runner(config, store, queue)
-    monitor = Monitor(config, store, queue, runner)
+    monitor = Monitor(config, store, queue)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # noqa: ANN202
@@ -459,7 +459,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
 
     def remove(fit: dict) -> None:
         if fit["phase"] in ("queued", "leased") or (
-            fit["phase"] == "submitted" and not over(fit) and runner.still_running([fit])
+            fit["phase"] == "submitted" and not over(fit) and alive_ids([fit])
         ):
             raise HTTPException(409, "the fit is still running: cancel it first, then delete it")
         runner.delete(fit)

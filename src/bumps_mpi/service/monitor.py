@@ -21,14 +21,14 @@ from ..cluster import jobstate
 from ..cluster.states import JobState
 from . import notify
 from .dispatch import Queue
-from .runner import Runner, job_of
+from .runner import alive_ids, job_of
 from .settings import ServiceConfig
 from .store import Store
 
 
 class Monitor:
-    def __init__(self, config: ServiceConfig, store: Store, queue: Queue, runner: Runner):
-        self.config, self.store, self.queue, self.runner = config, store, queue, runner
+    def __init__(self, config: ServiceConfig, store: Store, queue: Queue):
+        self.config, self.store, self.queue = config, store, queue
         self.records: dict[str, dict[str, Any]] = {}  # fit id -> its newest status record
         self.ending: dict[str, float] = {}  # fit id -> when its directory first showed it had ended
         self.round = 0  # increases after every poll: event streams wait on it
@@ -66,7 +66,7 @@ class Monitor:
         fits = [f for f in self.store.active() if f["phase"] == "submitted"]
         jobs = [(fit, job) for fit in fits if (job := job_of(self.config, fit)) is not None]
         records = self._status([job for _, job in jobs])
-        running = self.runner.still_running([fit for fit, _ in jobs]) if jobs else set()
+        running = alive_ids([fit for fit, _ in jobs]) if jobs else set()
         for (fit, _), record in zip(jobs, records, strict=True):
             if fit["id"] in running and jobstate.ended_for_good(record):
                 record = {**record, "finishing": True}  # its files say it ended; its processes still run

@@ -152,9 +152,6 @@ class Runner:
         write_atomic(job.file(CANCEL_FILE), f"{time.time()}\n")
         os.kill(int(supervisor["pid"]), signal.SIGTERM)  # rank 0 checkpoints and stops; the rest end
 
-    def still_running(self, fits: list[dict]) -> set[str]:
-        return alive_ids(fits)
-
     def delete(self, fit: dict) -> None:
         shutil.rmtree(fit_dir(self.config, fit["id"]), ignore_errors=True)
         self.store.delete_fit(fit["id"])
