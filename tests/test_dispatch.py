@@ -5,6 +5,7 @@ the faults that must lose nothing: a worker killed, a worker cut off, the contro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import sqlite3
@@ -12,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import EXAMPLE, MODELS, serial_fit
 from service_helpers import Service, Worker, follow, submit
@@ -103,6 +105,68 @@ def test_two_workers_share_five_fits_within_their_capacity(controller):
     finally:
         on_slurm.kill(signal.SIGTERM)
         here.kill(signal.SIGTERM)
+
+
+def test_the_workers_api_refuses_what_an_attacker_would_try(slurm_cluster):
+    """Over the real server: no credential, a user's token, a reused registration token, a claim for labels
+    the worker never registered with, a stale lease, another worker's lease, a path out of the fit, a
+    wrong hash. Nothing of it is stored."""
+    service = dispatcher()
+    try:
+        url = service.url
+        token = Worker(service, "unused").token  # a one-time registration token, made for real
+
+        def register(name: str, labels: dict) -> httpx.Client:
+            answer = httpx.post(f"{url}/api/v1/workers/register", json={"token": made(), "name": name,
+                                                                        "labels": labels})  # fmt: skip
+            assert answer.status_code == 201, answer.text
+            return httpx.Client(
+                base_url=url, headers={"Authorization": f"Bearer {answer.json()['credential']}"}
+            )
+
+        def made() -> str:
+            return subprocess.run(service.command("worker-token"), capture_output=True, text=True,
+                                  env=service.env()).stdout.strip()  # fmt: skip
+
+        assert (
+            httpx.post(f"{url}/api/v1/workers/register", json={"token": token, "name": "a"}).status_code
+            == 201
+        )
+        assert (
+            httpx.post(f"{url}/api/v1/workers/register", json={"token": token, "name": "b"}).status_code
+            == 403
+        )
+        for headers in ({}, {"Authorization": f"Bearer {service.tokens['admin']}"}):
+            assert httpx.post(f"{url}/api/v1/dispatch/claim", json={}, headers=headers).status_code == 401
+
+        alice = service.client("alice")
+        wanted = submit(alice, EXAMPLE, labels="cluster=hpc1").json()
+        laptop = register("laptop", {"cluster": "laptop"})
+        asked = laptop.post("/api/v1/dispatch/claim", json={"labels": {"cluster": "hpc1"}, "capacity": 99})
+        assert asked.status_code == 204  # a claim cannot raise what the worker registered with
+        hpc = register("hpc", {"cluster": "hpc1"})
+        claim = hpc.post("/api/v1/dispatch/claim", json={}).json()
+        assert claim["fit"] == wanted["id"] and claim["attempt"] == 1
+        fit = f"/api/v1/dispatch/fits/{claim['fit']}"
+        body, sha = b"{}", hashlib.sha256(b"{}").hexdigest()
+        for who, lease in ((hpc, "lease-forged"), (laptop, claim["lease"])):  # stale or not its own: fenced
+            assert who.post(f"{fit}/heartbeat", json={"lease": lease}).status_code == 409
+            put = who.put(f"{fit}/files/result.json", params={"lease": lease}, content=body,
+                          headers={"X-Content-SHA256": sha})  # fmt: skip
+            assert put.status_code == 409
+            assert who.post(f"{fit}/complete", json={"lease": lease, "state": "COMPLETED"}).status_code == 409
+        for name in ("..%2F..%2Fsecret", "%2Fetc%2Fpasswd", "a%5C..%5Cb"):
+            put = hpc.put(f"{fit}/files/{name}", params={"lease": claim["lease"]}, content=body,
+                          headers={"X-Content-SHA256": sha})  # fmt: skip
+            assert put.status_code in (404, 422), (name, put.status_code)
+        wrong = hpc.put(f"{fit}/files/result.json", params={"lease": claim["lease"]}, content=body,
+                        headers={"X-Content-SHA256": "0" * 64})  # fmt: skip
+        assert wrong.status_code == 422
+        assert not list((service.data / "fits" / claim["fit"]).rglob("result.json"))
+        assert not list(service.base.rglob("*.part"))
+        assert [p.name for p in service.data.rglob("secret*")] == ["secret"]  # its own, nothing beside it
+    finally:
+        service.close()
 
 
 def test_a_killed_workers_fit_resumes_elsewhere_from_its_checkpoint(controller):
