@@ -318,6 +318,8 @@ class Queue:
                 (now, f"completed {state}", fit_id, fit["attempt"]),
             )
             if not moved:  # the files of an attempt that never completed are never the fit's
+                for partial in attempt_dir.rglob(".*.part"):  # uploads a stop cut short (_receive's names)
+                    partial.unlink(missing_ok=True)
                 if job.exists():
                     shutil.rmtree(job)
                 os.replace(attempt_dir, job)
