@@ -27,6 +27,7 @@ STATE_FILE = "state.json"  # the final Slurm state, cached by `status`
 LOCAL_STATE_FILE = "local.json"  # a --local run: its processes while it runs, its end state after
 LOCAL_LOG_FILE = "local.out"  # a --local run's output (append mode)
 SLURM_LOG_PATTERN = "slurm-%j.out"  # sbatch's --output, relative to the job directory (append mode)
+SLURM_ARRAY_LOG_PATTERN = "slurm-%A_%a.out"  # an array task's log, in its own job directory
 EXIT_STATUS_FILE = "exit-status"  # the batch script's own exit status (Slurm shows 137 as 9:0)
 RANKS_FILE = "ranks.json"  # host, pid and start time of every rank
 RUNS_FILE = "runs.json"  # one entry per allocation: started, finished, why, checkpoint timings
@@ -39,6 +40,9 @@ CHECKPOINT_FILE = "checkpoint.h5"  # the fit's state, to continue after a stop (
 STOP_FILE = "stop-request"  # written by the sbatch script's time-limit trap: checkpoint and stop
 CHECKPOINT_REQUEST_FILE = "checkpoint-request"  # `bumps-submit checkpoint`: save now, go on
 CANCEL_FILE = "cancel-request"  # written by `bumps-submit cancel`: never requeue after it
+
+CAMPAIGN_FILE = "campaign.json"  # a campaign's directory: its fits, their arguments, its arrays
+FITS_DIR = "fits"  # in a campaign's directory: one job directory per fit, named by its array index
 
 RESUMABLE_FITTERS = ("dream", "de")  # the fitters whose state Bumps can save and resume
 

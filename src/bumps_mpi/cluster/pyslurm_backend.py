@@ -39,8 +39,13 @@ def record(job: Any) -> dict[str, str]:
 
 
 def jobs(job_ids: list[str]) -> dict[str, dict[str, str]]:
-    """Accounting records of *job_ids* (allocations), by job id."""
+    """Accounting records of *job_ids* (allocations), by job id: an array's task as 'ARRAY_TASK'."""
     import pyslurm
 
     found = pyslurm.db.Jobs.load(pyslurm.db.JobFilter(ids=[int(i) for i in job_ids]))
-    return {str(job.id): record(job) for job in found}
+    return {_key(job): record(job) for job in found}
+
+
+def _key(job: Any) -> str:
+    task = getattr(job, "array_task_id", None)
+    return f"{job.array_id}_{task}" if task is not None else str(job.id)

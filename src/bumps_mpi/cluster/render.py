@@ -17,7 +17,15 @@ import shlex
 from string import Template
 
 from ..errors import UsageError
-from ..jobdir import CANCEL_FILE, ERROR_FILE, EXIT_STATUS_FILE, SLURM_LOG_PATTERN, STOP_FILE
+from ..jobdir import (
+    CANCEL_FILE,
+    ERROR_FILE,
+    EXIT_STATUS_FILE,
+    FITS_DIR,
+    SLURM_ARRAY_LOG_PATTERN,
+    SLURM_LOG_PATTERN,
+    STOP_FILE,
+)
 
 # sbatch option for each resource setting
 DIRECTIVES = {
@@ -43,7 +51,7 @@ MANAGED = {
     "requeue": "the job requeues itself at its time limit",
     "no-requeue": "the job requeues itself at its time limit",
     "signal": "the time-limit signal is set by signal_grace",
-    "array": "one job directory is one job",
+    "array": "a campaign is the job array; its size and --max-running come from bumps-submit",
     "chdir": "the job runs in its job directory",
     "wrap": "bumps-mpi writes the script",
     "parsable": "bumps-mpi reads the job id itself",
@@ -132,18 +140,26 @@ def render_sbatch(
     epilogue: list[str] | tuple[str, ...] = (),
     version: str = "",
     signal_grace: int,
+    array: str | None = None,
 ) -> str:
-    """The sbatch text for one job; the keyword arguments are the whole set of options."""
+    """The sbatch text for one job; the keyword arguments are the whole set of options.
+
+    With *array* (Slurm's --array text, '0-5%2') it is a campaign's job array: *job_dir* is the campaign's
+    directory, and each task runs in its own job directory, fits/<task index> (bumps_mpi.front.campaign).
+    """
     if "\n" in job_dir or "\r" in job_dir:
         raise UsageError("the job directory path contains a line break; choose another --jobs-dir")
+    log = SLURM_LOG_PATTERN if array is None else f"{FITS_DIR}/%a/{SLURM_ARRAY_LOG_PATTERN}"
     lines = {
         "job-name": _directive("job-name", name, "name"),
-        "output": f"#SBATCH --output={SLURM_LOG_PATTERN}",  # relative: sbatch runs in the job directory
+        "output": f"#SBATCH --output={log}",  # relative: sbatch runs in the job (or campaign) directory
         "open-mode": "#SBATCH --open-mode=append",  # requeued runs append, never overwrite
         "requeue": "#SBATCH --requeue",  # the job requeues itself at its time limit (see job.sbatch)
     }
     grace = signal_seconds(signal_grace, resources.get("time"))
     lines["signal"] = f"#SBATCH --signal=B:USR1@{grace}"
+    if array is not None:
+        lines["array"] = _directive("array", array, "max_running")
     for setting, option in DIRECTIVES.items():
         value = resources.get(setting)
         if value not in (None, ""):
@@ -175,12 +191,15 @@ def render_sbatch(
         version=version,
         grace=grace,
         name=name,
-        job_dir=shlex.quote(job_dir),
+        job_dir=shlex.quote(job_dir) + ("" if array is None else f'/{FITS_DIR}/"$SLURM_ARRAY_TASK_ID"'),
         prologue="\n".join(prologue),
         launch=f"{launch_text} {shlex.quote(python)}",
         python=shlex.quote(python),
         epilogue="\n".join(epilogue),
-        slurm_log=SLURM_LOG_PATTERN.replace("%j", "${SLURM_JOB_ID:-0}"),
+        slurm_log=(SLURM_LOG_PATTERN if array is None else SLURM_ARRAY_LOG_PATTERN)
+        .replace("%j", "${SLURM_JOB_ID:-0}")
+        .replace("%A", "${SLURM_ARRAY_JOB_ID:-0}")
+        .replace("%a", "${SLURM_ARRAY_TASK_ID:-0}"),
         stop_file=STOP_FILE,
         cancel_file=CANCEL_FILE,
         error_file=ERROR_FILE,

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 from ..errors import SubmitError
 
-SACCT_FIELDS = ("JobIDRaw", "JobName", "State", "ExitCode", "Elapsed")
+SACCT_FIELDS = ("JobIDRaw", "JobID", "JobName", "State", "ExitCode", "Elapsed")
 SBATCH_TIMEOUT_S = 60  # a busy controller may take this long; then the queue is asked whether it got the job
 BATCH = 50  # ids per sacct call: long -j lists hang sacct or overflow argv
 
@@ -47,15 +47,16 @@ class SubmitUncertain(SubmitError):
     """sbatch did not say whether it queued the job: its directory must be kept, not removed."""
 
 
-def sbatch(script: Path, job_dir: Path) -> str:
-    """Submit *script* from *job_dir*; returns the job id.
+def sbatch(script: Path, job_dir: Path, array: str | None = None) -> str:
+    """Submit *script* from *job_dir*; returns the job id (an array's id with *array*, its task list).
 
     A timed-out sbatch may still have queued the job: look it up by its
     working directory (unique per job) before reporting a failure; when the
     queue cannot say either, SubmitUncertain.
     """
     try:
-        proc = _run(["sbatch", "--parsable", str(script)], timeout=SBATCH_TIMEOUT_S, cwd=job_dir)
+        options = [] if array is None else [f"--array={array}"]  # the command line's wins over the script's
+        proc = _run(["sbatch", "--parsable", *options, str(script)], timeout=SBATCH_TIMEOUT_S, cwd=job_dir)
     except TimeoutError:
         try:
             found = find_by_workdir(job_dir)
@@ -129,12 +130,34 @@ def accounting_backend() -> str:
     return "sacct"
 
 
+def array_ids(job_id: str) -> list[str]:
+    """Slurm's text for an array's tasks as task ids: '7_3' -> ['7_3'], '7_[0-2,5%2]' -> 7_0 .. 7_2, 7_5;
+    a plain id as itself. Accounting and squeue show the tasks not yet started as one such range."""
+    head, sep, tasks = job_id.partition("_")
+    if not sep or not tasks.startswith("["):
+        return [job_id]
+    found = []
+    for part in tasks.strip("[]").split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and (last.isdigit() or not last):
+            found += [f"{head}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return found
+
+
+def _queried(job_ids: list[str]) -> list[str]:
+    """The ids to ask accounting for: an array's own id for its tasks (a task not started yet is found
+    only that way, inside its array's range), each once, in order."""
+    return list(dict.fromkeys(i.partition("_")[0] for i in job_ids))
+
+
 def sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
-    """Accounting records of the allocations (no steps), by job id, in batches of BATCH ids.
+    """Accounting records of the allocations (no steps), by job id ('7', or '7_3' for an array's task), in
+    batches of BATCH ids; the records of an array's other tasks come along.
 
     Through pyslurm when accounting_backend() says so; if pyslurm fails, through sacct.
     """
     records: dict[str, dict[str, str]] = {}
+    job_ids = _queried(job_ids)
     if job_ids and accounting_backend() == "pyslurm":
         from . import pyslurm_backend
 
@@ -151,7 +174,9 @@ def sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
         for line in proc.stdout.splitlines():
             fields = line.split("|")
             if len(fields) == len(SACCT_FIELDS):
-                records[fields[0]] = dict(zip(SACCT_FIELDS, fields, strict=True))
+                record = dict(zip(SACCT_FIELDS, fields, strict=True))
+                keys = array_ids(record["JobID"]) if "_" in record["JobID"] else [record["JobIDRaw"]]
+                records.update(dict.fromkeys(keys, record))
     return records
 
 
@@ -161,7 +186,7 @@ def squeue(job_ids: list[str]) -> dict[str, dict[str, str]]:
     All states: it remembers a job for MinJobAge (300 s by default) after the job
     ended, longer than accounting takes to catch up, so its word is the newest.
     """
-    proc = _ask(["squeue", "-h", "-a", "--me", "-t", "all", "-o", "%i|%T|%r|%M"])
+    proc = _ask(["squeue", "-h", "-a", "-r", "--me", "-t", "all", "-o", "%i|%T|%r|%M"])  # -r: a line a task
     wanted = set(job_ids)
     found = {}
     for line in proc.stdout.splitlines():

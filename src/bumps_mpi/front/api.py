@@ -59,7 +59,11 @@ def status(
     """
     if refs:
         return jobstate.status([resolve(r) for r in refs])
-    entries = [e for e in registry.entries() if since is None or _number(e.get("submitted")) >= since]
+    entries = [
+        e
+        for e in registry.entries()
+        if not e.get("campaign") and (since is None or _number(e.get("submitted")) >= since)
+    ]  # a campaign is listed by its fits
     seen: set[str] = set()  # a resumed job has one entry per submission: list its directory once
     unique = [e for e in entries if not (e["job_dir"] in seen or seen.add(e["job_dir"]))]
     present = [e for e in unique if Path(e["job_dir"]).is_dir()]

@@ -121,6 +121,27 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--name", help="Job name [the model file's name].")
 @click.option("--jobs-dir", type=click.Path(), help="Where job directories are made [site setting jobs_dir].")
 @click.option("--job-dir", type=click.Path(), help="Exact job directory (must not exist).")
+@click.option(
+    "--each",
+    metavar="GLOB",
+    help="A campaign: one fit per matching file, given to the model in place of {} (else last).",
+)
+@click.option(
+    "--args-from",
+    type=click.Path(dir_okay=False),
+    help="A campaign: one fit per line of FILE, its words added to the model's arguments.",
+)
+@click.option(
+    "--model",
+    "more_models",
+    multiple=True,
+    type=click.Path(),
+    metavar="FILE",
+    help="A campaign: one fit per model file, MODEL and each --model (repeatable), same arguments.",
+)
+@click.option(
+    "--max-running", type=int, metavar="K", help="A campaign: at most K of its fits run at once (Slurm's %K)."
+)
 @click.option("--dry-run", is_flag=True, help="Check and print the sbatch script; write and submit nothing.")
 @click.option("--local", is_flag=True, help="Run now under mpiexec here, without Slurm.")
 @click.option("-n", "ranks", type=int, help="With --local: number of MPI ranks [site setting local_ranks].")
@@ -141,12 +162,20 @@ def submit(
     ranks: int | None,
     as_json: bool,
     read_paths: tuple[str, ...],
+    each: str | None,
+    args_from: str | None,
+    more_models: tuple[str, ...],
+    max_running: int | None,
     **flags: Any,
 ) -> None:
     """Check MODEL, then submit it to Slurm (or run it here with --local).
 
     MODEL_ARGS are passed to the model file (put them after `--`). Defaults come
     from your site profile and the packaged defaults: `bumps-submit config`.
+
+    With --each, --args-from or --model it is a campaign: many fits as one Slurm
+    job array, each checked before anything is submitted; follow it with
+    `status`, `watch`, `results`, `cancel` and `resume --failed` on its id.
     """
     from pathlib import Path
 
@@ -172,6 +201,9 @@ def submit(
         resources=resources,
         read=[Path(p).absolute() for p in read_paths],
     )
+    if each is not None or args_from is not None or more_models or max_running is not None:
+        _submit_campaign(request, each, args_from, more_models, max_running, local, dry_run, as_json)
+        return
     if dry_run:
         prepared = submission.prepare(request)
         for note in prepared.notes:
@@ -193,6 +225,59 @@ def submit(
         _emit_json(submitted)
     else:
         echo(f"Submitted job {submitted['job_id']}\n  directory: {submitted['job_dir']}")
+
+
+def _submit_campaign(
+    request: Any,
+    each: str | None,
+    args_from: str | None,
+    more_models: tuple[str, ...],
+    max_running: int | None,
+    local: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    from pathlib import Path
+
+    from . import campaign
+
+    if local:
+        raise BumpsMpiError("a campaign runs as a Slurm job array: --local runs one fit (drop --each ...)")
+    if each is None and args_from is None and not more_models:
+        raise BumpsMpiError("--max-running is for a campaign: add --each, --args-from or --model")
+    fits, labels = campaign.fits_from(
+        request.model,
+        request.model_args,
+        each=each,
+        args_from=None if args_from is None else Path(args_from),
+        models=[Path(m) for m in more_models] or None,
+    )
+    wanted = campaign.CampaignRequest(fits=fits, common=request, max_running=max_running, labels=labels)
+    if dry_run:
+        prepared = campaign.prepare(wanted)
+        if as_json:
+            _emit_json({"campaign_dir": str(prepared.target), "script": prepared.script, **prepared.record})
+        else:
+            click.echo(prepared.script, nl=False)
+        return
+    submitted = campaign.submit(wanted)
+    if as_json:
+        _emit_json(submitted)
+    else:
+        echo(
+            f"Submitted campaign {submitted['campaign_id']}: {submitted['fits']} fits as one job array\n"
+            f"  directory: {submitted['campaign_dir']}\n"
+            f"  follow it: bumps-submit status {submitted['campaign_id']}"
+        )
+
+
+def _campaign(ref: str) -> Any:
+    """The Campaign *ref* names (its directory or its array's id), or None when it names a single job."""
+    from . import campaign
+    from .jobs import Campaign
+
+    found = campaign.find(ref)
+    return None if found is None else Campaign(found)
 
 
 def _stderr(line: str) -> None:
@@ -258,10 +343,27 @@ def _notices() -> None:
     help="With no JOB: only jobs in this state.",
 )
 @click.option("--since", help="With no JOB: only jobs submitted since (30m, 2h, 3d, 2026-11-25).")
+@click.option("--all", "every", is_flag=True, help="For a campaign: every fit, not only those that need you.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(jobs: tuple[str, ...], limit: int, state: str | None, since: str | None, as_json: bool) -> None:
-    """State of JOB(s) (Slurm id or job directory); no JOB: my recent jobs, newest first."""
+def status(
+    jobs: tuple[str, ...], limit: int, state: str | None, since: str | None, every: bool, as_json: bool
+) -> None:
+    """State of JOB(s) (Slurm id or job directory); no JOB: my recent jobs, newest first.
+
+    A campaign (its array's id or directory): one line of counts and progress,
+    then the fits that need attention (--all: every fit).
+    """
     from . import api
+
+    found = _campaign(jobs[0]) if len(jobs) == 1 else None
+    if found is not None:
+        summary = found.status()
+        _notices()
+        if as_json:
+            _emit_json(summary)
+        else:
+            _print_campaign(summary, every)
+        return
 
     records = api.status(list(jobs), limit=limit, state=state, since=_since(since))
     _notices()
@@ -287,10 +389,22 @@ def status(jobs: tuple[str, ...], limit: int, state: str | None, since: str | No
 @main.command()
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def results(job: str, as_json: bool) -> None:
-    """Best parameters, uncertainties and chi-square of a finished fit."""
+@click.option("--csv", "as_csv", is_flag=True, help="A campaign's table as CSV (also kept as results.csv).")
+def results(job: str, as_json: bool, as_csv: bool) -> None:
+    """Best parameters, uncertainties and chi-square of a finished fit.
+
+    A campaign: one table, a row per fit (its argument, state, chi-square, each
+    parameter's best/mean/std, and its error if it has no results); the table is
+    written even when some fits failed, and the exit status is then 1.
+    """
     from . import api
 
+    found_campaign = _campaign(job)
+    if found_campaign is not None:
+        _campaign_results(found_campaign, as_json, as_csv)
+        return
+    if as_csv:
+        raise BumpsMpiError("--csv is for a campaign's table; use --json for one fit")
     found = api.results(job)
     if as_json:
         _emit_json(found)
@@ -314,6 +428,10 @@ def watch(job: str, interval: float) -> None:
     """
     from . import api
 
+    found = _campaign(job)
+    if found is not None:
+        _watch_campaign(found, max(interval, 0.2))
+        return
     try:
         record = _follow(job, max(interval, 0.2))
     except KeyboardInterrupt:
@@ -369,10 +487,32 @@ def _follow(job: str, interval: float) -> dict[str, Any]:
 @main.command()
 @click.argument("job")
 @click.option("-n", "ranks", type=int, help="For a local job: MPI ranks [as before].")
+@click.option(
+    "--failed", is_flag=True, help="A campaign: run again only its fits that ended without results."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def resume(job: str, ranks: int | None, as_json: bool) -> None:
-    """Continue a stopped DREAM or DE fit from its checkpoint (here if it ran here, else resubmitted)."""
+def resume(job: str, ranks: int | None, failed: bool, as_json: bool) -> None:
+    """Continue a stopped DREAM or DE fit from its checkpoint (here if it ran here, else resubmitted).
+
+    A campaign: `resume CAMPAIGN --failed` resubmits its failed, timed-out and
+    cancelled fits as one new job array, each from its checkpoint where it has one.
+    """
     from . import api, submission
+
+    found = _campaign(job)
+    if found is not None:
+        if not failed:
+            raise BumpsMpiError(f"{job} is a campaign: 'resume {job} --failed' runs its failed fits again")
+        again = found.resume_failed()
+        if as_json:
+            _emit_json([{"job_id": j.job_id, "job_dir": str(j.job_dir)} for j in again])
+        else:
+            array = again[0].job_id.partition("_")[0] if again and again[0].job_id else "?"
+            ids = ", ".join(str(j.job_id) for j in again)
+            echo(f"Resubmitted {len(again)} fit(s) as job array {array}: {ids}")
+        return
+    if failed:
+        raise BumpsMpiError(f"--failed is for a campaign, and {job} is one fit: 'bumps-submit resume {job}'")
 
     jobdir = api.resolve(job)
     live = None if as_json else _stderr
@@ -458,8 +598,20 @@ def checkpoint(job: str, as_json: bool) -> None:
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def cancel(job: str, as_json: bool) -> None:
-    """Cancel a submitted job, or stop a local run (DREAM and DE checkpoint first, to resume later)."""
+    """Cancel a submitted job, or stop a local run (DREAM and DE checkpoint first, to resume later).
+
+    A campaign: every fit still pending or running.
+    """
     from . import api
+
+    found = _campaign(job)
+    if found is not None:
+        count = found.cancel()
+        if as_json:
+            _emit_json({"campaign_dir": str(found.campaign_dir), "cancelled": count})
+        else:
+            echo(f"Cancelled {count} fit(s) of campaign {found.campaign_dir}")
+        return
 
     done = api.cancel(job)
     if as_json:
@@ -715,6 +867,89 @@ def sandbox_apparmor_profile(jobs_root: str | None) -> None:
 
     root = jobs_root or os.path.expandvars(os.path.expanduser(load_settings()["jobs_dir"]))
     click.echo(apparmor_profile(str(Path(root).absolute())), nl=False)
+
+
+def _counts_text(summary: dict[str, Any]) -> str:
+    counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items())
+    return f"{summary['fits']} fits: {counts}  ({summary['percent']:.0f}% done)"
+
+
+def _print_campaign(summary: dict[str, Any], every: bool) -> None:
+    """One line of counts and progress, then the fits that need attention (or, with *every*, all)."""
+    arrays = ", ".join(summary["array_ids"]) or "-"
+    echo(f"campaign {summary['name']}  {_counts_text(summary)}  array {arrays}")
+    echo(f"  directory: {summary['campaign_dir']}")
+    shown = summary["records"] if every else summary["attention"]
+    if shown:
+        echo("" if every else "needs attention:")
+        echo(f"{'FIT':>4}  {'JOB':>10}  {'STATE':<13} {'PROGRESS':>8}  {'CHISQ':>10}  ARGUMENT")
+    for r in shown:
+        percent = (r.get("progress") or {}).get("percent")
+        chisq = f"{r['chisq']:.4g}" if r.get("chisq") is not None else "-"
+        done = f"{percent:.0f}%" if percent is not None else "-"
+        job_id = r["job_id"] or "-"
+        echo(f"{r['index']:>4}  {job_id:>10}  {r['state']:<13} {done:>8}  {chisq:>10}  {r['label']}")
+        why = (r.get("error") or {}).get("message") or r.get("unreadable") or r.get("reason")
+        if why and (not every or r in summary["attention"]):
+            hint = f": {r['hint']}" if r.get("hint") else ""
+            echo(f"{'':>6}{one_line(why)}{hint}")
+
+
+def _campaign_results(found: Any, as_json: bool, as_csv: bool) -> None:
+    """The table on stdout (text, CSV or JSON); exit 1 after it when some fits have no results."""
+    rows = found.table()
+    if as_json:
+        _emit_json(rows)
+    elif as_csv:
+        from . import campaign
+
+        click.echo(plain(campaign.write_csv(found.campaign_dir, rows)), nl=False)
+    else:
+        _print_table(rows)
+    missing = [r for r in rows if r["chisq"] is None]
+    if missing:
+        echo(
+            f"bumps-submit: {len(missing)} of {len(rows)} fits have no results; their rows say why", err=True
+        )
+        sys.exit(1)
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    names = list(dict.fromkeys(n for row in rows for n in row["parameters"]))
+    head = "".join(f"  {one_line(n)[:14]:>14}" for n in names)
+    echo(f"{'FIT':>4}  {'STATE':<10} {'CHISQ':>10}{head}  ARGUMENT")
+    for row in rows:
+        chisq = f"{row['chisq']:.4g}" if row["chisq"] is not None else "-"
+        cells = ""
+        for n in names:
+            p = row["parameters"].get(n)
+            cell = f"{p['best']:.5g}±{p['std']:.2g}" if p else "-"
+            cells += f"  {cell:>14}"
+        echo(f"{row['index']:>4}  {row['state']:<10} {chisq:>10}{cells}  {row['label']}")
+        if row["error"]:
+            echo(f"{'':>6}{one_line(row['error'])}")
+
+
+def _watch_campaign(found: Any, interval: float) -> None:
+    """A line whenever the counts change, until every fit has ended; exit 1 unless all completed."""
+    last, wait = None, interval
+    try:
+        while True:
+            summary = found.status()
+            line = _counts_text(summary)
+            if line != last:
+                echo(f"campaign {summary['name']}: {line}", err=True)
+            wait = interval if line != last else min(wait * 1.5, 30.0)
+            last = line
+            if summary["ended"]:
+                break
+            time.sleep(wait)
+    except KeyboardInterrupt:
+        echo("\nStopped watching; the campaign goes on.", err=True)
+        sys.exit(130)
+    _print_campaign(summary, every=False)
+    if summary["counts"].get(JobState.COMPLETED.value, 0) != summary["fits"]:
+        sys.exit(1)
 
 
 def _print_status(records: list[dict[str, Any]]) -> None:

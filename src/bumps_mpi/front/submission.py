@@ -132,9 +132,10 @@ def _target_dir(request: JobRequest, name: str, settings: Settings) -> Path:
     return target
 
 
-def _spec(
-    request: JobRequest, name: str, checked: dict[str, Any], settings: dict[str, Any]
+def spec_of(
+    request: JobRequest, name: str, checked: dict[str, Any], settings: Settings, sandbox: dict[str, Any]
 ) -> dict[str, Any]:
+    """job.json's content for a request that passed its checks."""
     from importlib.metadata import version
 
     model = request.model.resolve()
@@ -153,10 +154,11 @@ def _spec(
         "resources": {k: settings.get(k) for k in (*DIRECTIVES, "launcher", "profile") if settings.get(k)},
         "created": time.time(),
         "versions": {"bumps_mpi": __version__, "bumps": version("bumps"), "python": sys.version.split()[0]},
+        "sandbox": sandbox,
     }
 
 
-def _create_job_dir(target: Path, files: dict[str, str], model: Path) -> JobDir:
+def create_job_dir(target: Path, files: dict[str, str], model: Path) -> JobDir:
     """Build the directory under a temporary name, then rename: a job dir is complete or absent."""
     staging: Path | None = None
     try:
@@ -182,12 +184,28 @@ def _create_job_dir(target: Path, files: dict[str, str], model: Path) -> JobDir:
 
 def prepare(request: JobRequest) -> Prepared:
     """Every check, cheapest first, then the sbatch text; nothing is written."""
+    settings, name, target = place(request)
+    script = render(settings, name, target)
+    confinement = sandbox_for(request, settings)
+    checked = check_model(request, settings, confinement)
+    spec = spec_of(request, name, checked, settings, confinement)
+    notes = [f"sandbox: {checked['sandbox']['note']}"] if (checked.get("sandbox") or {}).get("note") else []
+    return Prepared(target, spec, script, settings, notes)
+
+
+def place(request: JobRequest) -> tuple[Settings, str, Path]:
+    """The cheap checks (name, resources, environment) and where the new directory goes: (settings, the
+    job's name, its path)."""
     settings = load_settings(request.profile, request.resources)
     name = _check_name(request)
     check_resources(settings, settings.sources)
     check_environment()
-    target = _target_dir(request, name, settings)
-    script = render_sbatch(
+    return settings, name, _target_dir(request, name, settings)
+
+
+def render(settings: Settings, name: str, target: Path, array: str | None = None) -> str:
+    """The sbatch script for the job in *target* (with *array*, a campaign's job array)."""
+    return render_sbatch(
         template=(slurm_dir() / "job.sbatch").read_text(),
         name=name,
         job_dir=str(target),
@@ -201,14 +219,23 @@ def prepare(request: JobRequest) -> Prepared:
         epilogue=settings["epilogue"],
         version=__version__,
         signal_grace=settings["signal_grace"],
+        array=array,
     )
-    from ..sandbox.modelcheck import run_check
 
+
+def sandbox_for(request: JobRequest, settings: Settings) -> dict[str, Any]:
+    """The sandbox job.json asks for: the site's, plus the request's --read paths (which must exist)."""
     for path in request.read:
         if not Path(path).exists():
             raise UsageError(f"--read {path}: no such file or directory (a path the model may read)")
-    confinement = _sandbox_request(settings, [str(Path(p).resolve()) for p in request.read])
-    checked = run_check(
+    return _sandbox_request(settings, [str(Path(p).resolve()) for p in request.read])
+
+
+def check_model(request: JobRequest, settings: Settings, confinement: dict[str, Any]) -> dict[str, Any]:
+    """The model check (bumps_mpi.sandbox.modelcheck), confined as the job will be."""
+    from ..sandbox.modelcheck import run_check
+
+    return run_check(
         request.model,
         request.model_args,
         request.fit,
@@ -216,10 +243,6 @@ def prepare(request: JobRequest) -> Prepared:
         settings["check_timeout"],
         sandbox=confinement,
     )
-    spec = _spec(request, name, checked, settings)
-    spec["sandbox"] = confinement
-    notes = [f"sandbox: {checked['sandbox']['note']}"] if (checked.get("sandbox") or {}).get("note") else []
-    return Prepared(target, spec, script, settings, notes)
 
 
 def _sandbox_request(settings: Settings, more_read: list[str]) -> dict[str, Any]:
@@ -242,7 +265,7 @@ def submit(request: JobRequest) -> dict[str, Any]:
     """Check, write the job directory, sbatch it, record it. Returns {job_id, job_dir}."""
     slurm.require("sbatch")
     prepared = prepare(request)
-    job = _create_job_dir(
+    job = create_job_dir(
         prepared.target, {JOB_FILE: _json(prepared.spec), SCRIPT_FILE: prepared.script}, request.model
     )
     try:
@@ -257,24 +280,24 @@ def submit(request: JobRequest) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(job.path, ignore_errors=True)  # never submitted: leave no orphan directory
         raise
-    _record_submission(job, job_id, {"job_id": job_id, "submitted": time.time()})
+    record_submission(job, job_id, {"job_id": job_id, "submitted": time.time()})
     return {"job_id": job_id, "job_dir": str(job.path), "notes": prepared.notes}
 
 
-def _record_submission(job: JobDir, job_id: str, slurm_record: dict[str, Any]) -> None:
+def record_submission(job: JobDir, job_id: str, slurm_record: dict[str, Any]) -> None:
     """The job is queued: record its id in job.json and the registry; a failure still names the job."""
     try:
         job.update_spec(slurm=slurm_record)
     except OSError as exc:
-        _register(job_id, job, job.spec["name"])
+        register(job_id, job, job.spec["name"])
         raise BumpsMpiError(
             f"job {job_id} is queued (directory {job.path}), but job.json could not record its id: "
             f"{exc.strerror or exc}; follow it with 'squeue -j {job_id}'"
         ) from None
-    _register(job_id, job, job.spec["name"])
+    register(job_id, job, job.spec["name"])
 
 
-def _register(job_id: str | None, job: JobDir, name: str) -> None:
+def register(job_id: str | None, job: JobDir, name: str) -> None:
     try:
         registry.add({"job_id": job_id, "job_dir": str(job.path), "name": name, "submitted": time.time()})
     except BumpsMpiError as exc:  # the job exists: say where, so it is not lost
@@ -312,13 +335,13 @@ def create_local(request: JobRequest, ranks: int | None = None, warn: Any = None
         if warn is not None:
             warn(f"bumps-submit: warning: {note}")
     prepared.spec["local"] = {"ranks": ranks}
-    job = _create_job_dir(prepared.target, {JOB_FILE: _json(prepared.spec)}, request.model)
+    job = create_job_dir(prepared.target, {JOB_FILE: _json(prepared.spec)}, request.model)
     try:
         _start_from(job, request)
     except BaseException:
         shutil.rmtree(job.path, ignore_errors=True)
         raise
-    _register(None, job, prepared.spec["name"])
+    register(None, job, prepared.spec["name"])
     return job, ranks
 
 
@@ -344,6 +367,16 @@ def check_checkpoint(job: JobDir) -> int:
             f"{path} cannot be loaded ({type(exc).__name__}: {exc}); nothing changed: submit the model again"
         ) from None
     return int(info.get("step", 0))
+
+
+def set_aside(job: JobDir) -> None:
+    """Before a fit runs again: its last end (error, cached state, exit status) is kept under new names,
+    and an earlier cancel request no longer holds."""
+    stamp = _stamp()
+    for name in (ERROR_FILE, STATE_FILE, LOCAL_STATE_FILE, EXIT_STATUS_FILE):
+        if job.file(name).exists():
+            os.replace(job.file(name), job.file(f"{name}.{stamp}"))
+    job.file(CANCEL_FILE).unlink(missing_ok=True)
 
 
 def resume(
@@ -377,11 +410,11 @@ def resume(
     else:
         slurm.require("sbatch")
     check_checkpoint(job)
-    stamp = _stamp()
-    for name in (ERROR_FILE, STATE_FILE, LOCAL_STATE_FILE, EXIT_STATUS_FILE):
-        if job.file(name).exists():
-            os.replace(job.file(name), job.file(f"{name}.{stamp}"))
-    job.file(CANCEL_FILE).unlink(missing_ok=True)
+    if isinstance(spec.get("campaign"), dict):  # one fit of a campaign: a new array of this one task
+        from . import campaign
+
+        return campaign.resubmit(Path(spec["campaign"]["dir"]), [job])[0]
+    set_aside(job)
     if is_local:
         assert ranks is not None
         if launch is not None:  # someone else supervises the run (the job controller)
@@ -391,5 +424,5 @@ def resume(
         return jobstate.status([job])[0]
     job_id = slurm.sbatch(job.file(SCRIPT_FILE), job.path)
     earlier = [*spec["slurm"].get("earlier_job_ids", []), spec["slurm"]["job_id"]]
-    _record_submission(job, job_id, {"job_id": job_id, "submitted": time.time(), "earlier_job_ids": earlier})
+    record_submission(job, job_id, {"job_id": job_id, "submitted": time.time(), "earlier_job_ids": earlier})
     return {"job_id": job_id, "job_dir": str(job.path), "resumed": True}

@@ -84,6 +84,12 @@ def _setting(spec: dict[str, Any], key: str) -> Any:
     return packaged_defaults()[key]
 
 
+def slurm_job_id() -> str | None:
+    """This allocation's id as status shows it: an array's task is ARRAY_TASK, not its raw id."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -186,7 +192,7 @@ def _run_root(
     runs = checkpoint.record_run(
         jobdir.path,
         started=started,
-        slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+        slurm_job_id=slurm_job_id(),
         host=socket.gethostname(),
         sandbox=confinement,
     )

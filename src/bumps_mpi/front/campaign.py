@@ -1,0 +1,461 @@
+"""Campaigns: many fits in one submission, as one Slurm job array.
+
+A campaign directory holds campaign.json (its fits: model, arguments, label;
+the arrays that ran them), the array's run.sbatch, and fits/<i>/, an ordinary
+job directory for each fit (task i of the array): every single-fit command
+works on one fit. Every fit passes the model check before anything is written,
+so a bad data file among forty fails at once, naming it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shlex
+import shutil
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..cluster import jobstate, slurm
+from ..cluster.states import JobState
+from ..errors import BumpsMpiError, JobNotFound, SubmitError, UsageError
+from ..jobdir import (
+    CAMPAIGN_FILE,
+    CANCEL_FILE,
+    CHECKPOINT_FILE,
+    FITS_DIR,
+    JOB_FILE,
+    RESUMABLE_FITTERS,
+    SCRIPT_FILE,
+    JobDir,
+    current_umask,
+    read_json,
+    write_atomic,
+)
+from . import registry, submission
+
+PLACEHOLDER = "{}"  # in the model's arguments, where --each puts each file (else it goes last)
+
+
+@dataclass
+class CampaignRequest:
+    """The fits (model and arguments each) and what they share: the fit, resources, name, place."""
+
+    fits: list[tuple[Path, list[str]]]
+    common: submission.JobRequest  # its model and model_args are the first fit's; the rest is shared
+    max_running: int | None = None  # Slurm's %K: at most this many of the campaign's fits run at once
+    labels: list[str] = field(default_factory=list)  # what tells each fit apart (its file, its line)
+
+
+def fits_from(
+    model: Path,
+    args: list[str],
+    each: str | None = None,
+    args_from: Path | None = None,
+    models: list[Path] | None = None,
+) -> tuple[list[tuple[Path, list[str]]], list[str]]:
+    """The campaign's fits and their labels from the command line's --each, --args-from or --model."""
+    if sum(x is not None and x != [] for x in (each, args_from, models)) != 1:
+        raise UsageError("a campaign takes exactly one of --each GLOB, --args-from FILE, or --model FILE")
+    if each is not None:
+        found = sorted(glob.glob(os.path.expanduser(each), recursive=True))
+        if not found:
+            raise UsageError(f"--each {each!r} matches no file")
+        return [(model, _substitute(args, f)) for f in found], found
+    if args_from is not None:
+        lines = _argument_lines(Path(args_from))
+        return [(model, [*args, *words]) for words in lines], [shlex.join(words) for words in lines]
+    assert models
+    every = [model, *models]
+    names = [m.name for m in every]
+    return [(m, list(args)) for m in every], names if len(set(names)) == len(names) else [
+        str(m) for m in every
+    ]
+
+
+def _substitute(args: list[str], value: str) -> list[str]:
+    if any(PLACEHOLDER in a for a in args):
+        return [a.replace(PLACEHOLDER, value) for a in args]
+    return [*args, value]
+
+
+def _argument_lines(path: Path) -> list[list[str]]:
+    """One fit per line, split as the shell would; blank lines and # comments skipped."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--args-from {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    lines = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise UsageError(f"--args-from {path} line {number}: {exc}") from None
+        if words:
+            lines.append(words)
+    if not lines:
+        raise UsageError(f"--args-from {path} has no argument lines (one fit per line)")
+    return lines
+
+
+def array_text(indices: list[int], max_running: int | None) -> str:
+    """Slurm's --array value: '0-5%2', or '1,4' for some of the tasks."""
+    if indices == list(range(len(indices))) and len(indices) > 1:
+        text = f"0-{len(indices) - 1}"
+    else:
+        text = ",".join(str(i) for i in indices)
+    return f"{text}%{max_running}" if max_running else text
+
+
+@dataclass
+class PreparedCampaign:
+    """A campaign whose every fit passed its checks: where it goes, its record, script and fits' job.json."""
+
+    target: Path
+    record: dict[str, Any]
+    script: str
+    specs: list[dict[str, Any]]
+
+
+def prepare(request: CampaignRequest) -> PreparedCampaign:
+    """Every check of every fit, cheapest first; nothing is written."""
+    if request.max_running is not None and request.max_running < 1:
+        raise UsageError(f"--max-running must be at least 1, got {request.max_running}")
+    if not request.fits:
+        raise UsageError("a campaign needs at least one fit")
+    settings, name, target = submission.place(request.common)
+    indices = list(range(len(request.fits)))
+    script = submission.render(settings, name, target, array_text(indices, request.max_running))
+    confinement = submission.sandbox_for(request.common, settings)
+    labels = request.labels or [shlex.join(args) for _, args in request.fits]
+    specs = _check_all(request, labels, settings, confinement, name, target)
+    record = {
+        "name": name,
+        "created": time.time(),
+        "max_running": request.max_running,
+        "fits": [
+            {"index": i, "label": labels[i], "model": str(m.resolve()), "args": a, "dir": f"{FITS_DIR}/{i}"}
+            for i, (m, a) in enumerate(request.fits)
+        ],
+        "arrays": [],
+    }
+    return PreparedCampaign(target, record, script, specs)
+
+
+def submit(request: CampaignRequest) -> dict[str, Any]:
+    """Check every fit, write the campaign directory, sbatch its array; {campaign_id, campaign_dir, fits}."""
+    slurm.require("sbatch")
+    prepared = prepare(request)
+    target = prepared.target
+    _create(target, prepared.record, prepared.script, prepared.specs, request)
+    try:
+        array_id = slurm.sbatch(target / SCRIPT_FILE, target)
+    except slurm.SubmitUncertain:
+        raise
+    except KeyboardInterrupt:
+        raise SubmitError(
+            f"interrupted while sbatch ran: the array may be queued; {target} is kept"
+        ) from None
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)  # never submitted: leave no orphan directory
+        raise
+    indices = list(range(len(prepared.specs)))
+    _record(target, array_id, indices)
+    return {"campaign_id": array_id, "campaign_dir": str(target), "fits": len(indices)}
+
+
+def _check_all(
+    request: CampaignRequest,
+    labels: list[str],
+    settings: Any,
+    confinement: dict[str, Any],
+    name: str,
+    target: Path,
+) -> list[dict[str, Any]]:
+    """The model check of every fit, a few at a time; the first failure (in the fits' order) names its fit."""
+
+    def check(i: int) -> dict[str, Any] | BumpsMpiError:
+        model, args = request.fits[i]
+        one = replace(request.common, model=model, model_args=args)
+        try:
+            checked = submission.check_model(one, settings, confinement)
+        except BumpsMpiError as exc:
+            return exc
+        spec = submission.spec_of(one, f"{name}_{i}", checked, settings, confinement)
+        spec["campaign"] = {"dir": str(target), "index": i, "label": labels[i]}
+        return spec
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        found = list(pool.map(check, range(len(request.fits))))
+    for i, item in enumerate(found):
+        if isinstance(item, BumpsMpiError):
+            failed = sum(isinstance(x, BumpsMpiError) for x in found)
+            more = f" ({failed - 1} more fit(s) failed too)" if failed > 1 else ""
+            item.args = (f"fit {i} of {len(found)} ({labels[i]}): {item}{more}; nothing was submitted",)
+            raise item
+    return found  # type: ignore[return-value]
+
+
+def _create(
+    target: Path,
+    record: dict[str, Any],
+    script: str,
+    specs: list[dict[str, Any]],
+    request: CampaignRequest,
+) -> None:
+    """Build the whole campaign under a temporary name, then rename: it is complete or absent."""
+    staging: Path | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        os.chmod(staging, 0o777 & ~current_umask())
+        write_atomic(staging / CAMPAIGN_FILE, _json(record))
+        write_atomic(staging / SCRIPT_FILE, script)
+        (staging / FITS_DIR).mkdir()
+        for i, spec in enumerate(specs):
+            submission.create_job_dir(
+                staging / FITS_DIR / str(i), {JOB_FILE: _json(spec)}, request.fits[i][0]
+            )
+        os.rename(staging, target)
+    except (OSError, BumpsMpiError) as exc:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise UsageError(f"cannot create campaign directory {target}: {why}") from None
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def _record(
+    target: Path, array_id: str, indices: list[int], earlier: dict[int, list[str]] | None = None
+) -> None:
+    """The array is queued: each fit's job.json, campaign.json and the registry learn its ids."""
+    now = time.time()
+    problems = []
+    for i in indices:
+        job = JobDir(target / FITS_DIR / str(i))
+        entry: dict[str, Any] = {"job_id": f"{array_id}_{i}", "submitted": now}
+        if earlier and earlier.get(i):
+            entry["earlier_job_ids"] = earlier[i]
+        try:
+            job.update_spec(slurm=entry)
+        except OSError as exc:
+            problems.append(f"fit {i}: {exc.strerror or exc}")
+        registry.add({"job_id": f"{array_id}_{i}", "job_dir": str(job.path), "name": job.spec["name"],
+                      "submitted": now})  # fmt: skip
+    campaign = load(target)
+    campaign["arrays"].append({"job_id": array_id, "tasks": indices, "submitted": now})
+    try:
+        write_atomic(target / CAMPAIGN_FILE, _json(campaign))
+    except OSError as exc:
+        problems.append(f"{CAMPAIGN_FILE}: {exc.strerror or exc}")
+    registry.add({"job_id": array_id, "job_dir": str(target), "name": campaign["name"], "campaign": True,
+                  "submitted": now})  # fmt: skip
+    if problems:
+        raise BumpsMpiError(
+            f"array {array_id} is queued (campaign {target}), but its ids could not be recorded: "
+            f"{'; '.join(problems)}; follow it with 'squeue -j {array_id}'"
+        )
+
+
+def load(path: Path) -> dict[str, Any]:
+    """campaign.json, shape-checked."""
+    data = read_json(path / CAMPAIGN_FILE)
+    if not isinstance(data, dict) or not isinstance(data.get("fits"), list):
+        raise JobNotFound(f"{path / CAMPAIGN_FILE} is not a bumps-mpi campaign record")
+    data.setdefault("arrays", [])
+    return data
+
+
+def find(ref: str) -> Path | None:
+    """The campaign directory *ref* names (the directory, or an array id bumps-submit submitted), or None."""
+    path = Path(ref)
+    if (path / CAMPAIGN_FILE).is_file():
+        return path.absolute()
+    if path.exists():
+        return None
+    for entry in registry.entries():
+        if entry.get("campaign") and str(entry.get("job_id")) == ref:
+            return Path(entry["job_dir"])
+    return None
+
+
+def jobs(path: Path) -> list[JobDir]:
+    return [JobDir(path / f["dir"]) for f in load(path)["fits"]]
+
+
+def status(path: Path) -> dict[str, Any]:
+    """Counts by state, overall progress, the fits that need attention, and every fit's record."""
+    campaign = load(path)
+    records = jobstate.status(jobs(path))
+    for fit, record in zip(campaign["fits"], records, strict=True):
+        record["index"], record["label"] = fit["index"], fit["label"]
+    counts = Counter(r["state"] for r in records)
+    percent = sum(_percent(r) for r in records) / max(len(records), 1)
+    return {
+        "campaign_dir": str(path),
+        "name": campaign["name"],
+        "array_ids": [a["job_id"] for a in campaign["arrays"]],
+        "max_running": campaign.get("max_running"),
+        "fits": len(records),
+        "counts": dict(sorted(counts.items())),
+        "percent": round(percent, 1),
+        "ended": all(JobState(r["state"]).terminal and not r.get("finishing") for r in records),
+        "attention": [r for r in records if needs_attention(r)],
+        "records": records,
+    }
+
+
+def _percent(record: dict[str, Any]) -> float:
+    if record["state"] == JobState.COMPLETED.value:
+        return 100.0
+    return float((record.get("progress") or {}).get("percent") or 0.0)
+
+
+def needs_attention(record: dict[str, Any]) -> bool:
+    """Ended without results, pending for a reason that will never clear, or unreadable."""
+    state = JobState(record["state"])
+    failed = state.terminal and state is not JobState.COMPLETED
+    return failed or bool(record.get("never_starts")) or bool(record.get("unreadable"))
+
+
+def table(path: Path) -> list[dict[str, Any]]:
+    """One row per fit: index, label, job id, state, chi-square, each parameter's best/mean/std, error."""
+    rows = []
+    for record in status(path)["records"]:
+        job = JobDir(record["job_dir"])
+        row: dict[str, Any] = {
+            "index": record["index"],
+            "label": record["label"],
+            "job_id": record["job_id"],
+            "state": record["state"],
+            "chisq": None,
+            "parameters": {},
+            "error": None,
+            "job_dir": record["job_dir"],
+        }
+        try:
+            result = job.result
+        except BumpsMpiError as exc:
+            result, row["error"] = None, str(exc)
+        if result is not None:
+            row["chisq"] = result["chisq"]
+            row["parameters"] = {
+                p["name"]: {"best": p["best"], "mean": p["mean"], "std": p["std"]}
+                for p in result["parameters"]
+            }
+        elif row["error"] is None:
+            row["error"] = _why_no_result(record)
+        rows.append(row)
+    return rows
+
+
+def _why_no_result(record: dict[str, Any]) -> str:
+    if record.get("error"):
+        return str(record["error"].get("message"))
+    if record.get("unreadable"):
+        return str(record["unreadable"])
+    state = record["state"]
+    if not JobState(state).terminal or record.get("finishing"):
+        return f"no result yet: {state}"
+    why = f" ({record['reason']})" if record.get("reason") else ""
+    return f"ended {state}{why} without results"
+
+
+def flat(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The table as CSV columns: a best, mean and std column for each parameter, in first-seen order."""
+    names = list(dict.fromkeys(n for row in rows for n in row["parameters"]))
+    columns = ["index", "label", "job_id", "state", "chisq"]
+    columns += [f"{n} {stat}" for n in names for stat in ("best", "mean", "std")]
+    columns += ["error", "job_dir"]
+    out = []
+    for row in rows:
+        line = {k: row[k] for k in ("index", "label", "job_id", "state", "chisq", "error", "job_dir")}
+        for n in names:
+            for stat in ("best", "mean", "std"):
+                line[f"{n} {stat}"] = row["parameters"].get(n, {}).get(stat)
+        out.append(line)
+    return columns, out
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> str:
+    """The table as CSV text, also kept as results.csv in the campaign directory (atomically)."""
+    import csv
+    import io
+
+    columns, lines = flat(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(lines)
+    text = buffer.getvalue()
+    try:
+        write_atomic(path / "results.csv", text)
+    except OSError:
+        pass  # a read-only campaign directory: the table is still printed
+    return text
+
+
+def failed_fits(path: Path) -> list[JobDir]:
+    """The fits that ended without results (failed, timed out, cancelled, ...): what resume --failed runs."""
+    done = status(path)
+    wanted = []
+    for record in done["records"]:
+        state = JobState(record["state"])
+        if (
+            state.terminal
+            and state not in (JobState.COMPLETED, JobState.UNKNOWN)
+            and not record.get("finishing")
+        ):
+            wanted.append(JobDir(record["job_dir"]))
+    return wanted
+
+
+def resubmit(path: Path, fits: list[JobDir]) -> list[dict[str, Any]]:
+    """Run *fits* of the campaign again as a new array of just their tasks, each from its checkpoint
+    where it has one; [{job_id, job_dir, resumed}] per fit."""
+    if not fits:
+        raise UsageError(f"no fit of campaign {path} has failed: there is nothing to resume")
+    slurm.require("sbatch")
+    campaign = load(path)
+    indices = [int(job.spec["campaign"]["index"]) for job in fits]
+    for job in fits:
+        if job.file(CHECKPOINT_FILE).exists() and job.spec.get("fit") in RESUMABLE_FITTERS:
+            submission.check_checkpoint(job)
+    earlier = {}
+    for i, job in zip(indices, fits, strict=True):
+        submission.set_aside(job)
+        record = job.spec.get("slurm") or {}
+        earlier[i] = [
+            *record.get("earlier_job_ids", []),
+            *([record["job_id"]] if record.get("job_id") else []),
+        ]
+    array_id = slurm.sbatch(path / SCRIPT_FILE, path, array=array_text(indices, campaign.get("max_running")))
+    _record(path, array_id, indices, earlier)
+    return [
+        {"job_id": f"{array_id}_{i}", "job_dir": str(job.path), "resumed": True}
+        for i, job in zip(indices, fits, strict=True)
+    ]
+
+
+def cancel(path: Path) -> dict[str, Any]:
+    """Cancel every fit still pending or running: each array that has one, in one scancel each."""
+    done = status(path)
+    live = [r for r in done["records"] if not JobState(r["state"]).terminal]
+    arrays = sorted({str(r["job_id"]).partition("_")[0] for r in live if r["job_id"]})
+    for record in live:
+        try:
+            write_atomic(Path(record["job_dir"]) / CANCEL_FILE, f"{time.time()}\n")  # never requeue now
+        except OSError:
+            pass
+    for array_id in arrays:
+        slurm.scancel(array_id)
+    return {"campaign_dir": str(path), "cancelled": len(live), "array_ids": arrays}
