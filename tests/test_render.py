@@ -211,3 +211,23 @@ def test_time_limit_signal_leaves_room_to_checkpoint(time, grace, expected):
 def test_signal_grace_must_be_positive():
     with pytest.raises(UsageError, match="signal_grace"):
         render(signal_grace=0)
+
+
+@pytest.mark.parametrize("campaign_dir", [d for d in HOSTILE if "\n" not in d])
+def test_array_script_runs_each_task_in_its_own_fit_directory(tmp_path, campaign_dir):
+    """A campaign's array: each task's JOB_DIR is fits/<task> under the quoted campaign directory."""
+    text = render(
+        job_dir=campaign_dir, array="0-5%2", launcher="echo", launcher_args=[], prologue=[], epilogue=[]
+    )
+    assert "#SBATCH --array=0-5%2" in text and "#SBATCH --output=fits/%a/slurm-%A_%a.out" in text
+    text = text.replace('cd "$JOB_DIR" ||', "true ||")
+    env = {"PATH": "/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "4"}
+    proc = subprocess.run(["bash", "-c", text], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(f"-m bumps_mpi.job {campaign_dir}/fits/4")
+    assert not Path("/tmp/bumps-mpi-pwned").exists()
+
+
+def test_array_size_is_checked_like_any_directive():
+    with pytest.raises(UsageError, match="max_running"):
+        render(array="0-5%2; touch x")

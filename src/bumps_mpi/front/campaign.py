@@ -132,9 +132,8 @@ def prepare(request: CampaignRequest) -> PreparedCampaign:
     settings, name, target = submission.place(request.common)
     indices = list(range(len(request.fits)))
     script = submission.render(settings, name, target, array_text(indices, request.max_running))
-    confinement = submission.sandbox_for(request.common, settings)
     labels = request.labels or [shlex.join(args) for _, args in request.fits]
-    specs = _check_all(request, labels, settings, confinement, name, target)
+    specs = _check_all(request, labels, settings, name, target)
     record = {
         "name": name,
         "created": time.time(),
@@ -150,6 +149,8 @@ def prepare(request: CampaignRequest) -> PreparedCampaign:
 
 def submit(request: CampaignRequest) -> dict[str, Any]:
     """Check every fit, write the campaign directory, sbatch its array; {campaign_id, campaign_dir, fits}."""
+    if request.max_running is not None and request.max_running < 1:
+        raise UsageError(f"--max-running must be at least 1, got {request.max_running}")
     slurm.require("sbatch")
     prepared = prepare(request)
     target = prepared.target
@@ -174,7 +175,6 @@ def _check_all(
     request: CampaignRequest,
     labels: list[str],
     settings: Any,
-    confinement: dict[str, Any],
     name: str,
     target: Path,
 ) -> list[dict[str, Any]]:
@@ -184,6 +184,7 @@ def _check_all(
         model, args = request.fits[i]
         one = replace(request.common, model=model, model_args=args)
         try:
+            confinement = submission.sandbox_for(one, settings)  # its own data file is readable
             checked = submission.check_model(one, settings, confinement)
         except BumpsMpiError as exc:
             return exc

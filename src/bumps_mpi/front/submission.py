@@ -224,11 +224,13 @@ def render(settings: Settings, name: str, target: Path, array: str | None = None
 
 
 def sandbox_for(request: JobRequest, settings: Settings) -> dict[str, Any]:
-    """The sandbox job.json asks for: the site's, plus the request's --read paths (which must exist)."""
+    """The sandbox job.json asks for: the site's, plus the request's --read paths (which must exist) and
+    every model argument that names a file (the data file the user gave it; never a directory)."""
     for path in request.read:
         if not Path(path).exists():
             raise UsageError(f"--read {path}: no such file or directory (a path the model may read)")
-    return _sandbox_request(settings, [str(Path(p).resolve()) for p in request.read])
+    named = [a for a in request.model_args if Path(a).is_file()]
+    return _sandbox_request(settings, [str(Path(p).resolve()) for p in [*request.read, *named]])
 
 
 def check_model(request: JobRequest, settings: Settings, confinement: dict[str, Any]) -> dict[str, Any]:
