@@ -220,6 +220,8 @@ def test_array_script_runs_each_task_in_its_own_fit_directory(tmp_path, campaign
         job_dir=campaign_dir, array="0-5%2", launcher="echo", launcher_args=[], prologue=[], epilogue=[]
     )
     assert "#SBATCH --array=0-5%2" in text and "#SBATCH --output=fits/%a/slurm-%A_%a.out" in text
+    # a task requeues itself by its task id: a task's raw id may be the array's own, which names every task
+    assert 'scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"' in text
     text = text.replace('cd "$JOB_DIR" ||', "true ||")
     env = {"PATH": "/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "4"}
     proc = subprocess.run(["bash", "-c", text], capture_output=True, text=True, cwd=tmp_path, env=env)

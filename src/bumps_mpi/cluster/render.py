@@ -200,6 +200,7 @@ def render_sbatch(
         .replace("%j", "${SLURM_JOB_ID:-0}")
         .replace("%A", "${SLURM_ARRAY_JOB_ID:-0}")
         .replace("%a", "${SLURM_ARRAY_TASK_ID:-0}"),
+        this_job="$SLURM_JOB_ID" if array is None else "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}",
         stop_file=STOP_FILE,
         cancel_file=CANCEL_FILE,
         error_file=ERROR_FILE,
