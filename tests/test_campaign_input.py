@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, cli, one_line_error
+from conftest import EXAMPLE, ROOT, cli, one_line_error
 
 from bumps_mpi.cluster import slurm
 from bumps_mpi.front.campaign import array_text, fits_from
@@ -92,3 +93,17 @@ def test_args_from_with_bad_quoting_names_the_line(isolated):
 def test_campaign_commands_on_a_single_fit_and_unknown_names(isolated):
     one_line_error(cli("resume", "999999", "--failed"), "999999")
     one_line_error(cli("results", "999999", "--csv"), "--csv is for a campaign")
+
+
+def test_a_data_file_named_relative_to_here_is_found_by_the_check_and_the_job(isolated):
+    """The check and the job run in their own directories: a model argument naming a file is made absolute
+    (and only that file is opened to the model's sandbox)."""
+    data = isolated / "data"
+    data.mkdir()
+    (data / "run 1.dat").write_text((ROOT / "examples" / "data" / "peak-100K.dat").read_text())
+    model = ROOT / "examples" / "peak_file.py"
+    proc = cli("submit", model, "--dry-run", "--json", "--", "data/run 1.dat", "0.5", cwd=isolated)
+    assert proc.returncode == 0, proc.stderr
+    spec = json.loads(proc.stdout)["spec"]
+    assert spec["model_args"] == [str(data / "run 1.dat"), "0.5"]
+    assert str(data / "run 1.dat") in spec["sandbox"]["read"] and str(data) not in spec["sandbox"]["read"]

@@ -66,7 +66,7 @@ def sbatch(script: Path, job_dir: Path, array: str | None = None) -> str:
                 f"directory {job_dir} is kept: look for it with 'squeue --me' before you submit again"
             ) from None
         if found:
-            return found
+            return found.partition("_")[0]  # an array's tasks show as ID_[0-5%2] or ID_3: the array's id
         raise SubmitError("sbatch timed out and the job is not in the queue; try again") from None
     if proc.returncode != 0:
         raise SubmitError(f"sbatch failed: {_all_lines(proc.stderr or proc.stdout, 'sbatch: error: ')}")

@@ -70,6 +70,11 @@ class JobRequest:
     read: list[Path] = field(default_factory=list)  # paths the confined model may read, besides the site's
     start_from: Path | None = None  # a checkpoint the fit continues from (the dispatcher's next attempt)
 
+    def __post_init__(self) -> None:
+        # an argument naming a file (the data) names it wherever the model runs: the check and the job
+        # run in their own directories, not here
+        self.model_args = [str(Path(a).absolute()) if Path(a).is_file() else a for a in self.model_args]
+
 
 @dataclass
 class Prepared:
