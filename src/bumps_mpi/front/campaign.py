@@ -250,21 +250,30 @@ def _record(
             job.update_spec(slurm=entry)
         except OSError as exc:
             problems.append(f"fit {i}: {exc.strerror or exc}")
-        registry.add({"job_id": f"{array_id}_{i}", "job_dir": str(job.path), "name": job.spec["name"],
-                      "submitted": now})  # fmt: skip
+        _register(
+            problems, job_id=f"{array_id}_{i}", job_dir=str(job.path), name=job.spec["name"], submitted=now
+        )
     campaign = load(target)
     campaign["arrays"].append({"job_id": array_id, "tasks": indices, "submitted": now})
     try:
         write_atomic(target / CAMPAIGN_FILE, _json(campaign))
     except OSError as exc:
         problems.append(f"{CAMPAIGN_FILE}: {exc.strerror or exc}")
-    registry.add({"job_id": array_id, "job_dir": str(target), "name": campaign["name"], "campaign": True,
-                  "submitted": now})  # fmt: skip
+    _register(
+        problems, job_id=array_id, job_dir=str(target), name=campaign["name"], campaign=True, submitted=now
+    )
     if problems:
         raise BumpsMpiError(
             f"array {array_id} is queued (campaign {target}), but its ids could not be recorded: "
-            f"{'; '.join(problems)}; follow it with 'squeue -j {array_id}'"
+            f"{'; '.join(dict.fromkeys(problems))}; follow it with 'squeue -j {array_id}'"
         )
+
+
+def _register(problems: list[str], **entry: Any) -> None:
+    try:
+        registry.add(entry)
+    except BumpsMpiError as exc:  # the array is queued all the same: say so with the rest
+        problems.append(str(exc))
 
 
 def load(path: Path) -> dict[str, Any]:
