@@ -9,18 +9,15 @@ so a bad data file among forty fails at once, naming it.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shlex
 import shutil
-import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cluster import jobstate, slurm
 from ..cluster.states import JobState
@@ -38,7 +35,10 @@ from ..jobdir import (
     read_json,
     write_atomic,
 )
-from . import registry, submission
+from . import registry
+
+if TYPE_CHECKING:
+    from . import submission
 
 PLACEHOLDER = "{}"  # in the model's arguments, where --each puts each file (else it goes last)
 
@@ -64,6 +64,8 @@ def fits_from(
     if sum(x is not None and x != [] for x in (each, args_from, models)) != 1:
         raise UsageError("a campaign takes exactly one of --each GLOB, --args-from FILE, or --model FILE")
     if each is not None:
+        import glob
+
         found = sorted(glob.glob(os.path.expanduser(each), recursive=True))
         if not found:
             raise UsageError(f"--each {each!r} matches no file")
@@ -125,6 +127,8 @@ class PreparedCampaign:
 
 def prepare(request: CampaignRequest) -> PreparedCampaign:
     """Every check of every fit, cheapest first; nothing is written."""
+    from . import submission
+
     if request.max_running is not None and request.max_running < 1:
         raise UsageError(f"--max-running must be at least 1, got {request.max_running}")
     if not request.fits:
@@ -179,6 +183,7 @@ def _check_all(
     target: Path,
 ) -> list[dict[str, Any]]:
     """The model check of every fit, a few at a time; the first failure (in the fits' order) names its fit."""
+    from . import submission
 
     def check(i: int) -> dict[str, Any] | BumpsMpiError:
         model, args = request.fits[i]
@@ -191,6 +196,8 @@ def _check_all(
         spec = submission.spec_of(one, f"{name}_{i}", checked, settings, confinement)
         spec["campaign"] = {"dir": str(target), "index": i, "label": labels[i]}
         return spec
+
+    from concurrent.futures import ThreadPoolExecutor  # here: status and results never need it
 
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         found = list(pool.map(check, range(len(request.fits))))
@@ -211,6 +218,10 @@ def _create(
     request: CampaignRequest,
 ) -> None:
     """Build the whole campaign under a temporary name, then rename: it is complete or absent."""
+    import tempfile
+
+    from . import submission
+
     staging: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -432,6 +443,8 @@ def failed_fits(path: Path) -> list[JobDir]:
 def resubmit(path: Path, fits: list[JobDir]) -> list[dict[str, Any]]:
     """Run *fits* of the campaign again as a new array of just their tasks, each from its checkpoint
     where it has one; [{job_id, job_dir, resumed}] per fit."""
+    from . import submission
+
     if not fits:
         raise UsageError(f"no fit of campaign {path} has failed: there is nothing to resume")
     slurm.require("sbatch")
