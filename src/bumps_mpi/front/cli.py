@@ -274,10 +274,13 @@ def _submit_campaign(
 def _campaign(ref: str) -> Any:
     """The Campaign *ref* names (its directory or its array's id), or None when it names a single job."""
     from . import campaign
-    from .jobs import Campaign
 
     found = campaign.find(ref)
-    return None if found is None else Campaign(found)
+    if found is None:
+        return None
+    from .jobs import Campaign
+
+    return Campaign(found)
 
 
 def _stderr(line: str) -> None:
