@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 DEMO_ARGS ?= --seed 1 --samples 10000
 
-.PHONY: venv demo test test-local bench lint cluster cluster-stop database test-tools clean
+.PHONY: venv demo test test-local test-mpi bench lint cluster cluster-stop database test-tools clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,14 +22,29 @@ demo: venv
 	@echo "report (open it in a browser):"
 	@$(BIN)/bumps-submit report "$$($(BIN)/bumps-submit status --limit 1 --json | $(PY) -c 'import json, sys; print(json.load(sys.stdin)[0]["job_dir"])')"
 
+# the mapper's in-process tests (tests/mpi) on every rank of one MPI job (pytest-mpi); only rank 0 reports,
+# each test shares its verdict across ranks; no .pytest_cache (the ranks would race on it); `timeout`: a
+# rank lost in a collective must fail make, not hang it
+MPI_PYTEST := $(PY) -m pytest --with-mpi -p no:cacheprovider -q -ra tests/mpi
+MPI_TIMEOUT := timeout 300
+
 ## test: start the project's Slurm cluster (root: installs it on first use) and run every test;
 ## Slurm, MPI and browser tests fail instead of skipping when their cluster, runtime or browser is missing
 test: venv cluster database test-tools
 	BUMPS_MPI_REQUIRE_CLUSTER=1 $(PY) -m pytest -ra
+	$(MPI_TIMEOUT) $(BIN)/mpiexec -n 2 $(MPI_PYTEST)
+	$(MPI_TIMEOUT) $(BIN)/mpiexec -n 3 $(MPI_PYTEST)
 
-## test-local: the tests that need no Slurm (Slurm tests skip); no root needed
+## test-local: the tests that need no Slurm (Slurm tests skip), then the in-process MPI tests; no root needed
 test-local: venv
 	$(PY) -m pytest -ra
+	$(MPI_TIMEOUT) $(BIN)/mpiexec -n 2 $(MPI_PYTEST)
+	$(MPI_TIMEOUT) $(BIN)/mpiexec -n 3 $(MPI_PYTEST)
+
+## test-mpi: only the in-process MPI tests, under mpiexec -n 2 and -n 3 (a few seconds)
+test-mpi: venv
+	$(MPI_TIMEOUT) $(BIN)/mpiexec -n 2 $(MPI_PYTEST)
+	$(MPI_TIMEOUT) $(BIN)/mpiexec -n 3 $(MPI_PYTEST)
 
 ## bench: mapper per-call times and ratios (2 and 4 ranks), then a real refl1d DREAM fit, serial vs 2 ranks
 ## (installs the bench extra: refl1d, which pins bumps==1.0.4)

@@ -21,6 +21,7 @@ from bumps_mpi.cluster.states import TERMINAL as TERMINAL_STATES
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "peak.py"
 MODELS = Path(__file__).resolve().parent / "models"
+MPI_TESTS = Path(__file__).resolve().parent / "mpi"  # in-process MPI tests: pytest-mpi, under mpiexec
 REQUIRE = os.environ.get("BUMPS_MPI_REQUIRE_CLUSTER") == "1"
 TERMINAL = {state.value for state in TERMINAL_STATES}
 NOBODY = 65534  # the unprivileged user hostile-input tests run as (root ignores permissions)
@@ -28,6 +29,25 @@ NOBODY = 65534  # the unprivileged user hostile-input tests run as (root ignores
 SMALL_DREAM = ["--samples", "2000", "--burn", "100", "--seed", "7"]
 # a fit whose random start reaches the failing region of the failing test models at once
 FAILING_FIT = ["--init", "random", "--seed", "3", "--samples", "2000"]
+
+
+def pytest_ignore_collect(collection_path, config):
+    """tests/mpi/ runs in-process on every rank under mpiexec (pytest-mpi's --with-mpi, as `make test` does);
+    a plain run leaves it out rather than skip it."""
+    if collection_path == MPI_TESTS and not config.getoption("--with-mpi", default=False):
+        return True
+    return None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """Under mpiexec with --with-mpi only rank 0 reports: every test there shares its verdict across ranks,
+    and N copies of the same report, interleaved, would be hard to read."""
+    if config.getoption("--with-mpi", default=False):
+        from mpi4py import MPI
+
+        if MPI.COMM_WORLD.rank != 0 and config.pluginmanager.has_plugin("terminalreporter"):
+            config.pluginmanager.unregister(name="terminalreporter")
 
 
 def unavailable(reason: str) -> None:
