@@ -130,6 +130,8 @@ def test_six_fits_at_most_two_at_once_equal_six_single_submissions(slurm_cluster
     assert "6 fits: 6 COMPLETED  (100% done)" in text.stdout.splitlines()[0]
     every = cli("status", array_id, "--all").stdout
     assert all(f"{array_id}_{i}" in every for i in range(6))
+    watched = cli("watch", array_id)  # ended: it says so at once, exit 0 as every fit completed
+    assert watched.returncode == 0 and "6 fits: 6 COMPLETED" in watched.stderr, watched.stderr
 
     table = cli_json("results", campaign_dir)
     assert [row["index"] for row in table] == list(range(6))
@@ -262,6 +264,32 @@ def test_cancel_ends_every_fit_of_a_campaign(slurm_cluster, isolated):
     final = follow_campaign(array_id, timeout=120)[-1]
     assert final["counts"] == {"CANCELLED": 3}, final["counts"]
     assert _queue([array_id]) == {}
+
+
+def test_fits_that_can_never_start_are_shown_with_what_to_do(slurm_cluster, isolated):
+    """Two nodes asked of a one-node partition: pending for a reason that will never clear (attention)."""
+    write_data(isolated / "data", [0.8, 1.0])
+    done = submit_json(
+        "submit", PEAK_FILE, *SMALL_DREAM, "--nodes", "2", "--each", str(isolated / "data" / "*.dat"),
+        "--jobs-dir", isolated / "jobs",
+    )  # fmt: skip
+    array_id = done["campaign_id"]
+    try:
+        deadline = time.monotonic() + 60
+        while len((summary := cli_json("status", array_id))["attention"]) < 2:
+            assert time.monotonic() < deadline, summary["records"]
+            time.sleep(0.5)
+        assert summary["counts"] == {"PENDING": 2}
+        reasons = [(r["reason"], r.get("never_starts")) for r in summary["attention"]]
+        assert all(never and why in ("PartitionNodeLimit", "PartitionConfig") for why, never in reasons), (
+            reasons
+        )
+        shown = cli("status", array_id).stdout
+        assert "needs attention" in shown and "cancel and resubmit" in shown, shown
+    finally:
+        cancelled = cli("cancel", array_id)
+    assert cancelled.returncode == 0 and "Cancelled 2 fit(s)" in cancelled.stdout, cancelled.stderr
+    assert follow_campaign(array_id, timeout=60)[-1]["counts"] == {"CANCELLED": 2}
 
 
 def test_the_python_api_drives_a_campaign_and_reattaches_after_a_new_import(slurm_cluster, isolated):
