@@ -50,16 +50,17 @@ def test_sacct_records_of_array_tasks_are_keyed_by_task(isolated, monkeypatch):
 def test_fits_from_each_args_from_and_models(tmp_path):
     for name in ("b.dat", "a.dat"):
         (tmp_path / name).write_text("1 2 3\n")
-    fits, labels = fits_from(EXAMPLE, ["--x", "{}", "end"], each=str(tmp_path / "*.dat"))
-    assert [args for _, args in fits] == [["--x", str(tmp_path / n), "end"] for n in ("a.dat", "b.dat")]
-    fits, _ = fits_from(EXAMPLE, ["first"], each=str(tmp_path / "*.dat"))
+    fits, labels, reads = fits_from(EXAMPLE, ["--x={}", "end"], each=str(tmp_path / "*.dat"))
+    assert [args for _, args in fits] == [[f"--x={tmp_path / n}", "end"] for n in ("a.dat", "b.dat")]
+    assert reads == [[tmp_path / "a.dat"], [tmp_path / "b.dat"]]  # each fit may read its own file only
+    fits, _, _ = fits_from(EXAMPLE, ["first"], each=str(tmp_path / "*.dat"))
     assert fits[0][1] == ["first", str(tmp_path / "a.dat")]
     lines = tmp_path / "args.txt"
     lines.write_text("# scans\n'two words' 1\n\n  3 4  # comment\n")
-    fits, labels = fits_from(EXAMPLE, ["x"], args_from=lines)
+    fits, labels, _ = fits_from(EXAMPLE, ["x"], args_from=lines)
     assert [args for _, args in fits] == [["x", "two words", "1"], ["x", "3", "4"]]
     assert labels == ["'two words' 1", "3 4"]
-    fits, labels = fits_from(EXAMPLE, ["d"], models=[Path("other/quad.py")])
+    fits, labels, _ = fits_from(EXAMPLE, ["d"], models=[Path("other/quad.py")])
     assert [(m.name, a) for m, a in fits] == [("peak.py", ["d"]), ("quad.py", ["d"])]
 
 
@@ -107,3 +108,29 @@ def test_a_data_file_named_relative_to_here_is_found_by_the_check_and_the_job(is
     spec = json.loads(proc.stdout)["spec"]
     assert spec["model_args"] == [str(data / "run 1.dat"), "0.5"]
     assert str(data / "run 1.dat") in spec["sandbox"]["read"] and str(data) not in spec["sandbox"]["read"]
+
+
+def test_only_the_submitters_own_file_arguments_are_opened_to_the_sandbox(tmp_path):
+    """The command line and the Python API name their user's data; the job controller's users may not
+    name a file of the service's host and have the confined model read it."""
+    from bumps_mpi.config import load_settings
+    from bumps_mpi.front.submission import JobRequest, sandbox_for
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("x")
+    mine = JobRequest(model=EXAMPLE, model_args=[str(secret), "x" * 300], own_files=True)
+    assert str(secret) in sandbox_for(mine, load_settings())["read"]
+    theirs = JobRequest(model=EXAMPLE, model_args=[str(secret)])
+    assert str(secret) not in sandbox_for(theirs, load_settings())["read"]
+
+
+def test_pyslurm_records_of_array_tasks_are_keyed_by_task():
+    from types import SimpleNamespace
+
+    from bumps_mpi.cluster.pyslurm_backend import keys
+
+    assert keys(SimpleNamespace(id=7, array_id=None)) == ["7"]
+    assert keys(SimpleNamespace(id=8, array_id=7, array_task_id=None, array_tasks_waiting=None)) == ["7_0"]
+    assert keys(SimpleNamespace(id=9, array_id=7, array_task_id=3, array_tasks_waiting=None)) == ["7_3"]
+    waiting = SimpleNamespace(id=7, array_id=7, array_task_id=None, array_tasks_waiting="4-5%2")
+    assert keys(waiting) == ["7_4", "7_5"]

@@ -43,9 +43,21 @@ def jobs(job_ids: list[str]) -> dict[str, dict[str, str]]:
     import pyslurm
 
     found = pyslurm.db.Jobs.load(pyslurm.db.JobFilter(ids=[int(i) for i in job_ids]))
-    return {_key(job): record(job) for job in found}
+    records = {}
+    for job in found:
+        records.update(dict.fromkeys(keys(job), record(job)))
+    return records
 
 
-def _key(job: Any) -> str:
-    task = getattr(job, "array_task_id", None)
-    return f"{job.array_id}_{task}" if task is not None else str(job.id)
+def keys(job: Any) -> list[str]:
+    """The ids status knows the record by: a job's own, or an array's tasks as ARRAY_TASK (the tasks not
+    started yet share one record, whose array_tasks_waiting is Slurm's range text, '2-5%2')."""
+    from .slurm import array_ids
+
+    array = getattr(job, "array_id", None)
+    if not array:
+        return [str(job.id)]
+    waiting = getattr(job, "array_tasks_waiting", None)
+    if waiting:
+        return array_ids(f"{array}_[{waiting}]")
+    return [f"{array}_{getattr(job, 'array_task_id', None) or 0}"]  # pyslurm reads task 0 as None

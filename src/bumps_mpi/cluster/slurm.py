@@ -58,6 +58,11 @@ def sbatch(script: Path, job_dir: Path, array: str | None = None) -> str:
         options = [] if array is None else [f"--array={array}"]  # the command line's wins over the script's
         proc = _run(["sbatch", "--parsable", *options, str(script)], timeout=SBATCH_TIMEOUT_S, cwd=job_dir)
     except TimeoutError:
+        if array is not None:  # a campaign's earlier arrays run from the same directory: no lookup by it
+            raise SubmitUncertain(
+                f"sbatch timed out: the array may be queued; look for it with 'squeue --me' before you "
+                f"resume again ({job_dir} is kept)"
+            ) from None
         try:
             found = find_by_workdir(job_dir)
         except Unreachable as exc:
@@ -196,16 +201,18 @@ def squeue(job_ids: list[str]) -> dict[str, dict[str, str]]:
     return found
 
 
-def scancel(job_id: str) -> None:
-    """Cancel *job_id*; SubmitError with Slurm's reason when it was not cancelled.
+def scancel(*job_ids: str) -> None:
+    """Cancel *job_ids* (jobs, or an array's tasks as ARRAY_TASK); SubmitError with Slurm's reason when
+    one was not cancelled.
 
     scancel exits 0 even when it cancels nothing ("Invalid job id specified"): only
     with -v does it say so, on stderr, as an "error:" line.
     """
+    what = " ".join(job_ids)
     try:
-        proc = _run(["scancel", "-v", job_id])
+        proc = _run(["scancel", "-v", *job_ids])
     except TimeoutError:
-        raise SubmitError(f"scancel {job_id} timed out: is slurmctld up? try again") from None
+        raise SubmitError(f"scancel {what} timed out: is slurmctld up? try again") from None
     errors = [line.split("error:", 1)[1].strip() for line in proc.stderr.splitlines() if "error:" in line]
     if proc.returncode != 0 or errors:
-        raise SubmitError(f"scancel {job_id} failed: {errors[0] if errors else _first_line(proc.stderr)}")
+        raise SubmitError(f"scancel {what} failed: {errors[0] if errors else _first_line(proc.stderr)}")

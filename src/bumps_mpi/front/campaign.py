@@ -51,6 +51,13 @@ class CampaignRequest:
     common: submission.JobRequest  # its model and model_args are the first fit's; the rest is shared
     max_running: int | None = None  # Slurm's %K: at most this many of the campaign's fits run at once
     labels: list[str] = field(default_factory=list)  # what tells each fit apart (its file, its line)
+    reads: list[list[Path]] = field(default_factory=list)  # per fit, more the model may read (--each's file)
+
+    def __post_init__(self) -> None:
+        if self.max_running is not None and self.max_running < 1:
+            raise UsageError(f"--max-running must be at least 1, got {self.max_running}")
+        if not self.fits:
+            raise UsageError("a campaign needs at least one fit")
 
 
 def fits_from(
@@ -59,8 +66,8 @@ def fits_from(
     each: str | None = None,
     args_from: Path | None = None,
     models: list[Path] | None = None,
-) -> tuple[list[tuple[Path, list[str]]], list[str]]:
-    """The campaign's fits and their labels from the command line's --each, --args-from or --model."""
+) -> tuple[list[tuple[Path, list[str]]], list[str], list[list[Path]]]:
+    """The campaign's fits, their labels and what each may read, from --each, --args-from or --model."""
     if sum(x is not None and x != [] for x in (each, args_from, models)) != 1:
         raise UsageError("a campaign takes exactly one of --each GLOB, --args-from FILE, or --model FILE")
     if each is not None:
@@ -69,16 +76,17 @@ def fits_from(
         found = sorted(glob.glob(os.path.expanduser(each), recursive=True))
         if not found:
             raise UsageError(f"--each {each!r} matches no file")
-        return [(model, _substitute(args, f)) for f in found], found
+        files = [Path(f).absolute() for f in found]  # the check and the job run in their own directories
+        return [(model, _substitute(args, str(f))) for f in files], found, [[f] for f in files]
     if args_from is not None:
         lines = _argument_lines(Path(args_from))
-        return [(model, [*args, *words]) for words in lines], [shlex.join(words) for words in lines]
+        labels = [shlex.join(words) for words in lines]
+        return [(model, [*args, *words]) for words in lines], labels, [[] for _ in lines]
     assert models
     every = [model, *models]
     names = [m.name for m in every]
-    return [(m, list(args)) for m in every], names if len(set(names)) == len(names) else [
-        str(m) for m in every
-    ]
+    labels = names if len(set(names)) == len(names) else [str(m) for m in every]
+    return [(m, list(args)) for m in every], labels, [[] for _ in every]
 
 
 def _substitute(args: list[str], value: str) -> list[str]:
@@ -129,10 +137,6 @@ def prepare(request: CampaignRequest) -> PreparedCampaign:
     """Every check of every fit, cheapest first; nothing is written."""
     from . import submission
 
-    if request.max_running is not None and request.max_running < 1:
-        raise UsageError(f"--max-running must be at least 1, got {request.max_running}")
-    if not request.fits:
-        raise UsageError("a campaign needs at least one fit")
     settings, name, target = submission.place(request.common)
     indices = list(range(len(request.fits)))
     script = submission.render(settings, name, target, array_text(indices, request.max_running))
@@ -153,8 +157,6 @@ def prepare(request: CampaignRequest) -> PreparedCampaign:
 
 def submit(request: CampaignRequest) -> dict[str, Any]:
     """Check every fit, write the campaign directory, sbatch its array; {campaign_id, campaign_dir, fits}."""
-    if request.max_running is not None and request.max_running < 1:
-        raise UsageError(f"--max-running must be at least 1, got {request.max_running}")
     slurm.require("sbatch")
     prepared = prepare(request)
     target = prepared.target
@@ -185,29 +187,32 @@ def _check_all(
     """The model check of every fit, a few at a time; the first failure (in the fits' order) names its fit."""
     from . import submission
 
-    def check(i: int) -> dict[str, Any] | BumpsMpiError:
+    def check(i: int) -> dict[str, Any]:
         model, args = request.fits[i]
-        one = replace(request.common, model=model, model_args=args)
-        try:
-            confinement = submission.sandbox_for(one, settings)  # its own data file is readable
-            checked = submission.check_model(one, settings, confinement)
-        except BumpsMpiError as exc:
-            return exc
+        more = request.reads[i] if request.reads else []
+        one = replace(request.common, model=model, model_args=args, read=[*request.common.read, *more])
+        confinement = submission.sandbox_for(one, settings)  # its own data file is readable
+        checked = submission.check_model(one, settings, confinement)
         spec = submission.spec_of(one, f"{name}_{i}", checked, settings, confinement)
         spec["campaign"] = {"dir": str(target), "index": i, "label": labels[i]}
         return spec
 
-    from concurrent.futures import ThreadPoolExecutor  # here: status and results never need it
+    from concurrent.futures import ThreadPoolExecutor, as_completed  # here: status never needs them
 
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        found = list(pool.map(check, range(len(request.fits))))
-    for i, item in enumerate(found):
-        if isinstance(item, BumpsMpiError):
-            failed = sum(isinstance(x, BumpsMpiError) for x in found)
-            more = f" ({failed - 1} more fit(s) failed too)" if failed > 1 else ""
-            item.args = (f"fit {i} of {len(found)} ({labels[i]}): {item}{more}; nothing was submitted",)
-            raise item
-    return found  # type: ignore[return-value]
+    pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+    futures = {pool.submit(check, i): i for i in range(len(request.fits))}
+    specs: dict[int, dict[str, Any]] = {}
+    try:
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                specs[i] = future.result()
+            except BumpsMpiError as exc:  # the first to fail ends the checks: say which fit, at once
+                exc.args = (f"fit {i} of {len(futures)} ({labels[i]}): {exc}; nothing was submitted",)
+                raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C or a failure: no more checks start
+    return [specs[i] for i in range(len(request.fits))]
 
 
 def _create(
@@ -235,9 +240,11 @@ def _create(
                 staging / FITS_DIR / str(i), {JOB_FILE: _json(spec)}, request.fits[i][0]
             )
         os.rename(staging, target)
-    except (OSError, BumpsMpiError) as exc:
+    except BaseException as exc:
         if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)  # Ctrl-C included: no half-made campaign is left
+        if not isinstance(exc, (OSError, BumpsMpiError)):
+            raise
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise UsageError(f"cannot create campaign directory {target}: {why}") from None
 
@@ -329,7 +336,7 @@ def status(path: Path) -> dict[str, Any]:
         "fits": len(records),
         "counts": dict(sorted(counts.items())),
         "percent": round(percent, 1),
-        "ended": all(JobState(r["state"]).terminal and not r.get("finishing") for r in records),
+        "ended": all(jobstate.ended_for_good(r) or lost(r) for r in records),
         "attention": [r for r in records if needs_attention(r)],
         "records": records,
     }
@@ -341,11 +348,20 @@ def _percent(record: dict[str, Any]) -> float:
     return float((record.get("progress") or {}).get("percent") or 0.0)
 
 
+def lost(record: dict[str, Any]) -> bool:
+    """A fit that will never say more: its directory unreadable, or a job Slurm has no record of
+    (not one that Slurm cannot be asked about now): waiting for it would never end."""
+    gone = record["state"] == JobState.UNKNOWN.value and str(record.get("reason")).startswith(
+        "Slurm knows no"
+    )
+    return gone or bool(record.get("unreadable"))
+
+
 def needs_attention(record: dict[str, Any]) -> bool:
-    """Ended without results, pending for a reason that will never clear, or unreadable."""
+    """Ended without results, pending for a reason that will never clear, lost, or UNKNOWN."""
     state = JobState(record["state"])
     failed = state.terminal and state is not JobState.COMPLETED
-    return failed or bool(record.get("never_starts")) or bool(record.get("unreadable"))
+    return failed or state is JobState.UNKNOWN or bool(record.get("never_starts")) or lost(record)
 
 
 def table(path: Path) -> list[dict[str, Any]]:
@@ -426,16 +442,14 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> str:
 
 
 def failed_fits(path: Path) -> list[JobDir]:
-    """The fits that ended without results (failed, timed out, cancelled, ...): what resume --failed runs."""
-    done = status(path)
+    """What resume --failed runs again: the fits that ended for good without results, failed or timed out
+    (a cancelled one was your decision: resume it by its id; a preempted one may still requeue itself)."""
     wanted = []
-    for record in done["records"]:
+    for record in status(path)["records"]:
         state = JobState(record["state"])
-        if (
-            state.terminal
-            and state not in (JobState.COMPLETED, JobState.UNKNOWN)
-            and not record.get("finishing")
-        ):
+        ended = state.final and jobstate.ended_for_good(record)
+        again = state not in (JobState.COMPLETED, JobState.CANCELLED)
+        if ended and again and JobDir(record["job_dir"]).result is None:
             wanted.append(JobDir(record["job_dir"]))
     return wanted
 
@@ -453,15 +467,27 @@ def resubmit(path: Path, fits: list[JobDir]) -> list[dict[str, Any]]:
     for job in fits:
         if job.file(CHECKPOINT_FILE).exists() and job.spec.get("fit") in RESUMABLE_FITTERS:
             submission.check_checkpoint(job)
-    earlier = {}
-    for i, job in zip(indices, fits, strict=True):
-        submission.set_aside(job)
-        record = job.spec.get("slurm") or {}
-        earlier[i] = [
-            *record.get("earlier_job_ids", []),
-            *([record["job_id"]] if record.get("job_id") else []),
-        ]
-    array_id = slurm.sbatch(path / SCRIPT_FILE, path, array=array_text(indices, campaign.get("max_running")))
+    earlier, aside = {}, []
+    try:
+        for i, job in zip(indices, fits, strict=True):
+            aside += submission.set_aside(job)
+            record = job.spec.get("slurm") or {}
+            earlier[i] = [
+                *record.get("earlier_job_ids", []),
+                *([record["job_id"]] if record.get("job_id") else []),
+            ]
+        array = array_text(indices, campaign.get("max_running"))
+        array_id = slurm.sbatch(path / SCRIPT_FILE, path, array=array)
+    except OSError as exc:
+        submission.put_back(aside)
+        raise BumpsMpiError(
+            f"cannot resume in {path}: {exc.strerror or exc}; nothing was submitted"
+        ) from None
+    except slurm.SubmitUncertain:
+        raise  # it may be queued: the fits' last ends stay set aside, as the new run would set them
+    except BaseException:
+        submission.put_back(aside)  # never submitted: the table still shows why each fit ended
+        raise
     _record(path, array_id, indices, earlier)
     return [
         {"job_id": f"{array_id}_{i}", "job_dir": str(job.path), "resumed": True}
@@ -470,15 +496,27 @@ def resubmit(path: Path, fits: list[JobDir]) -> list[dict[str, Any]]:
 
 
 def cancel(path: Path) -> dict[str, Any]:
-    """Cancel every fit still pending or running: each array that has one, in one scancel each."""
+    """Cancel every fit still pending or running, by its task id, in one scancel; never a fit that has
+    written its result (it is only drawing its figures) nor one that has ended."""
     done = status(path)
-    live = [r for r in done["records"] if not JobState(r["state"]).terminal]
-    arrays = sorted({str(r["job_id"]).partition("_")[0] for r in live if r["job_id"]})
-    for record in live:
+    live = [
+        r
+        for r in done["records"]
+        if r["job_id"] and not jobstate.ended_for_good(r) and r.get("chisq") is None and not r.get("error")
+    ]
+    if not live:
+        return {"campaign_dir": str(path), "cancelled": 0, "job_ids": []}
+    requests = [Path(r["job_dir"]) / CANCEL_FILE for r in live]
+    for request in requests:
         try:
-            write_atomic(Path(record["job_dir"]) / CANCEL_FILE, f"{time.time()}\n")  # never requeue now
+            write_atomic(request, f"{time.time()}\n")  # a fit at its time limit must not requeue now
         except OSError:
             pass
-    for array_id in arrays:
-        slurm.scancel(array_id)
-    return {"campaign_dir": str(path), "cancelled": len(live), "array_ids": arrays}
+    ids = [str(r["job_id"]) for r in live]
+    try:
+        slurm.scancel(*ids)
+    except BaseException:
+        for request in requests:  # not cancelled: they may requeue at their time limit as usual
+            request.unlink(missing_ok=True)
+        raise
+    return {"campaign_dir": str(path), "cancelled": len(live), "job_ids": ids}

@@ -200,6 +200,7 @@ def submit(
         profile=profile,
         resources=resources,
         read=[Path(p).absolute() for p in read_paths],
+        own_files=True,
     )
     if each is not None or args_from is not None or more_models or max_running is not None:
         _submit_campaign(request, each, args_from, more_models, max_running, local, dry_run, as_json)
@@ -245,14 +246,14 @@ def _submit_campaign(
         raise BumpsMpiError("a campaign runs as a Slurm job array: --local runs one fit (drop --each ...)")
     if each is None and args_from is None and not more_models:
         raise BumpsMpiError("--max-running is for a campaign: add --each, --args-from or --model")
-    fits, labels = campaign.fits_from(
+    fits, labels, reads = campaign.fits_from(
         request.model,
         request.model_args,
         each=each,
         args_from=None if args_from is None else Path(args_from),
         models=[Path(m) for m in more_models] or None,
     )
-    wanted = campaign.CampaignRequest(fits=fits, common=request, max_running=max_running, labels=labels)
+    wanted = campaign.CampaignRequest(fits, request, max_running, labels, reads)
     if dry_run:
         prepared = campaign.prepare(wanted)
         if as_json:
@@ -360,6 +361,8 @@ def status(
 
     found = _campaign(jobs[0]) if len(jobs) == 1 else None
     if found is not None:
+        if state or since:
+            raise BumpsMpiError("--state and --since filter the list of your jobs; a campaign: use --all")
         summary = found.status()
         _notices()
         if as_json:
@@ -490,15 +493,13 @@ def _follow(job: str, interval: float) -> dict[str, Any]:
 @main.command()
 @click.argument("job")
 @click.option("-n", "ranks", type=int, help="For a local job: MPI ranks [as before].")
-@click.option(
-    "--failed", is_flag=True, help="A campaign: run again only its fits that ended without results."
-)
+@click.option("--failed", is_flag=True, help="A campaign: run again only its fits that failed or timed out.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def resume(job: str, ranks: int | None, failed: bool, as_json: bool) -> None:
     """Continue a stopped DREAM or DE fit from its checkpoint (here if it ran here, else resubmitted).
 
-    A campaign: `resume CAMPAIGN --failed` resubmits its failed, timed-out and
-    cancelled fits as one new job array, each from its checkpoint where it has one.
+    A campaign: `resume CAMPAIGN --failed` resubmits its fits that failed or timed
+    out as one new job array, each from its checkpoint where it has one.
     """
     from . import api, submission
 
@@ -891,7 +892,8 @@ def _print_campaign(summary: dict[str, Any], every: bool) -> None:
         chisq = f"{r['chisq']:.4g}" if r.get("chisq") is not None else "-"
         done = f"{percent:.0f}%" if percent is not None else "-"
         job_id = r["job_id"] or "-"
-        echo(f"{r['index']:>4}  {job_id:>10}  {r['state']:<13} {done:>8}  {chisq:>10}  {r['label']}")
+        label = one_line(r["label"])
+        echo(f"{r['index']:>4}  {job_id:>10}  {r['state']:<13} {done:>8}  {chisq:>10}  {label}")
         why = (r.get("error") or {}).get("message") or r.get("unreadable") or r.get("reason")
         if why and (not every or r in summary["attention"]):
             hint = f": {r['hint']}" if r.get("hint") else ""
@@ -928,7 +930,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
             p = row["parameters"].get(n)
             cell = f"{p['best']:.5g}±{p['std']:.2g}" if p else "-"
             cells += f"  {cell:>14}"
-        echo(f"{row['index']:>4}  {row['state']:<10} {chisq:>10}{cells}  {row['label']}")
+        echo(f"{row['index']:>4}  {row['state']:<10} {chisq:>10}{cells}  {one_line(row['label'])}")
         if row["error"]:
             echo(f"{'':>6}{one_line(row['error'])}")
 

@@ -9,6 +9,7 @@ light as the CLI (no numpy, bumps or mpi4py).
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,8 +55,9 @@ class Results:
         raise KeyError(name)
 
 
-def _wait(look: Any, ended: Any, timeout: float | None, poll: float, what: str) -> Any:
-    """Poll *look* until *ended* says so, backing off to 30 s while nothing changes."""
+def _wait(look: Any, ended: Any, change: Any, timeout: float | None, poll: float, what: str) -> Any:
+    """Poll *look* until *ended* says so, backing off to 30 s while *change* (what a user would call
+    progress) stays the same: a shared cluster's accounting is not asked every 2 s for hours."""
     deadline = None if timeout is None else time.monotonic() + timeout
     wait, last = poll, None
     while True:
@@ -64,7 +66,7 @@ def _wait(look: Any, ended: Any, timeout: float | None, poll: float, what: str) 
             return found
         if deadline is not None and time.monotonic() >= deadline:
             raise WaitTimeout(f"{what} has not ended after {timeout:g} s; it goes on")
-        key = repr(found)
+        key = change(found)
         wait = poll if key != last else min(wait * 1.5, 30.0)
         last = key
         pause = wait if deadline is None else max(0.0, min(wait, deadline - time.monotonic()))
@@ -117,9 +119,12 @@ class Job:
     def wait(self, timeout: float | None = None, poll: float = 2.0) -> str:
         """Until the job has ended (its files written, its processes gone); its final state.
         WaitTimeout after *timeout* seconds."""
-        record = _wait(
-            self.status, jobstate.ended_for_good, timeout, poll, f"job {self.job_id or self.job_dir}"
-        )
+
+        def change(record: dict[str, Any]) -> Any:
+            return record["state"], (record.get("progress") or {}).get("step")
+
+        what = f"job {self.job_id or self.job_dir}"
+        record = _wait(self.status, jobstate.ended_for_good, change, timeout, poll, what)
         return str(record["state"])
 
     def results(self) -> Results:
@@ -191,7 +196,12 @@ class Campaign:
 
     def wait(self, timeout: float | None = None, poll: float = 5.0) -> dict[str, int]:
         """Until every fit has ended; the counts by state. WaitTimeout after *timeout* seconds."""
-        found = _wait(self.status, lambda s: s["ended"], timeout, poll, f"campaign {self.campaign_dir}")
+
+        def change(summary: dict[str, Any]) -> Any:
+            return summary["counts"], summary["percent"]
+
+        what = f"campaign {self.campaign_dir}"
+        found = _wait(self.status, lambda s: s["ended"], change, timeout, poll, what)
         return dict(found["counts"])
 
     def table(self, dataframe: bool = False) -> Any:
@@ -219,7 +229,7 @@ class Campaign:
         return int(campaigns.cancel(self.campaign_dir)["cancelled"])
 
     def resume_failed(self) -> list[Job]:
-        """Run again the fits that ended without results (from their checkpoints where they have them)."""
+        """Run again the fits that failed or timed out (from their checkpoints where they have them)."""
         fits = campaigns.failed_fits(self.campaign_dir)
         return [Job(r["job_dir"]) for r in campaigns.resubmit(self.campaign_dir, fits)]
 
@@ -249,6 +259,7 @@ def _request(
         profile=profile,
         resources=dict(resources or {}),
         read=[Path(p).absolute() for p in read],
+        own_files=True,
     )
 
 
@@ -307,10 +318,10 @@ def submit_campaign(
             raise UsageError("give exactly one of each, args_list or models")
         lines = [[str(a) for a in line] for line in args_list]
         fits = [(Path(model), [*common.model_args, *line]) for line in lines]
-        labels = [" ".join(line) for line in lines]
+        labels, reads = [shlex.join(line) for line in lines], [[] for _ in lines]
     else:
-        fits, labels = campaigns.fits_from(
+        fits, labels, reads = campaigns.fits_from(
             Path(model), common.model_args, each=each, models=[Path(m) for m in models] if models else None
         )
-    request = campaigns.CampaignRequest(fits=fits, common=common, max_running=max_running, labels=labels)
+    request = campaigns.CampaignRequest(fits, common, max_running, labels, reads)
     return Campaign(campaigns.submit(request)["campaign_dir"])

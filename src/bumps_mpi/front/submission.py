@@ -69,11 +69,21 @@ class JobRequest:
     resources: dict[str, Any] = field(default_factory=dict)
     read: list[Path] = field(default_factory=list)  # paths the confined model may read, besides the site's
     start_from: Path | None = None  # a checkpoint the fit continues from (the dispatcher's next attempt)
+    # the submitter's own arguments (the command line, the Python API; never the service's users): one that
+    # names a file here is made absolute (the check and the job run in their own directories) and the
+    # model may read that file
+    own_files: bool = False
 
     def __post_init__(self) -> None:
-        # an argument naming a file (the data) names it wherever the model runs: the check and the job
-        # run in their own directories, not here
-        self.model_args = [str(Path(a).absolute()) if Path(a).is_file() else a for a in self.model_args]
+        if self.own_files:
+            self.model_args = [str(Path(a).absolute()) if _is_file(a) else a for a in self.model_args]
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a file
+        return False
 
 
 @dataclass
@@ -229,12 +239,12 @@ def render(settings: Settings, name: str, target: Path, array: str | None = None
 
 
 def sandbox_for(request: JobRequest, settings: Settings) -> dict[str, Any]:
-    """The sandbox job.json asks for: the site's, plus the request's --read paths (which must exist) and
-    every model argument that names a file (the data file the user gave it; never a directory)."""
+    """The sandbox job.json asks for: the site's, plus the request's --read paths (which must exist) and,
+    for the submitter's own arguments, every one that names a file (the data; never a directory)."""
     for path in request.read:
         if not Path(path).exists():
             raise UsageError(f"--read {path}: no such file or directory (a path the model may read)")
-    named = [a for a in request.model_args if Path(a).is_file()]
+    named = [a for a in request.model_args if _is_file(a)] if request.own_files else []
     return _sandbox_request(settings, [str(Path(p).resolve()) for p in [*request.read, *named]])
 
 
@@ -287,24 +297,24 @@ def submit(request: JobRequest) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(job.path, ignore_errors=True)  # never submitted: leave no orphan directory
         raise
-    record_submission(job, job_id, {"job_id": job_id, "submitted": time.time()})
+    _record_submission(job, job_id, {"job_id": job_id, "submitted": time.time()})
     return {"job_id": job_id, "job_dir": str(job.path), "notes": prepared.notes}
 
 
-def record_submission(job: JobDir, job_id: str, slurm_record: dict[str, Any]) -> None:
+def _record_submission(job: JobDir, job_id: str, slurm_record: dict[str, Any]) -> None:
     """The job is queued: record its id in job.json and the registry; a failure still names the job."""
     try:
         job.update_spec(slurm=slurm_record)
     except OSError as exc:
-        register(job_id, job, job.spec["name"])
+        _register(job_id, job, job.spec["name"])
         raise BumpsMpiError(
             f"job {job_id} is queued (directory {job.path}), but job.json could not record its id: "
             f"{exc.strerror or exc}; follow it with 'squeue -j {job_id}'"
         ) from None
-    register(job_id, job, job.spec["name"])
+    _register(job_id, job, job.spec["name"])
 
 
-def register(job_id: str | None, job: JobDir, name: str) -> None:
+def _register(job_id: str | None, job: JobDir, name: str) -> None:
     try:
         registry.add({"job_id": job_id, "job_dir": str(job.path), "name": name, "submitted": time.time()})
     except BumpsMpiError as exc:  # the job exists: say where, so it is not lost
@@ -348,7 +358,7 @@ def create_local(request: JobRequest, ranks: int | None = None, warn: Any = None
     except BaseException:
         shutil.rmtree(job.path, ignore_errors=True)
         raise
-    register(None, job, prepared.spec["name"])
+    _register(None, job, prepared.spec["name"])
     return job, ranks
 
 
@@ -376,14 +386,26 @@ def check_checkpoint(job: JobDir) -> int:
     return int(info.get("step", 0))
 
 
-def set_aside(job: JobDir) -> None:
+def set_aside(job: JobDir) -> list[tuple[Path, Path]]:
     """Before a fit runs again: its last end (error, cached state, exit status) is kept under new names,
-    and an earlier cancel request no longer holds."""
+    and an earlier cancel request no longer holds. The renames, for put_back."""
     stamp = _stamp()
+    moved = []
     for name in (ERROR_FILE, STATE_FILE, LOCAL_STATE_FILE, EXIT_STATUS_FILE):
         if job.file(name).exists():
             os.replace(job.file(name), job.file(f"{name}.{stamp}"))
+            moved.append((job.file(name), job.file(f"{name}.{stamp}")))
     job.file(CANCEL_FILE).unlink(missing_ok=True)
+    return moved
+
+
+def put_back(moved: list[tuple[Path, Path]]) -> None:
+    """Undo set_aside when the fit was not submitted after all (best effort)."""
+    for original, kept in moved:
+        try:
+            os.replace(kept, original)
+        except OSError:
+            pass
 
 
 def resume(
@@ -431,5 +453,5 @@ def resume(
         return jobstate.status([job])[0]
     job_id = slurm.sbatch(job.file(SCRIPT_FILE), job.path)
     earlier = [*spec["slurm"].get("earlier_job_ids", []), spec["slurm"]["job_id"]]
-    record_submission(job, job_id, {"job_id": job_id, "submitted": time.time(), "earlier_job_ids": earlier})
+    _record_submission(job, job_id, {"job_id": job_id, "submitted": time.time(), "earlier_job_ids": earlier})
     return {"job_id": job_id, "job_dir": str(job.path), "resumed": True}
