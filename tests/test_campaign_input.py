@@ -35,16 +35,18 @@ def test_sacct_records_of_array_tasks_are_keyed_by_task(isolated, monkeypatch):
     answer.write_text(
         "631|630_0|peak|COMPLETED|0:0|00:00:03\n632|630_1|peak|RUNNING|0:0|00:00:01\n"
         "630|630_[2-3%2]|peak|PENDING|0:0|00:00:00\n640|640|peak|FAILED|1:0|00:00:02\n"
+        "650|650|peak|CANCELLED by 0|0:0|00:00:00\n"
     )
     (shims / "sacct").write_text(f'#!/bin/sh\necho "$@" >> {calls}\ncat {answer}\n')
     (shims / "sacct").chmod(0o755)
     monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
     monkeypatch.setenv("BUMPS_MPI_ACCOUNTING", "sacct")
-    found = slurm.sacct(["630_0", "630_3", "640", "630_2"])
+    found = slurm.sacct(["630_0", "630_3", "640", "630_2", "650_4"])
     assert found["630_0"]["State"] == "COMPLETED" and found["630_1"]["State"] == "RUNNING"
     assert found["630_2"]["State"] == found["630_3"]["State"] == "PENDING"
     assert found["640"]["State"] == "FAILED"
-    assert calls.read_text().split()[-1] == "630,640"
+    assert found["650_4"]["State"] == "CANCELLED by 0"  # cancelled before it started: the array's record
+    assert calls.read_text().split()[-1] == "630,640,650"
 
 
 def test_fits_from_each_args_from_and_models(tmp_path):

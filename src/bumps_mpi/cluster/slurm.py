@@ -161,8 +161,17 @@ def sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
 
     Through pyslurm when accounting_backend() says so; if pyslurm fails, through sacct.
     """
+    asked = _queried(job_ids)
+    records = _accounting(asked)
+    for wanted in job_ids:  # an array's tasks that never had a record of their own (cancelled before
+        array, sep, _ = wanted.partition("_")  # they started) are its bare id's record: '7', not 7_3
+        if sep and wanted not in records and array in records:
+            records[wanted] = records[array]
+    return records
+
+
+def _accounting(job_ids: list[str]) -> dict[str, dict[str, str]]:
     records: dict[str, dict[str, str]] = {}
-    job_ids = _queried(job_ids)
     if job_ids and accounting_backend() == "pyslurm":
         from . import pyslurm_backend
 
