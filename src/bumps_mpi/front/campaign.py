@@ -323,7 +323,7 @@ def jobs(path: Path) -> list[JobDir]:
 def status(path: Path) -> dict[str, Any]:
     """Counts by state, overall progress, the fits that need attention, and every fit's record."""
     campaign = load(path)
-    records = jobstate.status(jobs(path))
+    records = jobstate.status([JobDir(path / f["dir"]) for f in campaign["fits"]])
     for fit, record in zip(campaign["fits"], records, strict=True):
         record["index"], record["label"] = fit["index"], fit["label"]
     counts = Counter(r["state"] for r in records)

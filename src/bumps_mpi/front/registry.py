@@ -41,8 +41,28 @@ def add(entry: dict[str, Any]) -> None:
 
 
 def entries() -> list[dict[str, Any]]:
-    """Newest first; unusable lines are skipped and listed in SKIPPED."""
+    """Newest first; unusable lines are skipped and listed in SKIPPED.
+
+    Parsed once per command while the file is unchanged (a command may look up a campaign, then a job).
+    """
     path = registry_path()
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        SKIPPED.clear()
+        return []
+    except OSError as exc:
+        raise UnreadableFile(path, exc.strerror or str(exc)) from None
+    key = (str(path), info.st_mtime_ns, info.st_size)
+    if _PARSED.get("key") != key:
+        _PARSED.update(key=key, entries=_parse(path))
+    return list(_PARSED["entries"])
+
+
+_PARSED: dict[str, Any] = {}  # the last file parsed, by path, modification time and size
+
+
+def _parse(path: Path) -> list[dict[str, Any]]:
     SKIPPED.clear()
     try:
         data = path.read_bytes()
