@@ -184,6 +184,15 @@ def test_a_model_that_fails_its_check_is_refused_at_once(service):
     assert all(f["name"] != "syntax_error" for f in service.client("alice").get("/api/v1/fits").json())
 
 
+def test_a_file_of_the_services_host_named_as_an_argument_stays_closed_to_the_model(service):
+    """The command line opens the files its user names as arguments to the model's sandbox; a user of the
+    service naming the service's secret (or another fit's files) gets nothing of them."""
+    secret = service.data / "secret"
+    answer = submit(service.client("alice"), MODELS / "peak_file.py", args=json.dumps([str(secret)]))
+    assert answer.status_code == 422 and "Permission denied" in answer.json()["detail"], answer.text
+    assert all(f["name"] != "peak_file" for f in service.client("alice").get("/api/v1/fits").json())
+
+
 def test_the_api_has_an_openapi_description_and_filters(service):
     schema = httpx.get(f"{service.url}/api/v1/openapi.json").json()
     paths = schema["paths"]
