@@ -120,8 +120,8 @@ def test_the_workers_api_refuses_what_an_attacker_would_try(slurm_cluster):
             answer = httpx.post(f"{url}/api/v1/workers/register", json={"token": made(), "name": name,
                                                                         "labels": labels})  # fmt: skip
             assert answer.status_code == 201, answer.text
-            return httpx.Client(
-                base_url=url, headers={"Authorization": f"Bearer {answer.json()['credential']}"}
+            return httpx.Client(  # a claim waits claim_wait_s (5 s) for a fit: longer than httpx's default
+                base_url=url, headers={"Authorization": f"Bearer {answer.json()['credential']}"}, timeout=30
             )
 
         def made() -> str:
