@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bumps_mpi.cluster.states import TERMINAL as TERMINAL_STATES
+from bumps_mpi.sandbox import landlock
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "peak.py"
@@ -130,12 +132,16 @@ def fake_job(
     job_dir: Path, state: str = "COMPLETED", result: bool = True, register: bool = True, **spec: object
 ) -> Path:
     """A finished local job directory written by hand (no MPI run): for tests of what reads one."""
+    from bumps_mpi.jobdir import control_dir
+
     job_dir.mkdir(parents=True)
+    control = control_dir(job_dir.resolve())
+    control.mkdir(parents=True)
     now = time.time()
-    (job_dir / "job.json").write_text(
-        json.dumps({"name": "fake", "model": str(EXAMPLE), "fit": "dream", "created": now, **spec})
-    )
-    (job_dir / "local.json").write_text(
+    request = json.dumps({"name": "fake", "model": str(EXAMPLE), "fit": "dream", "created": now, **spec})
+    (control / "request.json").write_text(request)
+    (job_dir / "job.json").write_text(request)
+    (control / "local.json").write_text(
         json.dumps({"state": state, "exit_code": 0, "started": now - 5, "finished": now})
     )
     if result:
@@ -385,3 +391,27 @@ def chromium():
     ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+SANDBOX_USER = "bumpsci"  # made by the test set-up: an ordinary account with a home directory
+
+
+@pytest.fixture(scope="session")
+def landlock_abi():
+    abi = landlock.abi_version()
+    if abi < 6:
+        unavailable(f"this kernel offers Landlock ABI {abi}: the sandbox tests need 6 (files, TCP, scopes)")
+    return abi
+
+
+@pytest.fixture(scope="session")
+def user():
+    """An ordinary account (uid, gid, home), created once if missing: needs root, as CI is."""
+    if os.geteuid() != 0:
+        unavailable("creating the unprivileged test user needs root")
+    try:
+        entry = pwd.getpwnam(SANDBOX_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", SANDBOX_USER], check=True)
+        entry = pwd.getpwnam(SANDBOX_USER)
+    return entry

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLE, MODELS, NOBODY, cli, fake_job, one_line_error, write_model
 
+from bumps_mpi.jobdir import JobDir
+
 
 def listing(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else None
@@ -312,7 +314,7 @@ def test_unknown_job(isolated):
 def test_a_broken_job_json_is_named_and_the_others_still_listed(isolated, content, why):
     healthy = fake_job(isolated / "jobs" / "healthy")
     broken = fake_job(isolated / "jobs" / "broken")
-    path = broken / "job.json"
+    path = JobDir(broken).file("request.json")  # the request, in the control directory
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     for command in ("status", "results", "cancel", "resume"):
         one_line_error(cli(command, broken), f"cannot read {path}: ", why)
@@ -335,7 +337,7 @@ def test_a_truncated_result_json(isolated):
 
 def test_broken_cache_and_progress_files_never_break_status(isolated):
     job = fake_job(isolated / "jobs" / "one")
-    (job / "state.json").write_text("garbage")
+    JobDir(job).file("state.json").write_text("garbage")
     (job / "progress.json").write_text("[]")
     (job / "error.json").mkdir()
     shown = cli("status", job, "--json")
@@ -438,11 +440,56 @@ def test_status_without_slurm_is_unknown_not_pending(isolated, monkeypatch):
     """When Slurm cannot answer, a submitted job's state is UNKNOWN with the reason, never a guess."""
     job_dir = isolated / "job"
     job_dir.mkdir()
-    (job_dir / "job.json").write_text(json.dumps({"name": "peak", "slurm": {"job_id": "4242"}}))
+    JobDir(job_dir).control.mkdir(parents=True)
+    JobDir(job_dir).file("request.json").write_text(json.dumps({"name": "peak", "slurm": {"job_id": "4242"}}))
     monkeypatch.setenv("PATH", "/nonexistent")
     record = json.loads(cli("status", job_dir, "--json").stdout)[0]
     assert record["state"] == "UNKNOWN" and record["job_id"] == "4242"
     assert "Slurm not reachable" in record["reason"] and "sacct" in record["reason"]
+
+
+def test_a_model_path_that_is_a_loop_of_links_is_one_line(isolated):
+    loop = isolated / "loop.py"
+    loop.symlink_to(loop)
+    one_line_error(cli("submit", loop, "--dry-run"), "is a loop of symbolic links")
+    nothing_written(isolated)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminal_closed_during_the_check_ends_the_check_and_its_files(isolated, signum):
+    """SIGHUP (the terminal closed) or SIGTERM while the model check runs: the check's whole process
+    group ends with bumps-submit, and its scratch directory is removed."""
+    pidfile = isolated / "check.pid"
+    model = write_model(
+        isolated / "slow.py",
+        f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\nwhile True: pass\n",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bumps_mpi", "submit", str(model), "--dry-run", "--sandbox", "off"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pid = int(pidfile.read_text())
+    scratch = [p for p in Path(tempfile.gettempdir()).glob("bumps-mpi-child-*") if _owns(p, pid)]
+    proc.send_signal(signum)
+    proc.wait(timeout=30)
+    assert proc.returncode == 128 + signum, proc.stderr.read()
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid), "the model check still runs"
+    assert scratch and not any(p.exists() for p in scratch)
+
+
+def _owns(scratch: Path, pid: int) -> bool:
+    """Whether the process *pid* answers into the scratch directory (its command line names it)."""
+    try:
+        return str(scratch) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
 
 
 def test_interrupting_the_check_leaves_nothing_running(isolated):
@@ -489,7 +536,7 @@ def test_interrupting_the_check_leaves_nothing_running(isolated):
 def test_job_files_of_the_wrong_shape(isolated, name, content):
     healthy = fake_job(isolated / "jobs" / "healthy")
     odd = fake_job(isolated / "jobs" / "odd")
-    (odd / name).write_text(json.dumps(content))
+    JobDir(odd).file(name).write_text(json.dumps(content))  # control files where they belong
     listed = cli("status")
     assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
     assert str(healthy) in listed.stdout
@@ -546,5 +593,7 @@ def test_a_hung_sbatch_keeps_the_directory_and_says_so(isolated, monkeypatch):
         SubmitError, match="the queue cannot say whether the job was queued.*is kept"
     ) as caught:
         submission.submit(request)
-    kept = [p for p in (isolated / "jobs").iterdir()]
-    assert len(kept) == 1 and str(kept[0]) in str(caught.value) and (kept[0] / "run.sbatch").is_file()
+    kept = [p for p in (isolated / "jobs").iterdir() if not p.name.startswith(".")]
+    assert (
+        len(kept) == 1 and str(kept[0]) in str(caught.value) and JobDir(kept[0]).file("run.sbatch").is_file()
+    )

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from conftest import FAILING_FIT, ROOT, SMALL_DREAM, TERMINAL, cli, cli_json, one_line_error
 
+from bumps_mpi.jobdir import control_dir
+
 pytestmark = pytest.mark.slurm
 
 PEAK_FILE = ROOT / "tests" / "models" / "peak_file.py"
@@ -249,7 +251,7 @@ def test_each_fit_of_a_campaign_requeues_itself_at_its_time_limit(slurm_cluster,
         for earlier, later in zip(runs, runs[1:], strict=False):
             assert earlier["reason"] == "time limit" and earlier["slurm_job_id"] == f"{array_id}_{i}"
             assert later["resumed_from_step"] == earlier["checkpoint_step"]
-        log = (fit_dir / f"slurm-{array_id}_{i}.out").read_text()  # the task's own log, appended
+        log = (control_dir(fit_dir) / f"slurm-{array_id}_{i}.out").read_text()  # the task's own log, appended
         assert log.count("resuming from the checkpoint") == len(runs) - 1
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import EXAMPLE, MODELS, cli
 
+from bumps_mpi.jobdir import JobDir, control_dir
 from bumps_mpi.runtime import checkpoint
 
 SLOW = MODELS / "slow_peak.py"
@@ -24,7 +25,7 @@ class _StopAt(checkpoint.StopRequest):
     """A stop asked for once the fit reaches *step* (what the time-limit trap does, at a known moment)."""
 
     def __init__(self, step: int):
-        super().__init__(Path("."))
+        super().__init__(JobDir("."))
         self.step, self.at = 0, step
 
     def poll(self) -> bool:
@@ -220,7 +221,9 @@ def test_local_stop_then_resume_gives_the_full_chain(isolated, mpiexec, signum):
         == progress["steps"]
         == json.loads((Path(reference["job_dir"]) / "progress.json").read_text())["step"]
     )
-    assert list(job_dir.glob("local.json.*"))  # the stopped run's record is kept, not overwritten
+    assert list(
+        control_dir(job_dir).glob("local.json.*")
+    )  # the stopped run's record is kept, not overwritten
     again = cli("resume", job_dir)
     assert again.returncode == 1 and "already completed" in again.stderr
 

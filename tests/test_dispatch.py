@@ -222,7 +222,7 @@ def test_a_worker_cut_off_longer_than_its_lease_cancels_its_fit(slurm_cluster):
         fit = submit(alice, SLOW, **LONG_FIT).json()
         wait(lambda: alice.get(f"/api/v1/fits/{fit['id']}").json()["state"] == "RUNNING", "running")
         service.stop(signal.SIGKILL)  # the controller is gone for longer than the lease
-        state = here.state / "fits" / f"{fit['id']}-1" / "job" / "local.json"
+        state = here.state / "fits" / f"{fit['id']}-1" / ".bumps-control" / "job" / "local.json"
         wait(lambda: json.loads(state.read_text())["state"] == "CANCELLED", "the cut-off worker cancelling")
         assert "cut off from the controller" in here.said()
         service.start()
@@ -253,7 +253,7 @@ def test_a_revoked_worker_stops_its_fits_and_they_go_back_to_the_queue(slurm_clu
         assert revoked.returncode == 0, revoked.stderr
         assert here.proc.wait(timeout=120) == 1  # it stops, saying why
         assert "credential (revoked?)" in here.said()
-        state = here.state / "fits" / f"{fit['id']}-1" / "job" / "local.json"
+        state = here.state / "fits" / f"{fit['id']}-1" / ".bumps-control" / "job" / "local.json"
         wait(lambda: json.loads(state.read_text())["state"] == "CANCELLED", "its job stopped", 60)
         wait(
             lambda: alice.get(f"/api/v1/fits/{fit['id']}").json()["phase"] == "queued",

@@ -20,6 +20,7 @@ import pytest
 from conftest import EXAMPLE, FAILING_FIT, MODELS, cli, cli_json, fake_job, fill, one_line_error
 
 from bumps_mpi.cluster import processes
+from bumps_mpi.jobdir import control_dir
 from bumps_mpi.runtime import checkpoint
 
 SLOW = MODELS / "slow_peak.py"
@@ -57,7 +58,7 @@ def rank_processes(job_dir: Path) -> list[dict]:
 
 
 def nothing_left_running(job_dir: Path) -> bool:
-    local = json.loads((job_dir / "local.json").read_text())
+    local = json.loads((control_dir(job_dir) / "local.json").read_text())
     return not any(processes.alive(p) for p in [local["launcher"], *rank_processes(job_dir)])
 
 
@@ -110,7 +111,7 @@ def test_a_stale_run_is_reported_as_such_and_resumes(isolated, mpiexec):
     wait_until(lambda: (job_dir / "checkpoint.h5").exists(), what="the checkpoint")
     proc.kill()
     proc.wait()
-    local = json.loads((job_dir / "local.json").read_text())
+    local = json.loads((control_dir(job_dir) / "local.json").read_text())
     for process in [*rank_processes(job_dir), local["launcher"]]:
         if processes.alive(process):
             os.kill(process["pid"], signal.SIGKILL)

@@ -37,6 +37,7 @@ def render(**overrides) -> str:
         epilogue=["echo done"],
         version="0.1.0",
         signal_grace=120,
+        max_requeues=2,
     )
     args.update(overrides)
     return render_sbatch(**args)
@@ -170,8 +171,9 @@ def test_prologue_is_shell_written_verbatim():
 def test_hostile_paths_are_quoted_and_inert(tmp_path, job_dir):
     """The script sees the path as one word; bash runs nothing from it (checked by running bash)."""
     python = str(tmp_path / "py; touch pwned")
+    job_dir = f"{job_dir}/peak-1"  # the jobs directory is the user's choice; a job directory's name is ours
     text = render(job_dir=job_dir, python=python, launcher="echo", launcher_args=[], prologue=[], epilogue=[])
-    text = text.replace('cd "$JOB_DIR" ||', "true ||")  # the directory need not exist for this check
+    text = text.replace('cd "$CONTROL_DIR" ||', "true ||")  # the directory need not exist for this check
     proc = subprocess.run(["bash", "-c", text], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"{python} -m mpi4py -m bumps_mpi.job {job_dir}"
@@ -219,10 +221,11 @@ def test_array_script_runs_each_task_in_its_own_fit_directory(tmp_path, campaign
     text = render(
         job_dir=campaign_dir, array="0-5%2", launcher="echo", launcher_args=[], prologue=[], epilogue=[]
     )
-    assert "#SBATCH --array=0-5%2" in text and "#SBATCH --output=fits/%a/slurm-%A_%a.out" in text
+    assert "#SBATCH --array=0-5%2" in text
+    assert "#SBATCH --output=fits/.bumps-control/%a/slurm-%A_%a.out" in text  # never the model's to replace
     # a task requeues itself by its task id: a task's raw id may be the array's own, which names every task
     assert 'scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"' in text
-    text = text.replace('cd "$JOB_DIR" ||', "true ||")
+    text = text.replace('cd "$CONTROL_DIR" ||', "true ||")
     env = {"PATH": "/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "4"}
     proc = subprocess.run(["bash", "-c", text], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr

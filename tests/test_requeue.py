@@ -18,6 +18,8 @@ import h5py
 import pytest
 from conftest import MODELS, TERMINAL, cli, cli_json, sbatch_wrap
 
+from bumps_mpi.jobdir import control_dir
+
 pytestmark = pytest.mark.slurm
 
 SLOW = MODELS / "slow_peak.py"
@@ -102,7 +104,7 @@ def test_fit_three_times_its_time_limit_requeues_itself_to_completion(slurm_clus
     for got, want in zip(result["parameters"], expected["parameters"], strict=True):
         assert abs(got["mean"] - want["mean"]) < 0.5 * want["std"], (got, want)
         assert 0.7 < got["std"] / want["std"] < 1.4, (got, want)
-    log = (job_dir / f"slurm-{job_id}.out").read_text()  # one log, appended by every allocation
+    log = (control_dir(job_dir) / f"slurm-{job_id}.out").read_text()  # one log, appended by every allocation
     assert log.count("resuming from the checkpoint") == len(runs) - 1
 
 

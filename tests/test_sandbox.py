@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -22,7 +21,6 @@ from conftest import EXAMPLE, MODELS, SMALL_DREAM, as_user, cli, cli_json, unava
 from bumps_mpi.sandbox import landlock
 from bumps_mpi.sandbox import policy as sandbox
 
-USER = "bumpsci"  # made by the test set-up: an ordinary account with a home directory
 HOSTILE = MODELS / "hostile.py"
 BLOCKED = {
     "read the secret in the home directory": "EACCES",
@@ -36,27 +34,6 @@ BLOCKED = {
     "signal a process outside the job": "EPERM",
     "write a huge file": "EFBIG",
 }
-
-
-@pytest.fixture(scope="session")
-def landlock_abi():
-    abi = landlock.abi_version()
-    if abi < 6:
-        unavailable(f"this kernel offers Landlock ABI {abi}: the sandbox tests need 6 (files, TCP, scopes)")
-    return abi
-
-
-@pytest.fixture(scope="session")
-def user():
-    """An ordinary account (uid, gid, home), created once if missing: needs root, as CI is."""
-    if os.geteuid() != 0:
-        unavailable("creating the unprivileged test user needs root")
-    try:
-        entry = pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", USER], check=True)
-        entry = pwd.getpwnam(USER)
-    return entry
 
 
 class World:

@@ -27,6 +27,8 @@ from conftest import (
     wait_for_state,
 )
 
+from bumps_mpi.jobdir import control_dir
+
 pytestmark = pytest.mark.slurm
 
 
@@ -41,7 +43,7 @@ def test_fit_completes_and_equals_serial(slurm_cluster, isolated):
     job_id, job_dir = submitted["job_id"], Path(submitted["job_dir"])
     spec = json.loads((job_dir / "job.json").read_text())
     assert spec["slurm"]["job_id"] == job_id
-    assert (job_dir / "run.sbatch").read_text().startswith("#!/bin/bash\n#SBATCH")
+    assert (control_dir(job_dir) / "run.sbatch").read_text().startswith("#!/bin/bash\n#SBATCH")
     # right after submit the job is never reported finished: accounting may not know it yet
     first = cli_json("status", job_id)[0]
     assert first["state"] in ("PENDING", "RUNNING", "COMPLETED") and first["job_dir"] == str(job_dir)
@@ -50,7 +52,8 @@ def test_fit_completes_and_equals_serial(slurm_cluster, isolated):
     assert record["exit"] == "0" and record["elapsed_s"] >= 0  # exit_code: once accounting has caught up
     umask = os.umask(0o022)
     os.umask(umask)  # sbatch passes the submitter's umask to the job: its files follow it
-    for path in (job_dir, job_dir / "export", job_dir / "result.json", job_dir / f"slurm-{job_id}.out"):
+    log = control_dir(job_dir) / f"slurm-{job_id}.out"  # beside the job directory, out of the model's reach
+    for path in (job_dir, job_dir / "export", job_dir / "result.json", log):
         want = (0o777 if path.is_dir() else 0o666) & ~umask
         assert path.stat().st_mode & 0o777 == want, (str(path), oct(path.stat().st_mode))
     found = cli_json("results", job_id)
@@ -58,7 +61,7 @@ def test_fit_completes_and_equals_serial(slurm_cluster, isolated):
     assert found["ranks"] == 2
     assert [p["best"] for p in found["parameters"]] == reference["best"]  # bit-identical to serial
     assert found["chisq"] == reference["chisq"]
-    assert list(job_dir.glob("slurm-*.out")) == [job_dir / f"slurm-{job_id}.out"]
+    assert list(control_dir(job_dir).glob("slurm-*.out")) == [log] and not list(job_dir.glob("slurm-*"))
     check_figures_and_report(job_dir)  # drawn by rank 0 at the job's end
     human = cli("results", job_id)
     assert human.returncode == 0 and "chisq" in human.stdout and reference["labels"][0] in human.stdout
@@ -136,7 +139,7 @@ def test_status_lists_my_jobs_newest_first(slurm_cluster, isolated):
 
 
 def _slurm_out(job_dir: str) -> str:
-    return "\n".join(p.read_text() for p in Path(job_dir).glob("slurm-*.out"))
+    return "\n".join(p.read_text() for p in control_dir(Path(job_dir)).glob("slurm-*.out"))
 
 
 def test_dead_rank_ends_failed_and_is_named(slurm_cluster, isolated):
@@ -176,10 +179,12 @@ def test_progress_while_running_then_watch(slurm_cluster, isolated):
     done = cli_json("status", submitted["job_id"])[0]
     assert done["progress"]["done"] and done["progress"]["step"] == done["progress"]["steps"]
     deadline = time.monotonic() + 60  # cached once accounting's final record is in (it lags a few seconds)
-    while not (Path(submitted["job_dir"]) / "state.json").is_file() and time.monotonic() < deadline:
+    while (
+        not (control_dir(Path(submitted["job_dir"])) / "state.json").is_file() and time.monotonic() < deadline
+    ):
         time.sleep(1)
         cli_json("status", submitted["job_id"])
-    assert (Path(submitted["job_dir"]) / "state.json").is_file()  # finished: cached
+    assert (control_dir(Path(submitted["job_dir"])) / "state.json").is_file()  # finished: cached
 
 
 def test_watch_a_failing_fit_exits_non_zero(slurm_cluster, isolated):
@@ -196,7 +201,7 @@ def test_held_job_is_pending_with_reason_and_hint(slurm_cluster, isolated, monke
     monkeypatch.setenv("BUMPS_MPI_CONFIG", str(site))
     submitted = submit(isolated, EXAMPLE, *SMALL_DREAM)
     job_id = submitted["job_id"]
-    assert "#SBATCH --hold" in (Path(submitted["job_dir"]) / "run.sbatch").read_text()
+    assert "#SBATCH --hold" in (control_dir(Path(submitted["job_dir"])) / "run.sbatch").read_text()
     shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
     assert "Comment=two words|cn[01-03]" in shown, shown
     try:
@@ -229,10 +234,14 @@ def test_two_hundred_jobs_cost_at_most_four_accounting_calls(slurm_cluster, isol
     template = json.loads((Path(finished["job_dir"]) / "job.json").read_text())
     for n in range(199):  # 199 more job directories, with ids accounting does not know
         job_dir = isolated / "many" / f"job{n}"
+        control_dir(job_dir).mkdir(parents=True)
         job_dir.mkdir(parents=True)
-        (job_dir / "job.json").write_text(json.dumps({**template, "slurm": {"job_id": str(900000 + n)}}))
+        request = json.dumps({**template, "slurm": {"job_id": str(900000 + n)}})
+        (control_dir(job_dir) / "request.json").write_text(request)
         registry_add(job_dir, str(900000 + n))
-    (Path(finished["job_dir"]) / "state.json").unlink(missing_ok=True)  # as if never asked before
+    (control_dir(Path(finished["job_dir"])) / "state.json").unlink(
+        missing_ok=True
+    )  # as if never asked before
     records = cli_json("status", "--limit", "200")
     calls = log.read_text().split()
     assert len(records) == 200 and calls.count("sacct") <= 4 and calls.count("squeue") <= 1, calls
@@ -282,7 +291,7 @@ def test_accounting_down_falls_back_to_the_controller_then_recovers(slurm_cluste
             [str(ROOT / "scripts" / "slurm-cluster"), "start"], capture_output=True, check=True, env=restart
         )
     # accounting is back and catches up with a lag: the state never goes back to RUNNING meanwhile
-    state_file = Path(running["job_dir"]) / "state.json"
+    state_file = control_dir(Path(running["job_dir"])) / "state.json"
     seen = []
     deadline = time.monotonic() + 120
     while not state_file.exists() and time.monotonic() < deadline:
@@ -411,7 +420,7 @@ def test_a_job_slurm_does_not_know_is_pending_then_unknown(slurm_cluster, isolat
         records["987654322"]["state"] == "UNKNOWN"
         and "Slurm knows no job 987654322" in records["987654322"]["reason"]
     ), records
-    assert not (old / "state.json").exists() and not (fresh / "state.json").exists()
+    assert not (control_dir(old) / "state.json").exists() and not (control_dir(fresh) / "state.json").exists()
 
 
 def test_a_preempted_state_is_never_cached(slurm_cluster, isolated):
@@ -423,7 +432,7 @@ def test_a_preempted_state_is_never_cached(slurm_cluster, isolated):
     try:
         record = wait_for_state(str(job), timeout=180)
         assert record["state"] == "PREEMPTED", record
-        assert not (job / "state.json").exists()  # Slurm may still requeue it: never cached
+        assert not (control_dir(job) / "state.json").exists()  # Slurm may still requeue it: never cached
     finally:
         subprocess.run(["scancel", job_id, urgent], check=False)
 
@@ -447,19 +456,22 @@ def test_caching_on_a_full_disk_never_breaks_status(slurm_cluster, isolated, sma
     submitted = submit(isolated, EXAMPLE, *SMALL_DREAM)
     original = Path(submitted["job_dir"])
     deadline = time.monotonic() + 120
-    while not (original / "state.json").exists():  # accounting's final record is in: it gets cached
+    while not (
+        control_dir(original) / "state.json"
+    ).exists():  # accounting's final record is in: it gets cached
         assert time.monotonic() < deadline, "accounting never gave the final state"
         cli_json("status", submitted["job_id"])
         time.sleep(1)
     copy = small_disk / "job"
     copy.mkdir()
-    for name in ("job.json", "result.json"):
-        shutil.copy(original / name, copy / name)
+    control_dir(copy).mkdir(parents=True)
+    shutil.copy(control_dir(original) / "request.json", control_dir(copy) / "request.json")
+    shutil.copy(original / "result.json", copy / "result.json")
     fill(small_disk)
     shown = cli("status", copy, "--json")
     assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
     record = json.loads(shown.stdout)[0]
-    assert record["state"] == "COMPLETED" and not (copy / "state.json").exists(), record
+    assert record["state"] == "COMPLETED" and not (control_dir(copy) / "state.json").exists(), record
     results = cli("results", copy)
     assert results.returncode == 0 and "chisq" in results.stdout, results.stderr
 
@@ -469,4 +481,4 @@ def test_a_cancel_slurm_refuses_leaves_no_cancel_request(slurm_cluster, isolated
     job = fake_job(isolated / "ghost", result=False, slurm={"job_id": "987654323", "submitted": time.time()})
     done = cli("cancel", job)
     assert done.returncode == 1 and "scancel 987654323 failed: Kill job error" in done.stderr, done.stderr
-    assert not (job / "cancel-request").exists()
+    assert not (control_dir(job) / "cancel-request").exists()

@@ -78,8 +78,8 @@ def _id_or_none(job: JobDir) -> str | None:
 
 
 def ended_for_good(record: dict[str, Any]) -> bool:
-    """A final state that Slurm will not requeue, and the job's processes gone: the fit's own files show
-    its end a moment before that (rank 0 still draws the figures, the job still exits)."""
+    """A final state that Slurm will not requeue, and the job's processes gone (a state is final only
+    then: the fit's own files, which the model can write, never end it)."""
     state = JobState(record["state"])
     if not state.terminal or state in (JobState.PREEMPTED, JobState.NODE_FAIL):
         return False
@@ -184,15 +184,11 @@ def _record(job: JobDir, cached: dict | None, view: _SlurmView) -> dict[str, Any
         record.update(_slurm_state(job, job_id, view, error, record["submitted"]))
     record["state"] = _out_of_memory(JobState(record["state"]), error).value
     state = JobState(record["state"])
-    if state in (JobState.RUNNING, JobState.UNKNOWN) and (result is not None or error is not None):
-        # the fit has ended and said how; the Slurm job is finishing, or Slurm cannot be asked: never
-        # show it running again after the controller (or these files) showed its end
-        ended = JobState.COMPLETED if result is not None else _out_of_memory(JobState.FAILED, error)
-        record["state"] = ended.value
-        record["finishing"] = state is JobState.RUNNING  # its processes still run (drawing figures, exiting)
-        record["reason"] = (
-            None if state is JobState.RUNNING else f"from the job directory; {record['reason']}"
-        )
+    if state is JobState.RUNNING and (result is not None or error is not None):
+        # The fit's files say it ended; its processes still run (drawing figures, writing the report,
+        # exiting), or the model wrote them: Slurm and the process table decide when it has ended.
+        record["finishing"] = True
+        record["reason"] = "finishing: " + ("result written" if result is not None else "error written")
     if progress is not None:
         record["restarts"] = progress.get("restarts", 0)  # allocations after the first: requeues, resumes
         if record["state"] == JobState.PENDING.value and not progress.get("done"):

@@ -34,6 +34,7 @@ from ..jobdir import (
     write_atomic,
     write_json,
 )
+from ..pythonenv import safe_environment
 from . import processes
 
 ENDED = ("COMPLETED", "FAILED", "CANCELLED")  # how a local run can end, as local.json records it
@@ -140,7 +141,8 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
                 command,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                cwd=job.path,
+                cwd=job.control,  # never the job directory: nothing planted there is imported (pythonenv)
+                env=safe_environment(),
                 start_new_session=True,
             )
             launched.append(proc)

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..jobdir import ERROR_FILE, RANKS_FILE, JobDir, read_json, write_json
+from ..jobdir import ERROR_FILE, RANKS_FILE, JobDir, read_json, read_tail, write_json
 from .states import describe_exit
 
 SRUN_TASK = re.compile(r"srun: error: (\S+): tasks? ([0-9,-]+): (.+)")
@@ -49,9 +49,9 @@ def write_postmortem(job_dir: Path, status: int, log: Path) -> dict | None:
             return None
     except Exception:  # unreadable: the run's own record exists, do not overwrite it
         return None
-    try:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:])
-    except FileNotFoundError:
+    try:  # a local run's log is in the job directory: its tail only, never through a link
+        tail = "\n".join(read_tail(log).decode(errors="replace").splitlines()[-60:])
+    except OSError:
         tail = ""
     try:
         ranks = read_json(job.file(RANKS_FILE), kind=list)

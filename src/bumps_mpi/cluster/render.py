@@ -19,6 +19,7 @@ from string import Template
 from ..errors import UsageError
 from ..jobdir import (
     CANCEL_FILE,
+    CONTROL_DIR,
     ERROR_FILE,
     EXIT_STATUS_FILE,
     FITS_DIR,
@@ -140,16 +141,31 @@ def render_sbatch(
     epilogue: list[str] | tuple[str, ...] = (),
     version: str = "",
     signal_grace: int,
+    max_requeues: int,
     array: str | None = None,
 ) -> str:
     """The sbatch text for one job; the keyword arguments are the whole set of options.
 
     With *array* (Slurm's --array text, '0-5%2') it is a campaign's job array: *job_dir* is the campaign's
     directory, and each task runs in its own job directory, fits/<task index> (bumps_mpi.front.campaign).
+    The log and the script's own files are in the job's control directory (bumps_mpi.jobdir), which the
+    job's sandbox cannot write: slurmd opens the log as the user, and would follow a link the model left.
     """
     if "\n" in job_dir or "\r" in job_dir:
         raise UsageError("the job directory path contains a line break; choose another --jobs-dir")
-    log = SLURM_LOG_PATTERN if array is None else f"{FITS_DIR}/%a/{SLURM_ARRAY_LOG_PATTERN}"
+    if max_requeues < 0:
+        raise UsageError(f"max_requeues must be 0 or more, got {max_requeues}")
+    base = job_dir.rstrip("/").rsplit("/", 1)[-1]
+    if array is None:
+        log = (
+            f"../{CONTROL_DIR}/{base}/{SLURM_LOG_PATTERN}"  # relative to the job directory, where sbatch runs
+        )
+        control = shlex.quote(job_dir.rstrip("/").rsplit("/", 1)[0] + f"/{CONTROL_DIR}/{base}")
+    else:
+        log = f"{FITS_DIR}/{CONTROL_DIR}/%a/{SLURM_ARRAY_LOG_PATTERN}"
+        control = shlex.quote(f"{job_dir.rstrip('/')}/{FITS_DIR}/{CONTROL_DIR}") + '/"$SLURM_ARRAY_TASK_ID"'
+    if not SAFE_VALUE.match(log):
+        raise UsageError(f"job directory name {base!r}: use letters, digits and _@%+=:,.- only")
     lines = {
         "job-name": _directive("job-name", name, "name"),
         "output": f"#SBATCH --output={log}",  # relative: sbatch runs in the job (or campaign) directory
@@ -192,6 +208,8 @@ def render_sbatch(
         grace=grace,
         name=name,
         job_dir=shlex.quote(job_dir) + ("" if array is None else f'/{FITS_DIR}/"$SLURM_ARRAY_TASK_ID"'),
+        control_dir=control,
+        max_requeues=int(max_requeues),
         prologue="\n".join(prologue),
         launch=f"{launch_text} {shlex.quote(python)}",
         python=shlex.quote(python),

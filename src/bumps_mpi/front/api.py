@@ -18,10 +18,12 @@ from ..jobdir import (
     CANCEL_FILE,
     CHECKPOINT_FILE,
     CHECKPOINT_REQUEST_FILE,
-    JOB_FILE,
     LOCAL_LOG_FILE,
+    REQUEST_FILE,
     RESUMABLE_FITTERS,
     JobDir,
+    control_dir,
+    is_job_dir,
     slurm_log,
     write_atomic,
 )
@@ -31,14 +33,17 @@ from . import registry
 def resolve(ref: str) -> JobDir:
     """A job id (from the registry) or a job directory; its job.json must be readable."""
     path = Path(ref)
-    if path.is_dir() and (path / JOB_FILE).exists():
+    if is_job_dir(path):
         job = JobDir(path)
     else:
         entry = registry.find(ref)
         if entry is not None:
             job = JobDir(entry["job_dir"])
         elif path.is_dir():
-            raise JobNotFound(f"{ref} is a directory but not a bumps-mpi job directory (no {JOB_FILE})")
+            raise JobNotFound(
+                f"{ref} is a directory but not a job directory of this bumps-mpi (no {REQUEST_FILE} in "
+                f"{control_dir(path.resolve())})"
+            )
         elif path.exists():
             raise JobNotFound(f"{ref} is a file: give a job directory or a job id")
         else:
@@ -114,7 +119,7 @@ def results(ref: str) -> dict[str, Any]:
     hint = f"; continue it with 'bumps-submit resume {ref}'" if resumable else ""
     if state == JobState.COMPLETED.value:
         raise JobNotFound(f"job {ref} is COMPLETED but its result.json is missing from {job.path} (deleted?)")
-    log = job.path / (slurm_log(record["job_id"]) if record["job_id"] else LOCAL_LOG_FILE)
+    log = job.file(slurm_log(record["job_id"]) if record["job_id"] else LOCAL_LOG_FILE)
     why = f" ({record['reason']})" if record.get("reason") else ""
     raise JobNotFound(f"job {ref} ended {state}{why} without results; its log: {log}{hint}")
 

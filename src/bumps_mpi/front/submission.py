@@ -35,13 +35,17 @@ from ..jobdir import (
     JOB_FILE,
     LOCAL_STATE_FILE,
     MODEL_DIR,
+    REQUEST_FILE,
     RESUMABLE_FITTERS,
     SCRIPT_FILE,
     STATE_FILE,
     JobDir,
+    control_dir,
     current_umask,
+    is_control_name,
     write_atomic,
 )
+from ..runtime.fit import check_model_file
 from . import registry
 from .validation import check_environment, check_resources
 
@@ -174,23 +178,39 @@ def spec_of(
 
 
 def create_job_dir(target: Path, files: dict[str, str], model: Path) -> JobDir:
-    """Build the directory under a temporary name, then rename: a job dir is complete or absent."""
-    staging: Path | None = None
+    """Build the job directory and its control directory under temporary names, then rename: a job
+    directory is complete or absent. *files* go where JobDir.file puts them; JOB_FILE is the request,
+    kept in the control directory (trusted) with a copy in the job directory (for the record)."""
+    control = control_dir(target)
+    staged: list[Path] = []
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700 whatever the umask
+        control.parent.mkdir(parents=True, exist_ok=True)
+        for where in (control.parent, target.parent):
+            made = Path(tempfile.mkdtemp(dir=where, prefix=f".{target.name}.", suffix=".tmp"))
+            os.chmod(made, 0o777 & ~current_umask())  # mkdtemp makes it 0700 whatever the umask
+            staged.append(made)
+        control_staging, staging = staged
         for fname, text in files.items():
-            write_atomic(staging / fname, text)
+            if fname == JOB_FILE:
+                write_atomic(control_staging / REQUEST_FILE, text)
+            write_atomic((control_staging if is_control_name(fname) else staging) / fname, text)
         (staging / MODEL_DIR).mkdir()
         copy = staging / MODEL_DIR / model.name
         shutil.copyfile(model, copy)  # the umask's permissions, like every other file here
         shutil.copystat(model, copy, follow_symlinks=True)
         os.chmod(copy, 0o666 & ~current_umask())
-        os.rename(staging, target)  # a target that appeared meanwhile is never overwritten, unless empty
+        if control.exists() and not target.exists():  # what a deleted job directory left behind
+            shutil.rmtree(control)
+        os.rename(control_staging, control)  # an existing control directory is never overwritten
+        staged.remove(control_staging)
+        try:
+            os.rename(staging, target)  # a target that appeared meanwhile is never overwritten, unless empty
+        except OSError:
+            shutil.rmtree(control, ignore_errors=True)
+            raise
     except OSError as exc:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        for made in staged:
+            shutil.rmtree(made, ignore_errors=True)
         if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):  # a non-empty target appeared meanwhile
             raise UsageError(f"job directory {target} already exists (nothing was changed)") from None
         raise UsageError(f"cannot create job directory {target}: {exc.strerror or exc}") from None
@@ -212,6 +232,7 @@ def place(request: JobRequest) -> tuple[Settings, str, Path]:
     """The cheap checks (name, resources, environment) and where the new directory goes: (settings, the
     job's name, its path)."""
     settings = load_settings(request.profile, request.resources)
+    check_model_file(Path(request.model))  # before the check's child: a loop of links is one line
     name = _check_name(request)
     check_resources(settings, settings.sources)
     check_environment()
@@ -234,6 +255,7 @@ def render(settings: Settings, name: str, target: Path, array: str | None = None
         epilogue=settings["epilogue"],
         version=__version__,
         signal_grace=settings["signal_grace"],
+        max_requeues=int(settings["max_requeues"]),
         array=array,
     )
 
@@ -295,7 +317,7 @@ def submit(request: JobRequest) -> dict[str, Any]:
             f"interrupted while sbatch ran: the job may be queued; {job.path} is kept"
         ) from None
     except BaseException:
-        shutil.rmtree(job.path, ignore_errors=True)  # never submitted: leave no orphan directory
+        job.remove()  # never submitted: leave no orphan directory
         raise
     _record_submission(job, job_id, {"job_id": job_id, "submitted": time.time()})
     return {"job_id": job_id, "job_dir": str(job.path), "notes": prepared.notes}
@@ -356,7 +378,7 @@ def create_local(request: JobRequest, ranks: int | None = None, warn: Any = None
     try:
         _start_from(job, request)
     except BaseException:
-        shutil.rmtree(job.path, ignore_errors=True)
+        job.remove()
         raise
     _register(None, job, prepared.spec["name"])
     return job, ranks

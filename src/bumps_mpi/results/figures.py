@@ -18,6 +18,7 @@ point, and every such figure says so.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import sys
@@ -27,12 +28,12 @@ from typing import Any
 
 from ..jobdir import (
     CHECKPOINT_FILE,
+    DEFAULT_MAX_READ_BYTES,
     EXPORT_DIR,
     FIGURES_DIR,
     FIGURES_MANIFEST,
     RESULT_FILE,
     JobDir,
-    read_json,
     write_json,
 )
 
@@ -41,6 +42,7 @@ TITLES = {  # what each of Bumps' figures shows, for captions
     "vars": "Posterior distribution of each parameter",
     "corr": "Correlations between parameters",
     "trace": "Parameter traces",
+    "acceptance": "acceptance",
     "logp": "Log-likelihood convergence",
     "parcor": "Parallel coordinates of the draws",
     "errors": "Model uncertainty from the posterior draws",
@@ -168,6 +170,7 @@ def _draw_dream(problem: Any, state: Any, out: Path, fmt: str, problems: list[st
     return [
         {"name": p.stem, "file": p.name, "title": TITLES.get(_kind(p), _kind(p))}
         for p in sorted(out.glob(f"dream-*.{fmt}"), key=rank)
+        if _kind(p) in TITLES and p.is_file() and not p.is_symlink()  # only what plot_all draws, never a link
     ]
 
 
@@ -264,7 +267,8 @@ def main(argv: list[str]) -> None:
 
     answer, request = child.request(argv)
     try:
-        spec = JobDir(request["job_dir"]).spec
+        job = JobDir(request["job_dir"])
+        spec = job.spec  # the request, from the control directory: read before confinement, kept
         asked = spec.get("sandbox") or {"level": "off"}
         child.confine(asked, spec["model"], Path(request["out"]), read=[request["job_dir"]])
     except BumpsMpiError as exc:
@@ -272,8 +276,7 @@ def main(argv: list[str]) -> None:
     from ..runtime.fit import load_model
 
     try:
-        job = JobDir(request["job_dir"])
-        problem = load_model(job.spec["model"], job.spec.get("model_args", []))
+        problem = load_model(spec["model"], spec.get("model_args", []))
         best, state, source = _values(job, problem, request.get("state"))
         manifest = draw(problem, best, state, Path(request["out"]), request["format"], source)
         write_json(Path(request["out"]) / FIGURES_MANIFEST, manifest)
@@ -359,21 +362,28 @@ def in_job(jobdir: JobDir, problem: Any, best: Any, state: Any) -> dict[str, Any
 
 def manifest_of(job: JobDir) -> dict[str, Any] | None:
     """The figures drawn for a job, or None; never raises for a broken manifest."""
-    try:
-        return read_json(job.file(FIGURES_DIR) / FIGURES_MANIFEST)
+    try:  # beneath the job directory: figures/ may be a link the model left
+        data = json.loads(job.read_beneath(f"{FIGURES_DIR}/{FIGURES_MANIFEST}", DEFAULT_MAX_READ_BYTES))
     except Exception:
         return None
+    return data if isinstance(data, dict) else None
 
 
 def is_final(job: JobDir, manifest: dict[str, Any] | None) -> bool:
     """True when the job's figures are PNGs drawn from its final result (nothing newer to draw)."""
-    return (
-        manifest is not None
-        and manifest.get("format") == "png"
-        and manifest.get("source", {}).get("kind") == "result"
-        and job.file(RESULT_FILE).exists()
-        and all((job.file(FIGURES_DIR) / f["file"]).exists() for f in manifest.get("figures", []))
-    )
+    try:  # the manifest is the model's to write: any shape, any name
+        return (
+            manifest is not None
+            and manifest.get("format") == "png"
+            and manifest.get("source", {}).get("kind") == "result"
+            and job.file(RESULT_FILE).exists()
+            and all(
+                (job.file(FIGURES_DIR) / Path(str(f["file"])).name).is_file()
+                for f in manifest.get("figures", [])
+            )
+        )
+    except (AttributeError, TypeError, KeyError):
+        return False
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ from ..jobdir import (
 )
 from .figures import manifest_of
 
+FIGURE_MAX_BYTES = 32 << 20  # a figure larger than this is not embedded (Bumps' PNGs are tens of KB)
+
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 70em; padding: 0 1em; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
@@ -111,10 +113,14 @@ def _figures(job: JobDir, manifest: dict | None) -> str:
         return "<p>No figures were drawn.</p>"
     parts = []
     for figure in manifest["figures"]:
-        path = job.file(FIGURES_DIR) / Path(figure["file"]).name
-        if path.suffix != ".png" or not path.is_file():
+        path = job.file(FIGURES_DIR) / Path(str(figure.get("file"))).name
+        if path.suffix != ".png":
             continue
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        try:  # the job's figures are the model's to write: never through a link, never without a cap
+            png = job.read_beneath(f"{FIGURES_DIR}/{path.name}", FIGURE_MAX_BYTES)
+        except OSError:
+            continue
+        data = base64.b64encode(png).decode("ascii")
         title = escape(figure.get("title", path.stem))
         parts.append(
             f"<figure><img src='data:image/png;base64,{data}' alt='{title}'>"

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from bumps.monitor import Monitor
 
-from ..jobdir import CHECKPOINT_REQUEST_FILE, RUNS_FILE, STOP_FILE, read_json, write_json
+from ..jobdir import CHECKPOINT_REQUEST_FILE, RUNS_FILE, STOP_FILE, JobDir, read_json, write_json
 
 REQUEUE_EXIT = 3  # the job's exit code for "checkpointed at the time limit: requeue me"
 IN_MEMORY_MAX = 256 << 20  # checkpoints up to this size are built in memory first (see save)
@@ -137,9 +137,9 @@ class StopRequest:
     """Why the fit should stop at its next checkpoint (a signal on rank 0, or the stop file), and
     whether a checkpoint is wanted without stopping (SIGUSR2, or the checkpoint-request file)."""
 
-    def __init__(self, job_dir: Path):
-        self.stop_file = job_dir / STOP_FILE
-        self.checkpoint_file = job_dir / CHECKPOINT_REQUEST_FILE
+    def __init__(self, job: JobDir):
+        self.stop_file = job.file(STOP_FILE)  # in the control directory: the batch script's, not the model's
+        self.checkpoint_file = job.file(CHECKPOINT_REQUEST_FILE)
         self.reason: str | None = None
         self.requested_at: float | None = None
         self.checkpoint_wanted = False

@@ -6,6 +6,7 @@ same in bumps 1.0.4 and 1.0.5 (DESIGN.md section 5).
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sys
@@ -32,6 +33,25 @@ def fitter_class(fit_id: str) -> Any:
     raise UsageError(f"unknown fitter {fit_id!r}; choose one of: {known}")
 
 
+def check_model_file(path: Path) -> None:
+    """A readable regular file (through links, but not a loop of them), or a one-line ModelCheckError."""
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # pathlib's "Symlink loop" before Python 3.13
+        raise ModelCheckError(f"model file {path} is a loop of symbolic links") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ModelCheckError(f"model file {path} is a loop of symbolic links") from None
+    if path.is_dir():
+        raise ModelCheckError(f"{path} is a directory: give the model's Python file")
+    if not path.exists():
+        raise ModelCheckError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelCheckError(f"{path} is not a regular file: give the model's Python file")
+    if not os.access(path, os.R_OK):
+        raise ModelCheckError(f"model file {path} is not readable (permissions)")
+
+
 def load_model(path: Path | str, args: list[str] | None = None) -> Any:
     """Load a Bumps model file as `python model.py` would; any failure becomes a one-line ModelCheckError.
 
@@ -41,14 +61,7 @@ def load_model(path: Path | str, args: list[str] | None = None) -> Any:
     from bumps.fitproblem import FitProblem, load_problem
 
     path = Path(path)
-    if path.is_dir():
-        raise ModelCheckError(f"{path} is a directory: give the model's Python file")
-    if not path.exists():
-        raise ModelCheckError(f"model file not found: {path}")
-    if not path.is_file():
-        raise ModelCheckError(f"{path} is not a regular file: give the model's Python file")
-    if not os.access(path, os.R_OK):
-        raise ModelCheckError(f"model file {path} is not readable (permissions)")
+    check_model_file(path)
     directory = str(path.resolve().parent)
     if directory not in sys.path:
         sys.path.insert(0, directory)

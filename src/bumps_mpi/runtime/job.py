@@ -100,13 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     limit_threads(int(_setting(spec, "threads")))
 
     confinement, failure = _confine(jobdir, spec)  # before MPI starts its threads: they are confined too
+    # The launcher started us in the control directory (nothing planted can be imported from there); the
+    # model expects its job directory, now that it can no longer leave it.
+    os.chdir(jobdir.path)
     from mpi4py import MPI
 
     from ..cluster import processes
     from .checkpoint import StopRequest
     from .watchdog import Watchdog
 
-    stop = StopRequest(jobdir.path)
+    stop = StopRequest(jobdir)
     comm = MPI.COMM_WORLD
     if comm.rank == 0:
         stop.install()  # rank 0 checkpoints and stops the others
@@ -167,7 +170,7 @@ def _confine(jobdir: JobDir, spec: dict[str, Any]) -> tuple[dict[str, Any], dict
     nodes = int(os.environ.get("SLURM_NNODES") or os.environ.get("SLURM_JOB_NUM_NODES") or 1)
     os.environ.update(sandbox.mpi_environment(nodes))
     try:
-        return sandbox.apply(sandbox.job_policy(spec, nodes), jobdir.path), None
+        return sandbox.apply(sandbox.job_policy(spec, nodes, jobdir.control), jobdir.path), None
     except Exception as exc:  # SandboxError under require; a Landlock call that failed
         if asked["level"] == "require":
             return {"level": "require"}, {**_report(exc), "sandbox": True}

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ..pythonenv import safe_environment
 from ..text import plain
 
 TAIL_BYTES = 64 * 1024  # of the child's output kept in memory, whatever it prints
@@ -68,6 +69,25 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def _exit_on_hangup() -> dict[int, Any]:
+    """SIGTERM and SIGHUP (a closed terminal) end this process by SystemExit(128 + N) while a child runs,
+    so that run() ends the child's process group and removes its directory; the handlers replaced.
+
+    Only in the main thread, and only where the default action (death, with no clean-up) was in force:
+    a caller that ignores them (nohup) or handles them itself keeps its own way."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def leave(signum: int, _frame: Any) -> NoReturn:
+        raise SystemExit(128 + signum)
+
+    replaced = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            replaced[signum] = signal.signal(signum, leave)
+    return replaced
+
+
 def run(module: str, request: dict[str, Any], timeout: float, env: dict[str, str] | None = None) -> Finished:
     """Run `python -m MODULE` with *request*; wait at most *timeout* seconds; never raise for its sake."""
     with tempfile.TemporaryDirectory(prefix="bumps-mpi-child-") as scratch:
@@ -79,21 +99,24 @@ def run(module: str, request: dict[str, Any], timeout: float, env: dict[str, str
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a timeout ends whatever it started
-            env={**os.environ, **(env or {})},
+            env=safe_environment(**(env or {})),
             cwd=scratch,
         )
         tail: deque[bytes] = deque()
         reader = threading.Thread(target=_drain, args=(proc.stdout, tail), daemon=True)
         reader.start()
         timed_out = False
+        previous = _exit_on_hangup()
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-        finally:  # also on Ctrl-C: leave nothing running
+        finally:  # also on Ctrl-C, a closed terminal or SIGTERM: leave nothing running, and no files
             _kill_group(proc)  # the user's code may have left children behind even when it finished
             proc.wait()
             reader.join(timeout=5)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         try:
             found = json.loads(answer.read_text())
         except (OSError, ValueError):

@@ -191,13 +191,14 @@ def _seed_numba_cache(cache: Path) -> None:
                     os.replace(tmp, target / path.name)  # ranks seeding at once never see half a file
 
 
-def job_policy(spec: dict[str, Any], nodes: int) -> Policy:
-    """The policy of a job's ranks, from job.json's request and the number of nodes it runs on."""
+def job_policy(spec: dict[str, Any], nodes: int, control: Path | str) -> Policy:
+    """The policy of a job's ranks, from the request (in the *control* directory, which the ranks may read
+    but never write: the stop and cancel requests are there) and the number of nodes it runs on."""
     asked = spec.get("sandbox") or {}
     model_read, _ = model_paths(spec["model"])
     return Policy(
         level=asked.get("level", "off"),
-        read=[*python_paths(), *SYSTEM_READ, *model_read, *asked.get("read", [])],
+        read=[*python_paths(), *SYSTEM_READ, *model_read, str(control), *asked.get("read", [])],
         write=list(SYSTEM_WRITE),
         restrict_network=nodes <= 1,
         max_file_mb=int(asked.get("max_file_mb", 16384)),

@@ -11,33 +11,13 @@ descriptor; listings do not descend into links.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 
-DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-REGULAR = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+from ..jobdir import open_beneath
 
-
-def open_beneath(base: Path, relative: str) -> BinaryIO:
-    """The regular file *base*/*relative*, opened without following any link; OSError otherwise."""
-    parts = PurePosixPath(relative).parts
-    if not parts or PurePosixPath(relative).is_absolute() or any(p in ("..", ".", "") for p in parts):
-        raise FileNotFoundError(relative)
-    fd = os.open(base, DIRECTORY)
-    try:
-        for part in parts[:-1]:
-            inner = os.open(part, DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-        found = os.open(parts[-1], REGULAR, dir_fd=fd)
-    finally:
-        os.close(fd)
-    if not stat.S_ISREG(os.fstat(found).st_mode):
-        os.close(found)
-        raise IsADirectoryError(relative)
-    return os.fdopen(found, "rb")
+__all__ = ["chunks", "open_beneath", "regular_files"]
 
 
 def regular_files(base: Path, within: str = "") -> Iterator[str]:

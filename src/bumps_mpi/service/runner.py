@@ -30,7 +30,8 @@ from typing import Any
 from ..cluster import jobstate, processes, slurm
 from ..errors import BumpsMpiError, SubmitError, UsageError
 from ..front import submission
-from ..jobdir import CANCEL_FILE, CHECKPOINT_FILE, JobDir, write_atomic
+from ..jobdir import CANCEL_FILE, CHECKPOINT_FILE, JobDir, is_job_dir, write_atomic
+from ..pythonenv import safe_environment
 from .dispatch import Queue
 from .settings import ServiceConfig
 from .store import Store
@@ -161,7 +162,7 @@ class Runner:
         said = []
         for fit in self.store.active():
             job_dir = fit_dir(self.config, fit["id"]) / "job"
-            job = JobDir(job_dir) if (job_dir / "job.json").exists() else None
+            job = JobDir(job_dir) if is_job_dir(job_dir) else None
             try:
                 if fit["phase"] == "submitting":
                     said.append(f"{fit['id']}: " + self._settle(fit, job))
@@ -191,7 +192,7 @@ class Runner:
         if job.local_state is not None:
             self.store.update_fit(fit["id"], phase="submitted", job_dir=str(job.path))
             return "its local run had started"
-        shutil.rmtree(job.path, ignore_errors=True)  # made, never started: it is submitted again on retry
+        job.remove()  # made, never started: it is submitted again on retry
         self.store.update_fit(fit["id"], phase="interrupted", message="the service stopped before it started")
         return "interrupted before it started"
 
@@ -218,7 +219,8 @@ def launch(job: JobDir, ranks: int) -> dict[str, Any]:
             stdout=null,
             stderr=null,
             start_new_session=True,
-            cwd=job.path,
+            cwd=job.control,  # never the job directory: nothing planted there is imported (pythonenv)
+            env=safe_environment(),
         )
     return processes.identity(started.pid)
 

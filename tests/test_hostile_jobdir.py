@@ -1,0 +1,215 @@
+"""The job directory is hostile input (issue 21): a model that attacks its own job directory, run for real
+as an unprivileged user, through the restart paths: nothing it plants or forges there is imported, run,
+followed or trusted by the unconfined side (the batch script, the launcher, the post-mortem, resume).
+
+Each planted module leaves a marker outside the job directory if anything ever imports it unconfined;
+before the control directory and the safe start, a resume imported the planted mpi4py.py at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import MODELS, as_user, cli, fake_job
+
+from bumps_mpi.jobdir import JobDir, control_dir
+from bumps_mpi.results import figures
+
+FIT = ["--samples", "8000", "--burn", "50", "--seed", "3", "--checkpoint-every", "1"]
+
+
+class Den:
+    """The attacker's place: its models, the jobs directory, and the markers directory outside both."""
+
+    def __init__(self, user):
+        self.user = user
+        self.base = Path(tempfile.mkdtemp(prefix="bumps-hostile-"))
+        self.models, self.jobs, self.markers = self.base / "models", self.base / "jobs", self.base / "markers"
+        for made in (self.models, self.jobs, self.markers):
+            made.mkdir()
+        for name in ("planter.py", "slow_peak.py"):
+            shutil.copy(MODELS / name, self.models / name)
+        (self.base / "site.toml").write_text("[profiles.default]\nsandbox = 'best-effort'\n")
+        for path in (self.base, *self.base.rglob("*")):
+            os.chown(path, user.pw_uid, user.pw_gid)
+        self.base.chmod(0o755)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "HOME": self.user.pw_dir,
+            "BUMPS_MPI_REGISTRY": str(self.base / "registry.jsonl"),
+            "BUMPS_MPI_CONFIG": str(self.base / "site.toml"),
+        }
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return cli(*args, env=self.env(), user=self.user.pw_uid, timeout=timeout)
+
+    def submit_args(self, mode: str, *options: str, delay: str = "0.002") -> list[str]:
+        planter = self.models / "planter.py"
+        return ["submit", str(planter), *FIT, *options, "--", delay, str(self.markers), mode]
+
+    def wait(self, job_id: str, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            record = json.loads(self.cli("status", job_id, "--json").stdout)[0]
+            if record["state"] not in ("PENDING", "RUNNING", "REQUEUED") and record.get("exit_code"):
+                return record
+            assert time.monotonic() < deadline, record
+            time.sleep(1)
+
+    def nothing_ran(self, *outputs: str) -> None:
+        """No marker: no planted module was ever imported, and no forged script ever ran."""
+        assert sorted(p.name for p in self.markers.iterdir()) == []
+        for text in outputs:
+            assert "PLANTED CODE RAN" not in text, text
+
+    def close(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+def den(user, landlock_abi, mpiexec):
+    made = Den(user)
+    yield made
+    made.close()
+
+
+def planted_outcomes(job_dir: Path) -> dict[str, str]:
+    return json.loads((job_dir / "planted-out.json").read_text())
+
+
+def check_control_held(job_dir: Path) -> None:
+    """The model could not write, add to or move its control directory, and its request is intact."""
+    outcomes = planted_outcomes(job_dir)
+    assert all(v.startswith("blocked") for v in outcomes.values()), outcomes
+    request = json.loads((control_dir(job_dir) / "request.json").read_text())
+    assert request["sandbox"]["level"] == "best-effort" and request["max_requeues"] != 99
+    assert json.loads((job_dir / "job.json").read_text())["sandbox"] == {"level": "off"}  # the forgery
+
+
+@pytest.mark.mpi_launch
+def test_a_local_resume_imports_nothing_planted_and_ignores_the_forged_request(den):
+    """Stop a local run that planted modules and forged job.json (sandbox off), then resume it."""
+    job_dir = den.jobs / "planted"
+    args = [*den.submit_args("plant", "--local", "-n", "2", "--job-dir", str(job_dir))]
+    proc = subprocess.Popen(
+        [*as_user(den.user.pw_uid), sys.executable, "-m", "bumps_mpi", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **den.env()},
+    )
+    deadline = time.monotonic() + 120
+    while not (job_dir / "planted-out.json").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the model never planted"
+        time.sleep(0.2)
+    assert proc.poll() is None, "the fit ended before it could be stopped: make it longer"
+    proc.send_signal(signal.SIGTERM)  # rank 0 checkpoints and stops
+    out, err = proc.communicate(timeout=120)
+    assert "CANCELLED" in out and (job_dir / "checkpoint.h5").exists(), out + err
+    assert (job_dir / "mpi4py.py").exists() and (job_dir / "bumps_mpi" / "__init__.py").exists()
+    check_control_held(job_dir)
+
+    resumed = den.cli("resume", str(job_dir), "--json")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads(resumed.stdout)["state"] == "COMPLETED"
+    result = json.loads((job_dir / "result.json").read_text())
+    assert result["sandbox"]["level"] == "best-effort" and result["restarts"] == 1  # not the forged "off"
+    runs = json.loads((job_dir / "runs.json").read_text())
+    assert [r["sandbox"]["level"] for r in runs] == ["best-effort", "best-effort"], runs
+    den.nothing_ran(out, err, resumed.stdout, resumed.stderr, (job_dir / "local.out").read_text())
+
+
+@pytest.mark.slurm
+def test_under_slurm_the_post_mortem_and_resume_run_nothing_planted_or_forged(den, slurm_cluster):
+    """Rank 0 plants, forges run.sbatch and job.json, then dies unreported once a checkpoint exists: the
+    batch script's post-mortem explains it; resume submits the trusted script, confined as asked."""
+    done = den.cli(
+        *den.submit_args("die", "--ntasks", "2", "--time", "5", "--json", "--jobs-dir", str(den.jobs))
+    )
+    assert done.returncode == 0, done.stderr
+    first = json.loads(done.stdout)
+    job_dir = Path(first["job_dir"])
+    record = den.wait(first["job_id"])
+    assert record["state"] == "FAILED", record
+    error = json.loads((job_dir / "error.json").read_text())
+    assert error["phase"] == "run" and "rank 0" in error["message"], error  # the real post-mortem's words
+    check_control_held(job_dir)
+    log = (control_dir(job_dir) / f"slurm-{first['job_id']}.out").read_text()
+    den.nothing_ran(log)
+
+    again = den.cli("resume", str(job_dir), "--json")
+    assert again.returncode == 0, again.stderr
+    second = json.loads(again.stdout)["job_id"]
+    assert den.wait(second)["state"] == "COMPLETED"
+    result = json.loads((job_dir / "result.json").read_text())
+    assert result["sandbox"]["level"] == "best-effort", result["sandbox"]
+    log = (control_dir(job_dir) / f"slurm-{second}.out").read_text()
+    den.nothing_ran(log)
+
+
+@pytest.mark.slurm
+def test_a_model_cannot_requeue_its_job_past_the_requests_limit(den, slurm_cluster):
+    """Rank 0 exits 3 ("requeue me") on its own: the batch script keeps the request's limit (0 here)."""
+    options = ["--ntasks", "1", "--time", "5", "--max-requeues", "0", "--json", "--jobs-dir", str(den.jobs)]
+    done = den.cli(*den.submit_args("requeue", *options))
+    assert done.returncode == 0, done.stderr
+    submitted = json.loads(done.stdout)
+    record = den.wait(submitted["job_id"])
+    assert record["state"] == "FAILED" and record["exit_code"] == "1:0", record
+    log = (control_dir(Path(submitted["job_dir"])) / f"slurm-{submitted['job_id']}.out").read_text()
+    assert "requeue limit (0) spent" in log and "requeueing" not in log, log
+    den.nothing_ran(log)
+
+
+def test_the_report_embeds_no_figure_through_a_link(isolated, tmp_path):
+    """A link planted in figures/ (named in the manifest, as the model can write it) is not followed."""
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG\r\n\x1a\nTOP SECRET KEY MATERIAL")
+    job = fake_job(isolated / "jobs" / "linked")
+    figures = job / "figures"
+    figures.mkdir()
+    (figures / "dream-vars.png").symlink_to(secret)
+    figure = {"file": "dream-vars.png", "title": "vars"}  # final figures: the report draws nothing new
+    manifest = {"format": "png", "figures": [figure], "source": {"kind": "result"}}
+    (figures / "figures.json").write_text(json.dumps(manifest))
+    done = cli("report", job)
+    assert done.returncode == 0, done.stderr
+    page = (job / "report.html").read_text()
+    assert base64.b64encode(secret.read_bytes()).decode() not in page
+
+
+def test_a_figures_directory_that_is_a_link_is_not_read(isolated, tmp_path):
+    """figures/ itself a link to a directory elsewhere: neither its manifest nor its PNGs are read."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "dream-vars.png").write_bytes(b"\x89PNG\r\n\x1a\nTOP SECRET")
+    figure = {"file": "dream-vars.png", "title": "vars"}
+    (elsewhere / "figures.json").write_text(json.dumps({"format": "png", "figures": [figure]}))
+    job = JobDir(fake_job(isolated / "jobs" / "linked-dir"))
+    (job.path / "figures").symlink_to(elsewhere)
+    assert figures.manifest_of(job) is None
+    with pytest.raises(OSError):
+        job.read_beneath("figures/dream-vars.png", 1 << 20)
+    assert figures.is_final(job, {"format": "png", "figures": [{"file": None}], "source": []}) is False
+
+
+def test_an_oversized_job_file_is_reported_not_loaded(isolated):
+    """A progress.json or ranks.json of many megabytes is named as damaged in one line, never parsed."""
+    job = fake_job(isolated / "jobs" / "big", state="COMPLETED")
+    with open(job / "progress.json", "w") as fh:
+        fh.write('{"step": 1, "steps": 2, "pad": "' + "x" * (8 << 20) + '"}')
+    shown = cli("status", job, "--json")
+    assert shown.returncode == 0, shown.stderr
+    record = json.loads(shown.stdout)[0]
+    assert "progress.json" in record["warning"] and "damaged, not loaded" in record["warning"], record
