@@ -597,3 +597,15 @@ def test_a_hung_sbatch_keeps_the_directory_and_says_so(isolated, monkeypatch):
     assert (
         len(kept) == 1 and str(kept[0]) in str(caught.value) and JobDir(kept[0]).file("run.sbatch").is_file()
     )
+
+
+def test_a_second_resume_at_once_is_refused(isolated):
+    """Two resumes of one fit at once would start two runs in one directory: the second is refused while
+    the first holds the fit's lock (here, the test holds it), and the lock goes with its holder."""
+    from bumps_mpi.jobdir import RESUME_LOCK, exclusive
+
+    job = JobDir(fake_job(isolated / "jobs" / "one", state="FAILED", result=False))
+    with exclusive(job.file(RESUME_LOCK), "held by the test"):
+        one_line_error(cli("resume", job.path), "is being resumed by another command right now")
+    done = cli("resume", job.path)  # free again: now it gets as far as the fit itself
+    assert "being resumed" not in done.stderr and done.returncode == 1, done.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLE, MODELS, cli
+from conftest import EXAMPLE, MODELS, cli, fake_job, one_line_error
 
 from bumps_mpi.jobdir import JobDir, control_dir
 from bumps_mpi.runtime import checkpoint
@@ -71,6 +71,27 @@ def _fit_stopped_at(problem, fit_id: str, options: dict, stop_at: int, saved: Pa
 def _rows(state) -> dict[int, np.ndarray]:
     draws, points, _ = state.chains()
     return {int(d): points[i] for i, d in enumerate(draws)}
+
+
+@pytest.mark.parametrize(
+    ("stop_at", "saved_at"), [(0, 11), (1, 11), (2, 11), (10, 11), (11, 11), (12, 21), (21, 21), (40, 41)]
+)
+def test_every_checkpoint_dream_writes_loads_and_resumes(tmp_path, stop_at, saved_at):
+    """A stop at any step gives a checkpoint that loads and resumes to the full fit. Step 1 is no
+    checkpoint (Bumps cannot load a DREAM state with no crossover update yet): the stop waits for 11."""
+    from bumps.fitproblem import load_problem
+
+    from bumps_mpi.runtime.fit import run_fit
+
+    problem = load_problem(EXAMPLE)
+    saved = tmp_path / "checkpoint.h5"
+    _, _, checkpointer = _fit_stopped_at(problem, "dream", OPTIONS, stop_at, saved, seed=5)
+    assert checkpointer.stopped and checkpointer.saved_step == saved_at
+    fit_state, info = checkpoint.load(saved)
+    assert info["step"] == saved_at == fit_state.total_generations
+    options = checkpoint.remaining_options("dream", OPTIONS, fit_state)
+    resumed, _ = run_fit(problem, "dream", options, fit_state=fit_state)
+    assert resumed.fitter.state.total_generations == 221
 
 
 @pytest.mark.parametrize(("stop_at", "saved_at"), [(55, 61), (205, 211)])
@@ -268,3 +289,20 @@ def test_checkpoint_on_request_while_the_fit_goes_on(isolated, mpiexec):
         proc.communicate(timeout=60)
     ended = cli("checkpoint", EXAMPLE.parent / "no-such-job")
     assert ended.returncode == 1 and ended.stderr.count("\n") == 1
+
+
+def test_resume_loads_the_checkpoint_only_in_a_confined_child(isolated, tmp_path, landlock_abi):
+    """checkpoint.h5 is the model's to write: resume parses it in a child confined as the job is, never
+    in bumps-submit's own process. A checkpoint that leads outside the job (here a link) cannot be read."""
+    from bumps.fitproblem import load_problem
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _fit_stopped_at(load_problem(EXAMPLE), "dream", OPTIONS, 11, elsewhere / "checkpoint.h5", seed=5)
+    assert checkpoint.load(elsewhere / "checkpoint.h5")[1]["step"] == 11  # a good checkpoint, unconfined
+    sandbox = {"level": "best-effort", "read": [], "max_file_mb": 64}
+    job = fake_job(isolated / "jobs" / "linked", state="FAILED", result=False, sandbox=sandbox)
+    (job / "checkpoint.h5").symlink_to(elsewhere / "checkpoint.h5")
+    done = cli("resume", job)
+    line = one_line_error(done, "checkpoint.h5 cannot be loaded", "nothing changed")
+    assert "errno = 13" in line or "Permission denied" in line, line

@@ -259,3 +259,56 @@ def test_cancel_stops_a_fit_without_checkpoints_at_once(isolated, mpiexec):
     assert proc.wait(timeout=60) != 0
     assert nothing_left_running(job_dir)
     assert cli_json("status", job_dir)[0]["state"] == "CANCELLED"
+
+
+@pytest.mark.mpi_launch
+def test_a_model_that_raises_on_every_evaluation_fails_with_its_traceback_and_count(isolated, mpiexec):
+    """Bumps scores a model's exceptions as impossible points and goes on: the fit must still end FAILED,
+    saying how many evaluations failed and why (before: COMPLETED with chi-square NaN)."""
+    model = MODELS / "raises_sometimes.py"
+    done = cli("submit", model, "--local", "-n", "2", "--samples", "2000", "--jobs-dir", isolated / "jobs",
+               "--json", "--", "1.0")  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    record = json.loads(done.stdout)
+    assert record["state"] == "FAILED", record
+    error = record["error"]
+    assert "the model failed at every point" in error["message"], error
+    assert "RuntimeError: the model failed here on purpose" in error["message"]
+    assert "the model failed here on purpose" in error["traceback"]
+    saved = json.loads((Path(record["job_dir"]) / "error.json").read_text())
+    assert saved["failed_evaluations"] == saved["evaluations"] > 0, saved
+    assert not (Path(record["job_dir"]) / "result.json").exists()
+
+
+@pytest.mark.mpi_launch
+def test_a_model_that_raises_now_and_then_completes_and_says_how_often(isolated, mpiexec):
+    model = MODELS / "raises_sometimes.py"
+    done = cli("submit", model, "--local", "-n", "2", "--samples", "2000", "--jobs-dir", isolated / "jobs",
+               "--json", "--", "0.1")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads(done.stdout)
+    assert record["state"] == "COMPLETED", record
+    result = json.loads((Path(record["job_dir"]) / "result.json").read_text())
+    failed, evaluations = result["failed_evaluations"], result["evaluations"]
+    assert 0.05 * evaluations < failed < 0.15 * evaluations, (failed, evaluations)  # every rank's, counted
+    shown = cli("results", record["job_dir"])
+    assert f"the model failed on {failed} of {evaluations} evaluations" in shown.stdout, shown.stdout
+    page = (Path(record["job_dir"]) / "report.html").read_text()
+    assert f"{failed} of {evaluations}" in page
+
+
+@pytest.mark.mpi_launch
+def test_a_local_run_ends_at_its_time_limit_with_a_checkpoint_to_resume(isolated, mpiexec):
+    """--time applies to a local run as to a Slurm allocation (before: a 5 s limit ran on past 20 s):
+    rank 0 checkpoints and stops, the run ends TIMEOUT, and says how to continue."""
+    fit = ["--samples", "40000", "--burn", "50", "--seed", "3"]
+    done = cli("submit", MODELS / "slow_peak.py", *fit, "--local", "-n", "2", "--time", "00:00:05",
+               "--jobs-dir", isolated / "jobs", "--json", "--", "0.002")  # fmt: skip
+    record = json.loads(done.stdout)
+    assert done.returncode == 1 and record["state"] == "TIMEOUT", done.stdout + done.stderr
+    assert "time limit (5 s)" in record["reason"] and "bumps-submit resume" in record["reason"], record
+    job_dir = Path(record["job_dir"])
+    assert (job_dir / "checkpoint.h5").exists() and not (job_dir / "result.json").exists()
+    runs = json.loads((job_dir / "runs.json").read_text())
+    assert runs[-1]["reason"] == "time limit", runs
+    assert nothing_left_running(job_dir)

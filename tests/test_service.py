@@ -156,6 +156,11 @@ def test_a_fit_submitted_over_the_api_runs_on_slurm_to_the_same_results_as_the_c
     hook = hooks.wait(fit["id"])
     assert len(hook) == 1 and hook[0]["state"] == "COMPLETED" and hook[0]["url"].startswith(service.url)
     assert hook[0]["chisq"] == pytest.approx(done["chisq"])
+    job = job_dir_of(service, fit["id"])  # every user's models, data and results: no other account's
+    for path in (service.data, service.data / "service.sqlite", job.parent, job, job / "result.json"):
+        assert path.stat().st_mode & 0o077 == 0, (str(path), oct(path.stat().st_mode))
+    log = f"slurm-{fit['job_id']}.out"  # the Slurm log, from the job's control directory
+    assert log in done["files"] and alice.get(f"/api/v1/fits/{fit['id']}/files/{log}").status_code == 200
 
 
 def test_cancel_over_the_api_and_delete(service):
@@ -528,6 +533,19 @@ def test_names_from_a_model_are_inert_in_the_pages(service, tmp_path):
         browser.quit()
 
 
+def _zombies(pid: int) -> list[str]:
+    """The children of *pid* that ended and were never waited for (a moment's grace for the reaper)."""
+    deadline = time.monotonic() + 10
+    while True:
+        states = subprocess.run(
+            ["ps", "--ppid", str(pid), "-o", "pid=,stat="], capture_output=True, text=True
+        )
+        found = [line for line in states.stdout.splitlines() if line.split()[1].startswith("Z")]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
 def _fit_row(service: Service, fit_id: str) -> tuple:
     db = sqlite3.connect(f"file:{service.data / 'service.sqlite'}?mode=ro", uri=True)
     try:
@@ -556,14 +574,14 @@ def test_a_model_that_forges_its_records_and_plants_links_gains_nothing(mpiexec,
         while not (job / "export" / "evil.js").exists():
             assert time.monotonic() < deadline, "the model never planted its files"
             time.sleep(0.2)
-        while _fit_row(local, fit["id"])[0] not in ("COMPLETED", "FAILED"):  # the forged records read ...
-            assert time.monotonic() < deadline, _fit_row(local, fit["id"])
-            time.sleep(0.2)
-        assert _fit_row(local, fit["id"])[1] is None  # ... and not believed it: its supervisor still runs
+        for _ in range(5):  # monitor rounds after the forgery: the forged state.json and local.json are in
+            time.sleep(1)  # the job directory, where nothing reads them (the run's records are in its
+            assert _fit_row(local, fit["id"]) == ("RUNNING", None)  # control directory): still RUNNING
+        assert json.loads((control_dir(job) / "local.json").read_text())["state"] == "RUNNING"
 
         listed = alice.get(f"/api/v1/fits/{fit['id']}").json()["files"]
         assert "export/evil.svg" in listed
-        for planted in ("export/stolen.txt", "slurm-1.out", "export/pipe.txt"):
+        for planted in ("export/stolen.txt", "slurm-1.out", "export/pipe.txt", "state.json"):
             assert planted not in listed
             assert alice.get(f"/api/v1/fits/{fit['id']}/files/{planted}").status_code == 404
         svg = alice.get(f"/api/v1/fits/{fit['id']}/files/export/evil.svg")
@@ -577,6 +595,7 @@ def test_a_model_that_forges_its_records_and_plants_links_gains_nothing(mpiexec,
         assert victim.poll() is None  # the process the model named is untouched
         left = subprocess.run(["pgrep", "-f", str(job)], capture_output=True, text=True).stdout.split()
         assert not left, left  # and the real ranks are gone, though ranks.json named someone else
+        assert not _zombies(local.proc.pid)  # the ended supervisor was waited for
     finally:
         victim.kill()
         local.close()
@@ -716,3 +735,21 @@ def test_the_service_refuses_to_listen_openly_without_authentication(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[service]\nbackend = 'cloud'\n")
     one_line_error(cli("serve", "--config", bad, timeout=60), "backend='cloud'")
+
+
+def test_a_limit_answers_429_with_retry_after_and_a_bad_request_422(mpiexec):
+    """A request refused only by a user's limit is fine in itself: 429 and when to try again (before: 422,
+    like a broken model). The OpenAPI description says what is sent."""
+    local = Service("local", "[limits]\nmax_ranks = 2\nmax_fits = 1\n").start()
+    try:
+        alice = local.client("alice")
+        first = submit(alice, SLOW, **SLOW_FIT).json()
+        second = submit(alice, EXAMPLE, **SMALL)
+        assert second.status_code == 429 and int(second.headers["retry-after"]) > 0, second.text
+        assert "the most this service allows" in second.json()["detail"]
+        assert submit(alice, EXAMPLE, ntasks="3").status_code == 422
+        described = alice.get("/openapi.json").json()["paths"]["/api/v1/fits"]["post"]["responses"]
+        assert {"200", "201", "422", "429"} <= set(described), described
+        assert alice.post(f"/api/v1/fits/{first['id']}/cancel").status_code == 202
+    finally:
+        local.close()

@@ -27,6 +27,7 @@ from conftest import (
     wait_for_state,
 )
 
+from bumps_mpi.cluster import jobstate
 from bumps_mpi.jobdir import control_dir
 
 pytestmark = pytest.mark.slurm
@@ -433,6 +434,11 @@ def test_a_preempted_state_is_never_cached(slurm_cluster, isolated):
         record = wait_for_state(str(job), timeout=180)
         assert record["state"] == "PREEMPTED", record
         assert not (control_dir(job) / "state.json").exists()  # Slurm may still requeue it: never cached
+        deadline = time.monotonic() + 60  # squeue may show it a moment longer (completing)
+        while record.get("in_queue") is not False and time.monotonic() < deadline:
+            time.sleep(1)
+            record = cli_json("status", str(job))[0]
+        assert record["state"] == "PREEMPTED" and jobstate.ended_for_good(record), record  # gone: ended
     finally:
         subprocess.run(["scancel", job_id, urgent], check=False)
 

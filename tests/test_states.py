@@ -177,6 +177,19 @@ def test_preempted_and_node_fail_are_terminal_but_never_final():
     assert FINAL == TERMINAL - {JobState.PREEMPTED, JobState.NODE_FAIL}
 
 
+@pytest.mark.parametrize("state", ["PREEMPTED", "NODE_FAIL"])
+def test_preempted_or_node_fail_ends_for_good_once_it_has_left_the_queue(state):
+    """Slurm requeues such a job in its queue; gone from it (or never requeueable), nothing will: wait,
+    resume --failed and the service's limits must not wait for it forever."""
+    from bumps_mpi.cluster.jobstate import ended_for_good
+
+    assert ended_for_good({"state": state, "in_queue": False})
+    assert not ended_for_good({"state": state, "in_queue": True})
+    assert not ended_for_good({"state": state, "in_queue": None})  # the queue could not say
+    assert not ended_for_good({"state": state})
+    assert ended_for_good({"state": "FAILED"}) and not ended_for_good({"state": "FAILED", "finishing": True})
+
+
 def test_a_process_from_an_earlier_boot_is_dead_and_without_proc_the_pid_decides(monkeypatch):
     import os
 

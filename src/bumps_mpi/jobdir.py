@@ -24,10 +24,12 @@ import errno
 import json
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from .errors import UnreadableFile
+from .errors import UnreadableFile, UsageError
 
 JOB_FILE = "job.json"  # a copy of the request, for the record (the model can change it: never read back)
 REQUEST_FILE = (
@@ -56,10 +58,13 @@ CHECKPOINT_REQUEST_FILE = (
     "checkpoint-request"  # `bumps-submit checkpoint`: save now, go on (rank 0 removes it)
 )
 CANCEL_FILE = "cancel-request"  # control: written by `bumps-submit cancel`: never requeue after it
+RESUME_LOCK = "resume.lock"  # control: held by a resume from its choice to its record (one at a time)
+CAMPAIGN_LOCK = ".resume.lock"  # in a campaign's directory: the same for its resume --failed
 CONTROL_DIR = ".bumps-control"  # beside job directories: <parent>/.bumps-control/<job directory's name>/
 # the names that live in the control directory (and the copies set_aside keeps of them, NAME.<stamp>)
 CONTROL_FILES = (
     REQUEST_FILE,
+    RESUME_LOCK,
     SCRIPT_FILE,
     STATE_FILE,
     LOCAL_STATE_FILE,
@@ -188,6 +193,23 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
         if len(data) > limit:
             raise too_big
         return data
+
+
+@contextmanager
+def exclusive(path: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on *path* (made if missing) for the block; UsageError(*busy*) at once when
+    another process holds it. The lock ends with the process, so a killed command never leaves it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(busy) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def open_beneath(base: Path, relative: str) -> BinaryIO:

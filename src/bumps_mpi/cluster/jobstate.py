@@ -81,9 +81,11 @@ def ended_for_good(record: dict[str, Any]) -> bool:
     """A final state that Slurm will not requeue, and the job's processes gone (a state is final only
     then: the fit's own files, which the model can write, never end it)."""
     state = JobState(record["state"])
-    if not state.terminal or state in (JobState.PREEMPTED, JobState.NODE_FAIL):
+    if not state.terminal or record.get("finishing"):
         return False
-    return not record.get("finishing")
+    if state in (JobState.PREEMPTED, JobState.NODE_FAIL):  # Slurm requeues such a job in its queue:
+        return record.get("in_queue") is False  # once it has left the queue, nothing will
+    return True
 
 
 def status(jobs: list[JobDir]) -> list[dict[str, Any]]:
@@ -111,6 +113,7 @@ def status(jobs: list[JobDir]) -> list[dict[str, Any]]:
         queue or {},
         accounting_ok=not problems,
         unreachable="; ".join(problems) if problems and queue is None else None,
+        queue_ok=queue is not None,
     )
     records = []
     for job in jobs:
@@ -143,9 +146,11 @@ def _unreadable(job: JobDir, exc: BumpsMpiError) -> dict[str, Any]:
 
 
 class _SlurmView:
-    def __init__(self, accounting: dict, queue: dict, accounting_ok: bool, unreachable: str | None):
+    def __init__(
+        self, accounting: dict, queue: dict, accounting_ok: bool, unreachable: str | None, queue_ok: bool
+    ):
         self.accounting, self.queue = accounting, queue
-        self.accounting_ok, self.unreachable = accounting_ok, unreachable
+        self.accounting_ok, self.unreachable, self.queue_ok = accounting_ok, unreachable, queue_ok
 
 
 def _read(job: JobDir, name: str, warnings: list[str]) -> dict | None:
@@ -237,6 +242,7 @@ def _slurm_state(
             "exit_code": row["ExitCode"],
             "elapsed": row["Elapsed"],
             "elapsed_s": elapsed_seconds(row["Elapsed"]),
+            "in_queue": (live is not None) if view.queue_ok else None,  # None: the queue could not say
         }
         if state.final:
             try:

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,9 +38,10 @@ from ..jobdir import (
 from ..pythonenv import safe_environment
 from . import processes
 
-ENDED = ("COMPLETED", "FAILED", "CANCELLED")  # how a local run can end, as local.json records it
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")  # how a local run can end, as local.json records it
 RANKS_PER_CORE_LIMIT = 4  # more than this many ranks per core only slows a fit down
 STOP_WAIT_S = 30.0  # how long cancel waits for rank 0 to checkpoint before it kills the ranks
+TIME_LIMIT_GRACE_S = 60.0  # at a local run's time limit: how long rank 0 has to checkpoint and stop
 
 
 def find_mpiexec() -> str:
@@ -135,6 +137,32 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup, a hangup stops nothing
         wanted.append(signal.SIGHUP)
     previous = {sig: signal.signal(sig, forward) for sig in wanted}  # before mpiexec exists: no gap
+    limit = (job.spec.get("local") or {}).get("time_limit_s")
+    timed_out: list[float] = []
+
+    def time_up() -> None:
+        """The run's time limit (per run, as Slurm's is per allocation): rank 0 checkpoints and stops (as
+        at a Slurm time limit), or, past the grace or for a fitter that keeps no checkpoint, the run ends."""
+        timed_out.append(time.time())
+        if not launched:
+            return
+        rank0 = next((r for r in _ranks(job) if r.get("rank") == 0 and processes.runs_job(r, job.path)), None)
+        if resumable and rank0 is not None and len(timed_out) == 1:
+            try:
+                os.kill(int(rank0["pid"]), signal.SIGUSR1)
+                later = threading.Timer(min(TIME_LIMIT_GRACE_S, max(limit / 2, 5)), time_up)
+                later.daemon = True
+                later.start()
+                return
+            except ProcessLookupError:
+                pass
+        _kill_ranks(job, launched[0])
+
+    timer = None
+    if isinstance(limit, (int, float)) and limit > 0:
+        timer = threading.Timer(float(limit), time_up)
+        timer.daemon = True
+        timer.start()
     try:
         with _append(job.file(LOCAL_LOG_FILE)) as log:
             proc = subprocess.Popen(
@@ -177,17 +205,25 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
                         output[0] = None
             rc = proc.wait()
     finally:
+        if timer is not None:
+            timer.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     cancelled = bool(stops) or job.file(CANCEL_FILE).exists()
     if rc == 0 and _has_result(job):
         state = "COMPLETED"
+    elif timed_out:
+        state = "TIMEOUT"  # resumable when it saved a checkpoint, as after a Slurm time limit
     elif cancelled:
         state = "CANCELLED"  # stopped on request; resumable when it saved a checkpoint
     else:
         state = "FAILED"
         write_postmortem(job.path, rc, job.file(LOCAL_LOG_FILE))
     ended = {**record, "state": state, "exit_code": rc, "finished": time.time()}
+    if timed_out:
+        ended["reason"] = f"its time limit ({limit:g} s) was reached" + (
+            f"; continue with 'bumps-submit resume {job.path}'" if job.file(CHECKPOINT_FILE).exists() else ""
+        )
     try:
         write_json(job.file(LOCAL_STATE_FILE), ended)
     except OSError as exc:  # a full disk: status still sees the processes gone and says so
@@ -233,7 +269,10 @@ def state(job: JobDir, finished: bool) -> dict[str, Any]:
         exit_code = None
         if isinstance(code, int):  # mpiexec's status; negative: it was killed by that signal
             exit_code = f"{code}:0" if code >= 0 else f"0:{-code}"
-        return {**found, "state": local["state"], "exit_code": exit_code}
+        ended = {**found, "state": local["state"], "exit_code": exit_code}
+        if isinstance(local.get("reason"), str):
+            ended["reason"] = local["reason"]
+        return ended
     live = liveness(job, local)
     if live:
         return {**found, "state": "RUNNING"}

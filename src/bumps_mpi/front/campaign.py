@@ -24,6 +24,7 @@ from ..cluster.states import JobState
 from ..errors import BumpsMpiError, JobNotFound, SubmitError, UsageError
 from ..jobdir import (
     CAMPAIGN_FILE,
+    CAMPAIGN_LOCK,
     CANCEL_FILE,
     CHECKPOINT_FILE,
     FITS_DIR,
@@ -32,6 +33,7 @@ from ..jobdir import (
     SCRIPT_FILE,
     JobDir,
     current_umask,
+    exclusive,
     read_json,
     write_atomic,
 )
@@ -442,21 +444,39 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> str:
 
 
 def failed_fits(path: Path) -> list[JobDir]:
-    """What resume --failed runs again: the fits that ended for good without results, failed or timed out
-    (a cancelled one was your decision: resume it by its id; a preempted one may still requeue itself)."""
+    """What resume --failed runs again: the fits that ended for good without results, failed, timed out,
+    or preempted or lost with a node and gone from the queue (a cancelled one was your decision: resume it
+    by its id; a preempted one still in the queue requeues itself)."""
     wanted = []
     for record in status(path)["records"]:
         state = JobState(record["state"])
-        ended = state.final and jobstate.ended_for_good(record)
+        ended = jobstate.ended_for_good(record)
         again = state not in (JobState.COMPLETED, JobState.CANCELLED)
         if ended and again and JobDir(record["job_dir"]).result is None:
             wanted.append(JobDir(record["job_dir"]))
     return wanted
 
 
+def resume_failed(path: Path) -> list[dict[str, Any]]:
+    """resume --failed: choose the fits that failed and run them again, under the campaign's lock (two at
+    once would resubmit the same fits into the same directories)."""
+    with _locked(path):
+        return _resubmit(path, failed_fits(path))
+
+
 def resubmit(path: Path, fits: list[JobDir]) -> list[dict[str, Any]]:
     """Run *fits* of the campaign again as a new array of just their tasks, each from its checkpoint
     where it has one; [{job_id, job_dir, resumed}] per fit."""
+    with _locked(path):
+        return _resubmit(path, fits)
+
+
+def _locked(path: Path) -> Any:
+    busy = f"campaign {path} is being resumed by another command right now; see 'bumps-submit status {path}'"
+    return exclusive(path / CAMPAIGN_LOCK, busy)
+
+
+def _resubmit(path: Path, fits: list[JobDir]) -> list[dict[str, Any]]:
     from . import submission
 
     if not fits:
@@ -464,9 +484,9 @@ def resubmit(path: Path, fits: list[JobDir]) -> list[dict[str, Any]]:
     slurm.require("sbatch")
     campaign = load(path)
     indices = [int(job.spec["campaign"]["index"]) for job in fits]
-    for job in fits:
-        if job.file(CHECKPOINT_FILE).exists() and job.spec.get("fit") in RESUMABLE_FITTERS:
-            submission.check_checkpoint(job)
+    saved = [j for j in fits if j.file(CHECKPOINT_FILE).exists() and j.spec.get("fit") in RESUMABLE_FITTERS]
+    if saved:
+        submission.check_checkpoints(saved)  # all in one confined child
     earlier, aside = {}, []
     try:
         for i, job in zip(indices, fits, strict=True):

@@ -998,7 +998,9 @@ def _duration(seconds: float | None) -> str:
 def _progress_text(p: dict[str, Any]) -> str:
     """45%  step 450/1000  chisq 1.23  ETA 3m12s"""
     chisq = f"  chisq {p['chisq']:.4g}" if p.get("chisq") is not None else ""
-    return f"{p['percent']:.0f}%  step {p['step']}/{p['steps']}{chisq}  ETA {_duration(p.get('eta_s'))}"
+    failed = f"  failed evaluations {p['failed_evaluations']}" if p.get("failed_evaluations") else ""
+    eta = _duration(p.get("eta_s"))
+    return f"{p['percent']:.0f}%  step {p['step']}/{p['steps']}{chisq}  ETA {eta}{failed}"
 
 
 def _print_error(record: dict[str, Any], traceback: bool = True) -> None:
@@ -1023,6 +1025,11 @@ def _print_results(found: dict[str, Any]) -> None:
     echo(f"{'parameter':<{width}}  {'best':>14}  {'mean':>14}  {'std':>12}")
     for name, p in zip(names, found["parameters"], strict=True):
         echo(f"{name:<{width}}  {p['best']:>14.6g}  {p['mean']:>14.6g}  {p['std']:>12.4g}")
+    if found.get("failed_evaluations"):
+        echo(
+            f"warning:   the model failed on {found['failed_evaluations']} of {found.get('evaluations')} "
+            "evaluations (Bumps scores them as impossible points; the job's log has the tracebacks)"
+        )
     echo(f"directory: {found['job_dir']}")
     if found.get("sandbox"):
         from ..sandbox.policy import describe

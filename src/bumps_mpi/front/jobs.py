@@ -230,8 +230,7 @@ class Campaign:
 
     def resume_failed(self) -> list[Job]:
         """Run again the fits that failed or timed out (from their checkpoints where they have them)."""
-        fits = campaigns.failed_fits(self.campaign_dir)
-        return [Job(r["job_dir"]) for r in campaigns.resubmit(self.campaign_dir, fits)]
+        return [Job(r["job_dir"]) for r in campaigns.resume_failed(self.campaign_dir)]
 
 
 def _request(

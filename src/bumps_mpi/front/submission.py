@@ -24,8 +24,8 @@ from typing import Any
 
 from .. import __version__
 from ..cluster import jobstate, local, slurm
-from ..cluster.render import DIRECTIVES, render_sbatch
-from ..config import Settings, load_settings, packaged_defaults, slurm_dir
+from ..cluster.render import DIRECTIVES, limit_seconds, render_sbatch
+from ..config import PACKAGED, Settings, load_settings, packaged_defaults, slurm_dir
 from ..errors import BumpsMpiError, SubmitError, UsageError
 from ..jobdir import (
     CANCEL_FILE,
@@ -37,11 +37,13 @@ from ..jobdir import (
     MODEL_DIR,
     REQUEST_FILE,
     RESUMABLE_FITTERS,
+    RESUME_LOCK,
     SCRIPT_FILE,
     STATE_FILE,
     JobDir,
     control_dir,
     current_umask,
+    exclusive,
     is_control_name,
     write_atomic,
 )
@@ -374,6 +376,10 @@ def create_local(request: JobRequest, ranks: int | None = None, warn: Any = None
         if warn is not None:
             warn(f"bumps-submit: warning: {note}")
     prepared.spec["local"] = {"ranks": ranks}
+    if settings.sources.get("time", PACKAGED) != PACKAGED:  # a time someone chose (the packaged hour is
+        limit = limit_seconds(settings["time"])  # Slurm's default, not a local run's)
+        if limit:
+            prepared.spec["local"]["time_limit_s"] = limit
     job = create_job_dir(prepared.target, {JOB_FILE: _json(prepared.spec)}, request.model)
     try:
         _start_from(job, request)
@@ -393,19 +399,20 @@ def _start_from(job: JobDir, request: JobRequest) -> None:
 
 
 def check_checkpoint(job: JobDir) -> int:
-    """The step the checkpoint holds, after loading it as the job will; a clear error when it cannot."""
-    from ..runtime import checkpoint
+    """The step the checkpoint holds, after loading it as the job will (in a confined child: the file is
+    the model's to write); a clear error when it cannot."""
+    return check_checkpoints([job])[str(job.file(CHECKPOINT_FILE))]
 
-    path = job.file(CHECKPOINT_FILE)
-    if not path.exists():
-        raise UsageError(f"{job.path} has no checkpoint yet: submit the model again")
-    try:
-        _, info = checkpoint.load(path)
-    except Exception as exc:  # a truncated or foreign file: h5py, bumps and json each raise their own
-        raise UsageError(
-            f"{path} cannot be loaded ({type(exc).__name__}: {exc}); nothing changed: submit the model again"
-        ) from None
-    return int(info.get("step", 0))
+
+def check_checkpoints(jobs: list[JobDir]) -> dict[str, int]:
+    """check_checkpoint for several jobs of one campaign, in one child: {checkpoint path: step}."""
+    from ..sandbox.checkpointcheck import check_checkpoints as in_child
+
+    for job in jobs:
+        if not job.file(CHECKPOINT_FILE).exists():
+            raise UsageError(f"{job.path} has no checkpoint yet: submit the model again")
+    spec = jobs[0].spec
+    return in_child([job.file(CHECKPOINT_FILE) for job in jobs], spec.get("sandbox") or {}, spec["model"])
 
 
 def set_aside(job: JobDir) -> list[tuple[Path, Path]]:
@@ -436,8 +443,15 @@ def resume(
     """Continue a stopped fit from its checkpoint: here if it ran here, else as a new Slurm job.
 
     Every check comes first (the checkpoint loads, the job is not running);
-    nothing is lost: the old error.json and cached state are kept under new names.
+    nothing is lost: the old error.json and cached state are kept under new names. One resume of a job
+    at a time: a second one at once is refused, never a second run in the same directory.
     """
+    busy = f"{job.path} is being resumed by another command right now; see 'bumps-submit status {job.path}'"
+    with exclusive(job.file(RESUME_LOCK), busy):
+        return _resume(job, ranks, echo, warn, launch)
+
+
+def _resume(job: JobDir, ranks: int | None, echo: Any, warn: Any, launch: Any) -> dict[str, Any]:
     spec = job.spec
     if job.result is not None:
         raise UsageError(f"{job.path} already completed: see 'bumps-submit results {job.path}'")

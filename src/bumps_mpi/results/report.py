@@ -132,6 +132,14 @@ def _figures(job: JobDir, manifest: dict | None) -> str:
     return "".join(parts) or "<p>No figures were drawn.</p>"
 
 
+def _failed(result: dict | None, error: dict | None) -> str | None:
+    """'N of M' evaluations where the model raised or gave no finite value (Bumps went on past them)."""
+    for record in (result, error):
+        if record and isinstance(record.get("failed_evaluations"), int):
+            return f"{record['failed_evaluations']} of {record.get('evaluations')}"
+    return None
+
+
 def _error(error: dict | None) -> str:
     if error is None:
         return ""
@@ -176,6 +184,7 @@ def build(job: JobDir, record: dict[str, Any]) -> str:
         ("finished", _when((result or {}).get("finished"))),
         ("fit time", f"{result['elapsed_s']:.1f} s" if result and "elapsed_s" in result else None),
         ("restarts", (progress or {}).get("restarts", max(len(runs) - 1, 0))),
+        ("failed evaluations", _failed(result, error)),
         ("versions", ", ".join(f"{k} {v}" for k, v in sorted(spec.get("versions", {}).items()))),
         ("sandbox", _sandbox(result, spec)),
         ("job directory", str(job.path)),

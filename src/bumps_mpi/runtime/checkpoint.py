@@ -248,8 +248,12 @@ class Checkpointer(Monitor):
             self.stop.checkpoint_done()
 
     def _fit_state(self, history: Any) -> Any:
+        """The state to save here, or None where no loadable checkpoint exists yet (the stop waits)."""
         if self.fit_id == "dream":
-            return getattr(history, "fit_state", None)
+            state = getattr(history, "fit_state", None)
+            if state is not None and not len(state.CR_weight()[0]):
+                return None  # step 1: no crossover update yet, and Bumps' loader fails on the empty table
+            return state
         return history.snapshot()
 
 

@@ -125,6 +125,52 @@ def check_model(path: Path | str, args: list[str] | None = None) -> dict[str, An
 Mapper = Callable[[Any], Any]
 
 
+MOSTLY_FAILED = 0.5  # a fit with more than this share of its evaluations failed ends FAILED
+
+
+class Failures:
+    """The model's failed evaluations in this process. Bumps catches what a model raises and scores the
+    point as impossible (inf), so the fitter goes on and a fit of a model that always raises would end
+    "completed" with chi-square NaN: count them, and keep the first traceback to show."""
+
+    def __init__(self, problem: Any):
+        self.calls = 0
+        self.nonfinite = 0
+        self.first: str | None = None
+        model_nllf, nllf = problem.model_nllf, problem.nllf
+
+        def counted_model_nllf() -> Any:
+            try:
+                return model_nllf()
+            except Exception:
+                if self.first is None:
+                    import traceback
+
+                    self.first = traceback.format_exc()[-8000:]
+                raise
+
+        def counted_nllf(pvec: Any = None) -> float:
+            value = nllf(pvec)
+            self.calls += 1
+            if not math.isfinite(value):
+                self.nonfinite += 1
+            return value
+
+        problem.model_nllf = counted_model_nllf  # Bumps calls both through the instance
+        problem.nllf = counted_nllf
+
+    def verdict(self, failed: int, evaluations: int, best_nllf: float) -> str | None:
+        """Why the fit must end FAILED (its best point is not finite, or most evaluations failed), or None."""
+        first = (self.first or "").strip().splitlines()
+        cause = f": {first[-1]}" if first else " (no value: NaN or inf; any traceback is in the job's log)"
+        share = f"{failed} of {evaluations} evaluations" if evaluations else f"{failed} evaluations"
+        if not math.isfinite(best_nllf):
+            return f"the model failed at every point the fit kept ({share} failed){cause}"
+        if evaluations and failed > MOSTLY_FAILED * evaluations:
+            return f"the model failed on most points ({share}){cause}"
+        return None
+
+
 def run_fit(
     problem: Any,
     fit_id: str,

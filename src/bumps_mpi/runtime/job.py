@@ -8,6 +8,7 @@ ends every rank with a non-zero exit, never a rank waiting in a collective.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -182,11 +183,19 @@ def _run_root(
 ) -> int:
     from ..errors import RemoteError
     from . import checkpoint
-    from .fit import fitter_class, run_fit, write_exports
+    from .fit import Failures, fitter_class, run_fit, write_exports
     from .mapper import Mapper
     from .progress import ProgressMonitor
 
+    failures = Failures(problem)  # rank 0's own evaluations, and the first traceback it sees
     mapper = Mapper(problem, comm)
+
+    def failed() -> tuple[int, int]:
+        """(failed, evaluations) this run: every rank's through the mapper, else rank 0's own."""
+        if mapper.evaluations:
+            return mapper.nonfinite, mapper.evaluations
+        return failures.nonfinite, failures.calls
+
     watchdog.watch(mapper)
     started = time.time()
     if jobdir.file(ERROR_FILE).exists():  # an earlier allocation's failure: this one runs again
@@ -221,6 +230,7 @@ def _run_root(
             restarts=prior_runs,
             info=info,
             stopped=(lambda: checkpointer.stopped) if checkpointer else None,
+            failures=failed,
         )
         monitors: list[Any] = [progress] + ([checkpointer] if checkpointer else [])
         driver, result = run_fit(
@@ -234,9 +244,16 @@ def _run_root(
             abort_test=(lambda: checkpointer.stopped) if checkpointer else None,
         )
     except BaseException as exc:  # noqa: B036 - report it, stop the workers, exit non-zero
+        count, evaluations = failed()
+        every = count and count >= evaluations
+        why = failures.verdict(count, evaluations, math.inf if every else 0.0) if count else None
         if isinstance(exc, RemoteError):
             report = {"host": exc.host, "traceback": exc.remote_traceback, "message": str(exc)}
             _write_error(jobdir, "fit", exc.rank, report, point=exc.point)
+        elif why is not None:  # the fitter broke on a model that failed (Bumps went on with inf values)
+            report = _report(exc)
+            report.update(message=why, traceback=f"{failures.first or ''}\n{report['traceback']}".strip())
+            _write_error(jobdir, "fit", 0, report, failed_evaluations=count, evaluations=evaluations)
         else:
             _write_error(jobdir, "fit", 0, _report(exc))
         mapper.stop()
@@ -244,6 +261,13 @@ def _run_root(
     mapper.stop()
     if checkpointer is not None and checkpointer.stopped:
         return _stopped(jobdir, spec, stop, checkpointer)
+    count, evaluations = failed()
+    why = failures.verdict(count, evaluations, float(result["nllf"]))
+    if why is not None:  # Bumps scored the model's failures as impossible points and went on: not a fit
+        checkpoint.record_run(jobdir.path, update=True, finished=time.time(), reason="model failed")
+        report = {"host": socket.gethostname(), "traceback": failures.first or "", "message": why}
+        _write_error(jobdir, "fit", 0, report, failed_evaluations=count, evaluations=evaluations)
+        return 1
     checkpoint.record_run(jobdir.path, update=True, finished=time.time(), reason="completed")
     if fit_state is not None:  # the fit's time across all its runs, not only this one's
         result["elapsed_s"] += float(info.get("elapsed_s", 0.0))
@@ -255,6 +279,8 @@ def _run_root(
         started=started,
         finished=time.time(),
         threads={name: os.environ.get(name) for name in THREAD_VARIABLES},
+        failed_evaluations=count,
+        evaluations=evaluations,
     )
     try:
         result["exports"] = write_exports(driver, spec["fit"], jobdir.file(EXPORT_DIR))

@@ -225,6 +225,8 @@ class Mapper:
         self.static = StaticSplit(self.comm, self._grow)
         self.guided = GuidedChunks(self.comm, self._grow)
         self.longest_call_s = 0.0  # for the watchdog: how long a call may take
+        self.evaluations = 0  # points mapped, on every rank
+        self.nonfinite = 0  # of them, those without a finite value: the model failed there
 
     def _grow(self, rank: int, need: int) -> None:
         """Tell a worker whose buffer is too small for *need* doubles to enlarge it (before the share)."""
@@ -250,6 +252,8 @@ class Mapper:
         self.longest_call_s = max(self.longest_call_s, perf_counter() - started)
         if remote or failed is not None:
             self._raise_failure(points, remote, failed)
+        self.evaluations += npop
+        self.nonfinite += npop - int(np.count_nonzero(np.isfinite(result)))
         return result
 
     def waiting(self) -> tuple[float, float] | None:

@@ -32,6 +32,7 @@ class ProgressMonitor(Monitor):
         restarts: int = 0,
         info: dict[str, Any] | None = None,
         stopped: Callable[[], bool] | None = None,
+        failures: Callable[[], tuple[int, int]] | None = None,
     ):
         self.stopped = stopped  # true when the fit ended at a checkpoint, to continue later
         self.path = path
@@ -44,6 +45,8 @@ class ProgressMonitor(Monitor):
         self.steps = max(int(steps), 1)
         self.every_s = every_s
         self.failed = 0  # evaluations that gave NaN or inf (Bumps maps model failures to inf)
+        self.evaluations: int | None = None
+        self.failures = failures  # (failed, evaluations) of every rank, from the job; else the population's
         self._last = -math.inf
         self.unwritten = 0  # progress writes that failed (a full disk): said once
 
@@ -53,15 +56,20 @@ class ProgressMonitor(Monitor):
     def __call__(self, history: Any) -> None:
         if self._first_step is None and history.step:
             self._first_step = true_step(history)
-        values = getattr(history, "population_values", None)
-        if values and values[0] is not None:
-            self.failed += int(sum(1 for v in values[0] if not math.isfinite(v)))
+        if self.failures is not None:
+            self.failed, self.evaluations = self.failures()
+        else:
+            values = getattr(history, "population_values", None)
+            if values and values[0] is not None:
+                self.failed += int(sum(1 for v in values[0] if not math.isfinite(v)))
         now = time.monotonic()
         if now - self._last >= self.every_s:
             self._last = now
             self._write(history, done=False)
 
     def final(self, history: Any, best: dict[str, Any]) -> None:
+        if self.failures is not None:
+            self.failed, self.evaluations = self.failures()
         stopped = self.stopped is not None and self.stopped()
         self._write(history, done=not stopped)  # a fit stopped at a checkpoint is not done
 
@@ -86,6 +94,7 @@ class ProgressMonitor(Monitor):
             "restarts": self.restarts,
             "eta_s": eta,
             "failed_evaluations": self.failed,
+            "evaluations": self.evaluations,
             "done": done,
             "updated": time.time(),
         }

@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,7 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__
 from ..cluster.render import limit_seconds
 from ..errors import BumpsMpiError, UsageError
-from ..jobdir import FIGURES_DIR, REPORT_FILE
+from ..jobdir import FIGURES_DIR, REPORT_FILE, JobDir
 from ..text import plain
 from . import files, notify, uploads
 from .auth import COOKIE, Auth, User
@@ -95,7 +96,25 @@ SUBMIT_SCHEMA = {  # the form the submit endpoint reads itself (after authentica
                 }
             }
         },
-    }
+    },
+    "responses": {  # what is sent besides 201: the same fit again, a bad request, a limit
+        "200": {"description": "the fit made earlier with this Idempotency-Key"},
+        "422": {
+            "description": "the request or its model is refused (the model check's output with it)",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"detail": {"type": "string"}, "output": {"type": ["string", "null"]}},
+                    }
+                }
+            },
+        },
+        "429": {
+            "description": "a limit of yours is reached (fits running at once): send it again later",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+        },
+    },
 }
 
 
@@ -126,6 +145,29 @@ class FitDetail(FitOut):
     figures: list[str] = []
     files: list[str] = []
     sandbox: dict[str, Any] | None = None
+    failed_evaluations: int | None = None  # where the model raised or gave no value (Bumps went on)
+    evaluations: int | None = None
+
+
+class LimitReached(UsageError):
+    """A user's limit (fits running at once) refuses a request that is fine in itself: 429, try later."""
+
+    retry_after_s = 30
+
+
+def owner_only(data_dir: Path) -> None:
+    """The data directory holds every user's models, data and results: no other account may enter it.
+    One of ours that others can is closed (and said); one that is not ours is refused."""
+    info = data_dir.stat()
+    if not info.st_mode & 0o077:
+        return
+    if info.st_uid != os.geteuid():
+        raise UsageError(
+            f"data directory {data_dir} belongs to another account and others can read it: "
+            "give the service a directory of its own"
+        )
+    data_dir.chmod(0o700)
+    print(f"bumps-mpi service: {data_dir} was open to other accounts; now only this one", file=sys.stderr)
 
 
 def create_app(config: ServiceConfig | None = None) -> FastAPI:
@@ -133,7 +175,9 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     if config is None:
         path = os.environ.get("BUMPS_MPI_SERVICE_CONFIG")
         config = load(Path(path) if path else None)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # the store, the secret and every fit's files: the service's own account only
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    owner_only(config.data_dir)
     os.environ["BUMPS_MPI_REGISTRY"] = str(config.data_dir / "registry.jsonl")  # the service's own list
     store = Store.of(config)
     auth = Auth(config, store)
@@ -236,7 +280,16 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             out.parameters = [{**p, "name": plain(p["name"])} for p in result["parameters"]]
             out.chisq, out.chisq_str = result["chisq"], result["chisq_str"]
             out.sandbox = result.get("sandbox")
-        out.files = downloads(job.path)
+        try:
+            error = job.error
+        except BumpsMpiError:
+            error = None
+        counted = result or error or out.progress or {}  # the job's own word: numbers only
+        for key in ("failed_evaluations", "evaluations"):
+            value = counted.get(key) if isinstance(counted, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                setattr(out, key, value)
+        out.files = downloads(job)
         out.figures = [
             n.split("/", 1)[1] for n in out.files if n.startswith(f"{FIGURES_DIR}/") and n.endswith(".png")
         ]
@@ -246,23 +299,25 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         """Nothing more will change: its end recorded (report written, notifications sent), or never run."""
         return bool(fit.get("ended")) or fit["phase"] in ("rejected", "interrupted", "deleted")
 
-    def downloads(job_path: Path) -> list[str]:
-        """What a fit offers for download: regular files only (no links followed), in a fixed set."""
-        found = list(files.regular_files(job_path))
+    def downloads(job: JobDir) -> list[str]:
+        """What a fit offers for download: regular files only (no links followed), in a fixed set; the
+        Slurm log from the control directory (one of that name in the job directory is the model's)."""
+        found = list(files.regular_files(job.path))
         wanted = set(DOWNLOADS)
+        logs = [n for n in files.regular_files(job.control) if n.startswith("slurm-") and n.endswith(".out")]
         return [
             name for name in found
-            if name in wanted or (name.startswith("slurm-") and name.endswith(".out"))
-            or name.startswith(("export/", f"{FIGURES_DIR}/"))
-        ]  # fmt: skip
+            if name in wanted or name.startswith(("export/", f"{FIGURES_DIR}/"))
+        ] + logs  # fmt: skip
 
     def open_in(fit: dict, relative: str) -> tuple[Any, int]:
         """A download opened once, beneath the job directory, through no link: (file, size)."""
         job = job_of(config, fit)
-        if job is None or relative not in downloads(job.path):
+        if job is None or relative not in downloads(job):
             raise HTTPException(404, f"no file {relative!r} in this fit")
         try:
-            handle = files.open_beneath(job.path, relative)
+            base = job.file(relative).parent if "/" not in relative else job.path  # a log: its control dir
+            handle = files.open_beneath(base, relative)
         except OSError:
             raise HTTPException(404, f"no file {relative!r} in this fit") from None
         return handle, os.fstat(handle.fileno()).st_size
@@ -296,7 +351,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             raise UsageError(f"time {time_limit!r}: this service allows at most {limits.max_time} for you")
         running = [f for f in store.active() if f["owner"] == user.name and f["phase"] != "interrupted"]
         if len(running) >= limits.max_fits:
-            raise UsageError(
+            raise LimitReached(
                 f"you have {len(running)} fits running, the most this service allows: wait for one"
             )
         wanted = notify.check_request(
@@ -384,6 +439,9 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         changing(request, user, form.get("csrf"))
         try:
             fit, new = await create(user, form, model, data, archive, idempotency_key)
+        except LimitReached as exc:  # not the request's fault: the same request later will do
+            retry = {"Retry-After": str(LimitReached.retry_after_s)}
+            return JSONResponse({"detail": public(str(exc)), "output": None}, status_code=429, headers=retry)
         except BumpsMpiError as exc:
             return JSONResponse({"detail": public(str(exc)), "output": public(exc.output)}, status_code=422)
         return JSONResponse(
@@ -573,8 +631,9 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         try:
             fit, _ = await create(user, form, model, data, archive, form.get("idempotency_key") or None)
         except BumpsMpiError as exc:
+            status = 429 if isinstance(exc, LimitReached) else 422
             return submit_form_page(
-                request, user, status=422, error=public(str(exc)), output=public(exc.output)
+                request, user, status=status, error=public(str(exc)), output=public(exc.output)
             )
         return RedirectResponse(f"/fits/{fit['id']}", status_code=303)
 

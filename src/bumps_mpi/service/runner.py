@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,8 @@ class Runner:
             )
             if limits.account:
                 resources["account"] = limits.account
+        else:  # a local run ends at its time limit too (the user's, else the most this service allows)
+            resources["time"] = asked.get("time") or limits.max_time
         name = NAME.sub("_", Path(asked["model"]).stem)[:60].lstrip("._+-") or "fit"
         return submission.JobRequest(
             model=model,
@@ -222,6 +225,7 @@ def launch(job: JobDir, ranks: int) -> dict[str, Any]:
             cwd=job.control,  # never the job directory: nothing planted there is imported (pythonenv)
             env=safe_environment(),
         )
+    threading.Thread(target=started.wait, name=f"reap {started.pid}", daemon=True).start()  # no zombie
     return processes.identity(started.pid)
 
 

@@ -342,6 +342,8 @@ class Attempt(threading.Thread):
         resources: dict[str, Any] = {"sandbox": "require"}  # strangers' code: confined, or not at all
         if not self.worker.local:
             resources.update({k: asked[k] for k in ("ntasks", "time") if asked.get(k)})
+        elif asked.get("time"):  # a local run ends at its time limit too
+            resources["time"] = asked["time"]
         start_from = self.base / "start-from.h5"
         request = submission.JobRequest(
             model=model_dir / asked["model"],
