@@ -88,12 +88,12 @@ def planted_outcomes(job_dir: Path) -> dict[str, str]:
     return json.loads((job_dir / "planted-out.json").read_text())
 
 
-def check_control_held(job_dir: Path) -> None:
+def check_control_held(job_dir: Path, level: str = "best-effort") -> None:
     """The model could not write, add to or move its control directory, and its request is intact."""
     outcomes = planted_outcomes(job_dir)
     assert all(v.startswith("blocked") for v in outcomes.values()), outcomes
     request = json.loads((control_dir(job_dir) / "request.json").read_text())
-    assert request["sandbox"]["level"] == "best-effort" and request["max_requeues"] != 99
+    assert request["sandbox"]["level"] == level and request["max_requeues"] != 99
     assert json.loads((job_dir / "job.json").read_text())["sandbox"] == {"level": "off"}  # the forgery
 
 
@@ -213,3 +213,57 @@ def test_an_oversized_job_file_is_reported_not_loaded(isolated):
     assert shown.returncode == 0, shown.stderr
     record = json.loads(shown.stdout)[0]
     assert "progress.json" in record["warning"] and "damaged, not loaded" in record["warning"], record
+
+
+@pytest.mark.mpi_launch
+def test_a_service_restart_that_resumes_a_local_fit_runs_nothing_planted(den):
+    """The job controller starts a dead local fit again from its checkpoint when it restarts: its new
+    supervisor (the service's own account, which can read the database and the secret) and ranks import
+    nothing the model planted, and the request (sandbox `require`) is the service's, not job.json's."""
+    from service_helpers import Service, follow, submit
+
+    local = Service("local", "[limits]\nmax_ranks = 2\n").start()
+    markers = local.base / "markers"  # outside every fit, writable by the service's account
+    markers.mkdir()
+    os.chown(markers, local.user.pw_uid, local.user.pw_gid)
+    try:
+        alice = local.client("alice")
+        args = f"0.002 {markers} plant"
+        fit = submit(
+            alice, MODELS / "planter.py", data=[MODELS / "slow_peak.py"], samples="400000", args=args
+        )
+        assert fit.status_code == 201, fit.text
+        fit_id = fit.json()["id"]
+        job = local.data / "fits" / fit_id / "job"
+        wait_until(lambda: (job / "planted-out.json").exists(), "the model to plant")
+        rank0 = next(r for r in json.loads((job / "ranks.json").read_text()) if r["rank"] == 0)
+        os.kill(rank0["pid"], signal.SIGUSR2)  # a checkpoint now, to continue from
+        wait_until(lambda: (job / "checkpoint.h5").exists(), "a checkpoint")
+        local.stop(signal.SIGKILL)
+        subprocess.run(["pkill", "-KILL", "-f", str(job)], check=False)  # the run dies with it: stale
+        wait_until(lambda: not _running(job), "the run's processes to end")
+        check_control_held(job, "require")
+        local.start()  # reconcile: the stale run starts again from its checkpoint
+        wait_until(lambda: len(json.loads((job / "runs.json").read_text())) == 2, "the run started again")
+        assert (job / "mpi4py.py").exists() and (job / "bumps_mpi" / "__init__.py").exists()
+        alice = local.client("alice")
+        assert alice.post(f"/api/v1/fits/{fit_id}/cancel").status_code == 202
+        assert follow(alice, fit_id)[-1]["state"] == "CANCELLED"
+        runs = json.loads((job / "runs.json").read_text())
+        assert len(runs) == 2 and all(r["sandbox"]["level"] == "require" for r in runs), runs
+        assert sorted(p.name for p in markers.iterdir()) == []
+        assert "PLANTED CODE RAN" not in (job / "local.out").read_text()
+    finally:
+        local.close()
+
+
+def _running(job: Path) -> bool:
+    found = subprocess.run(["pgrep", "-f", f"bumps_mpi.job {job}"], capture_output=True, text=True)
+    return bool(found.stdout.split())
+
+
+def wait_until(condition, what: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.3)

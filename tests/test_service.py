@@ -5,6 +5,7 @@ real headless Chromium for the pages. One service for the module; its own ones w
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sqlite3
@@ -168,6 +169,22 @@ def test_cancel_over_the_api_and_delete(service):
     fit = submit(alice, SLOW, **SLOW_FIT).json()
     wait_for(alice, fit["id"], {"RUNNING", "PENDING"})
     assert alice.delete(f"/api/v1/fits/{fit['id']}").status_code == 409  # still running: cancel first
+    with contextlib.ExitStack() as open_streams:  # one user's streams are limited; others' are not
+        url = f"/api/v1/fits/{fit['id']}/events"
+        for _ in range(8):
+            assert open_streams.enter_context(alice.stream("GET", url)).status_code == 200
+        refused = alice.get(url)
+        assert refused.status_code == 429 and refused.headers["retry-after"], refused.text
+        assert service.client("admin").get("/api/v1/me").status_code == 200
+
+    def opens() -> int:
+        with alice.stream("GET", url) as answer:
+            return answer.status_code
+
+    deadline = time.monotonic() + 30  # closed: the service notices and counts them down
+    while opens() == 429:
+        assert time.monotonic() < deadline, "closed streams were never counted down"
+        time.sleep(0.5)
     assert alice.post(f"/api/v1/fits/{fit['id']}/cancel").status_code == 202
     assert follow(alice, fit["id"])[-1]["state"] == "CANCELLED"
     assert alice.delete(f"/api/v1/fits/{fit['id']}").status_code == 204
@@ -207,9 +224,13 @@ def test_the_api_has_an_openapi_description_and_filters(service):
         assert path in paths
     assert {"get", "post"} <= set(paths["/api/v1/fits"])
     alice = service.client("alice")
+    if not alice.get("/api/v1/fits", params={"state": "COMPLETED"}).json():  # run alone: make one
+        assert follow(alice, submit(alice, EXAMPLE, **SMALL).json()["id"])[-1]["state"] == "COMPLETED"
     everything = alice.get("/api/v1/fits").json()
     completed = alice.get("/api/v1/fits", params={"state": "COMPLETED"}).json()
-    assert [f["id"] for f in completed] == [f["id"] for f in everything if f["state"] == "COMPLETED"]
+    assert completed and [f["id"] for f in completed] == [
+        f["id"] for f in everything if f["state"] == "COMPLETED"
+    ]
     assert alice.get("/api/v1/fits", params={"state": "NO_SUCH"}).json() == []
 
 
@@ -748,7 +769,8 @@ def test_a_limit_answers_429_with_retry_after_and_a_bad_request_422(mpiexec):
         assert second.status_code == 429 and int(second.headers["retry-after"]) > 0, second.text
         assert "the most this service allows" in second.json()["detail"]
         assert submit(alice, EXAMPLE, ntasks="3").status_code == 422
-        described = alice.get("/openapi.json").json()["paths"]["/api/v1/fits"]["post"]["responses"]
+        schema = httpx.get(f"{local.url}/api/v1/openapi.json").json()
+        described = schema["paths"]["/api/v1/fits"]["post"]["responses"]
         assert {"200", "201", "422", "429"} <= set(described), described
         assert alice.post(f"/api/v1/fits/{first['id']}/cancel").status_code == 202
     finally:

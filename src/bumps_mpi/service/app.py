@@ -64,6 +64,7 @@ DOWNLOAD_HEADERS = {
 }
 FIT_FIELDS = ("samples", "burn", "steps", "pop", "init", "thin")
 STREAM_S = 3600  # an event stream's longest life: a client that still wants it reconnects
+MAX_STREAMS_PER_USER = 8  # event streams one user may hold open at once
 _FILE = {"type": "string", "format": "binary"}
 SUBMIT_SCHEMA = {  # the form the submit endpoint reads itself (after authentication), for OpenAPI
     "requestBody": {
@@ -468,27 +469,57 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     def one_fit(fit_id: str, user: User = Depends(api_user)) -> FitDetail:
         return detail(visible(fit_id, user))
 
+    streams: dict[str, int] = {}  # open event streams per user (one user's tabs must not starve others)
+
     @app.get("/api/v1/fits/{fit_id}/events")
     def events(fit_id: str, user: User = Depends(api_user)) -> StreamingResponse:
         fit = visible(fit_id, user)
+        if streams.get(user.name, 0) >= MAX_STREAMS_PER_USER:
+            raise HTTPException(
+                429,
+                f"you have {MAX_STREAMS_PER_USER} event streams open: close one",
+                headers={"Retry-After": "15"},
+            )
+        streams[user.name] = streams.get(user.name, 0) + 1
         return StreamingResponse(
-            stream(fit["id"]), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+            stream(fit["id"], user.name),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store"},
         )
 
-    async def stream(fit_id: str) -> AsyncIterator[str]:
+    def look(fit_id: str) -> tuple[dict | None, dict | None]:
+        """(the fit's row, what its event shows): the monitor's record and the store, never a walk of
+        its directory; in a worker thread, never on the event loop."""
+        current = store.fit(fit_id)
+        if current is None:
+            return None, None
+        out = summary(current).model_dump(include={"state", "chisq", "message"})
+        record = (monitor.record(current) if job_of(config, current) is not None else None) or {}
+        out["state"] = record.get("state", out["state"])
+        out["progress"] = finite(record.get("progress"))
+        out["reason"] = plain(record["reason"]) if record.get("reason") else None
+        if isinstance(record.get("chisq"), float):
+            out["chisq"] = record["chisq"]
+        return current, finite(out)
+
+    async def stream(fit_id: str, who: str) -> AsyncIterator[str]:
         """Server-Sent Events: the fit's state and progress whenever they change; `end` when it ends (or
         is deleted). Async: an open stream holds no thread; it ends after STREAM_S (clients reconnect)."""
+        try:
+            async for text in _stream(fit_id):
+                yield text
+        finally:
+            streams[who] = max(streams.get(who, 1) - 1, 0)
+
+    async def _stream(fit_id: str) -> AsyncIterator[str]:
         last, seen, until = None, -1, time.monotonic() + STREAM_S
         quiet = time.monotonic()
         while time.monotonic() < until:
             if monitor.round != seen:
                 seen = monitor.round
-                current = store.fit(fit_id)
+                current, shown = await asyncio.to_thread(look, fit_id)
                 if current is None:  # deleted meanwhile
                     break
-                shown = finite(
-                    detail(current).model_dump(include={"state", "reason", "progress", "chisq", "message"})
-                )
                 if shown != last:
                     yield f"data: {json.dumps(shown)}\n\n"
                     last, quiet = shown, time.monotonic()
@@ -516,9 +547,9 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         remove(visible(fit_id, user))
 
     def remove(fit: dict) -> None:
-        if fit["phase"] in ("queued", "leased") or (
-            fit["phase"] == "submitted" and not over(fit) and alive_ids([fit])
-        ):
+        if fit["phase"] == "submitting":  # its submission would record it again after the delete
+            raise HTTPException(409, "the fit is being submitted: wait a moment, then cancel or delete it")
+        if fit["phase"] in ("queued", "leased") or (fit["phase"] == "submitted" and alive_ids([fit])):
             raise HTTPException(409, "the fit is still running: cancel it first, then delete it")
         runner.delete(fit)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..cluster.states import JobState
+from .files import RESULTS_LIMIT
 from .settings import ServiceConfig
 from .store import Store, digest
 from .uploads import Refused, safe_name
@@ -259,7 +260,10 @@ class Queue:
         """One result file of the current attempt, whole or not at all; (its path, True if new)."""
         name = safe_name(relative)
         base = self.fit_dir(fit["id"]) / "attempts" / str(fit["attempt"])
-        return _receive(base / name, sha256, stream, limit)
+        used = sum(p.stat().st_size for p in base.rglob("*") if p.is_file() and p != base / name)
+        if used >= RESULTS_LIMIT:
+            raise Refused(f"this fit's results are past the {RESULTS_LIMIT >> 20} MB this service keeps")
+        return _receive(base / name, sha256, stream, min(limit, RESULTS_LIMIT - used))
 
     def put_checkpoint(self, fit: dict, sha256: str, stream: BinaryIO, limit: int) -> bool:
         """The attempt's newest checkpoint; kept for the next attempt only while the lease is current."""

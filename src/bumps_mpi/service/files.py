@@ -17,7 +17,12 @@ from typing import BinaryIO
 
 from ..jobdir import open_beneath
 
-__all__ = ["chunks", "open_beneath", "regular_files"]
+__all__ = ["RESULTS_LIMIT", "chunks", "open_beneath", "regular_files"]
+
+RESULTS_LIMIT = (
+    8 << 30
+)  # what one dispatched fit may keep as results: its worker sends no more, the controller
+# accepts no more
 
 
 def regular_files(base: Path, within: str = "") -> Iterator[str]:

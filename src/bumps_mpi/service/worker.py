@@ -40,6 +40,7 @@ from ..jobdir import CANCEL_FILE, CHECKPOINT_FILE, JobDir, write_atomic
 from . import files
 
 SKIP = {"model", "tmp", CHECKPOINT_FILE}  # not sent as results (the checkpoint goes on its own)
+CHUNK = 1 << 20  # files are read, hashed and sent in blocks of this size
 BACKOFF_MAX_S = 30.0
 LOOK_S = 5.0  # how often a running job is looked at (its end is reported at once; heartbeats are rarer)
 
@@ -63,9 +64,10 @@ class Controller:
         self.url, self.credential = url.rstrip("/"), credential
 
     def call(
-        self, method: str, path: str, payload: Any = None, raw: bytes | None = None, timeout: float = 60,
+        self, method: str, path: str, payload: Any = None, raw: Any = None, timeout: float = 60,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:  # fmt: skip
+        """*raw*: bytes, or an open file sent in blocks from where it stands (give its Content-Length)."""
         data = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else None)
         request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
         request.add_header(
@@ -210,7 +212,8 @@ class Attempt(threading.Thread):
         self.api = worker.controller
         self.base = worker.state_dir / "fits" / f"{self.fit_id}-{self.number}"
         self.last_ok = time.monotonic()  # when the last accepted heartbeat was sent
-        self.sent_checkpoint: str | None = None
+        self.sent_checkpoint: str | None = None  # the last checkpoint sent: inode, size and time
+        self.last_record: dict[str, Any] | None = None  # what the last heartbeat said of the job
 
     @property
     def path(self) -> str:
@@ -393,17 +396,27 @@ class Attempt(threading.Thread):
         while True:
             record = self._status(job)
             ended = jobstate.ended_for_good(record)
+            shown = (
+                {**record, "state": JobState.RUNNING.value, "reason": "sending its results"}
+                if ended
+                else record
+            )
             try:
-                if ended or time.monotonic() - beaten >= period:
-                    answer = self._heartbeat(job, record)
+                if (
+                    ended or time.monotonic() - beaten >= period
+                ):  # its end is told by complete, after the files
+                    answer = self._heartbeat(job, shown)
                     beaten, backoff = time.monotonic(), 1.0
                     if answer.get("cancel") and not JobState(record["state"]).terminal:
                         self._cancel(job)
                     self._send_checkpoint(job)
                 if ended:
-                    message = self._send_results(job, record)
-                    self._complete(job, JobState.FAILED.value if message else record["state"],
-                                   message or record.get("reason"))  # fmt: skip
+                    skipped = self._send_results(job, shown)
+                    kept = f"not kept: {'; '.join(skipped)}" if skipped else None
+                    message = "; ".join(m for m in (record.get("reason"), kept) if m) or None
+                    if skipped:
+                        self.worker.say(f"fit {self.fit_id}: {kept}")
+                    self._complete(job, record["state"], message)
                     return
             except Unreachable as exc:
                 if self.own_deadline_passed():
@@ -424,6 +437,7 @@ class Attempt(threading.Thread):
             report.update({k: record.get(k) for k in ("state", "reason", "progress", "job_id")})
         else:
             report["state"] = "PENDING"
+        self.last_record = record
         sent = time.monotonic()
         answer = self.api.json("POST", f"{self.path}/heartbeat", report, timeout=30)
         self.last_ok = sent  # the controller renewed the lease no earlier than this
@@ -431,49 +445,85 @@ class Attempt(threading.Thread):
         return answer
 
     def _send_checkpoint(self, job: JobDir) -> None:
+        """The newest checkpoint, once: an unchanged one (same file, size and time) is not read again."""
         try:  # the job directory is the model's to write: read it through no link (bumps_mpi.service.files)
-            with files.open_beneath(job.path, CHECKPOINT_FILE) as handle:
-                data = handle.read()
+            handle = files.open_beneath(job.path, CHECKPOINT_FILE)
         except OSError:
             return
-        digest = hashlib.sha256(data).hexdigest()
-        if digest == self.sent_checkpoint:
-            return
-        try:
-            self.api.call(
-                "PUT", f"{self.path}/checkpoint{self.lease_query()}", raw=data, timeout=300,
-                headers={"X-Content-SHA256": digest},
-            )  # fmt: skip
-        except (Unreachable, Gone):
-            raise
-        except BumpsMpiError as exc:  # a checkpoint helps a next attempt; the fit goes on without it
-            self.worker.say(f"fit {self.fit_id}: checkpoint not kept by the controller ({exc})")
-        self.sent_checkpoint = digest
+        with handle:
+            info = os.fstat(handle.fileno())
+            seen = f"{info.st_ino}:{info.st_size}:{info.st_mtime_ns}"
+            if seen == self.sent_checkpoint:
+                return
+            if info.st_size > files.RESULTS_LIMIT:
+                self.worker.say(
+                    f"fit {self.fit_id}: checkpoint of {info.st_size >> 20} MB not sent (too large)"
+                )
+                self.sent_checkpoint = seen
+                return
+            try:
+                self._upload(f"{self.path}/checkpoint{self.lease_query()}", handle, None, None)
+            except (Unreachable, Gone):
+                raise
+            except BumpsMpiError as exc:  # a checkpoint helps a next attempt; the fit goes on without it
+                self.worker.say(f"fit {self.fit_id}: checkpoint not kept by the controller ({exc})")
+        self.sent_checkpoint = seen
 
-    def _send_results(self, job: JobDir, record: dict[str, Any]) -> str | None:
-        """Send the job's files, renewing the lease between them; why one was refused, if one was."""
-        period = max(1.0, self.lease_s / 3)
+    def _upload(self, path: str, handle: Any, job: JobDir | None, record: dict[str, Any] | None) -> None:
+        """Send one open file in blocks with its SHA-256 (hashed in blocks first), heartbeating meanwhile so
+        that an upload longer than the lease never loses it."""
+        digest, size = _digest(handle)
+        headers = {"X-Content-SHA256": digest, "Content-Length": str(size)}
+        done = threading.Event()
+
+        def beat() -> None:
+            period = max(1.0, self.lease_s / 3)
+            while not done.wait(period):
+                try:
+                    self._heartbeat(job, record if record is not None else self.last_record)
+                except BumpsMpiError as exc:  # the upload itself will say what went wrong
+                    self.worker.say(f"fit {self.fit_id}: heartbeat during an upload: {exc}")
+
+        beating = threading.Thread(target=beat, name=f"heartbeat {self.fit_id}", daemon=True)
+        beating.start()
+        try:
+            self.api.call("PUT", path, raw=handle, timeout=300, headers=headers)
+        finally:
+            done.set()
+            beating.join()
+
+    def _send_results(self, job: JobDir, record: dict[str, Any]) -> list[str]:
+        """Send the job's files, smallest first, in blocks, the lease kept alive throughout; what was not
+        sent, and why (a file refused, or past the per-fit total), for the fit's record."""
+        sizes = {}
         for relative in files.regular_files(job.path):
             parts = relative.split("/")
             if parts[0] in SKIP or any(part.startswith(".") for part in parts):  # temporaries, mid-write
                 continue
             try:
-                with files.open_beneath(job.path, relative) as handle:
-                    data = handle.read()
+                sizes[relative] = (job.path / relative).lstat().st_size
+            except OSError:
+                continue
+        skipped, total = [], 0
+        sending = {**record, "state": JobState.RUNNING.value, "reason": "sending its results"}
+        for relative in sorted(sizes, key=lambda r: (sizes[r], r)):  # the result and report before the chain
+            if total + sizes[relative] > files.RESULTS_LIMIT:
+                skipped.append(f"{relative} (past the {files.RESULTS_LIMIT >> 20} MB a fit may keep)")
+                continue
+            try:
+                handle = files.open_beneath(job.path, relative)
             except OSError:
                 continue  # replaced by a link or gone since the listing: not the fit's result
-            if time.monotonic() - self.last_ok > period:
-                self._heartbeat(job, record)  # a long upload must not outlive the lease
-            try:
-                self.api.call(
-                    "PUT", f"{self.path}/files/{urllib.parse.quote(relative)}{self.lease_query()}", raw=data,
-                    timeout=300, headers={"X-Content-SHA256": hashlib.sha256(data).hexdigest()},
-                )  # fmt: skip
-            except (Unreachable, Gone):
-                raise
-            except BumpsMpiError as exc:  # refused for good (too large, a bad name): the fit says so
-                return f"the controller refused its file {relative}: {exc}"
-        return None
+            with handle:
+                try:
+                    target = f"{self.path}/files/{urllib.parse.quote(relative)}{self.lease_query()}"
+                    self._upload(target, handle, job, sending)
+                    total += os.fstat(handle.fileno()).st_size
+                except (Unreachable, Gone):
+                    raise
+                except BumpsMpiError as exc:  # refused for good (too large, a bad name): said, not fatal
+                    skipped.append(f"{relative} ({exc})")
+        return skipped
 
     def _complete(self, job: JobDir | None, state: str, message: str | None) -> None:
         self.api.json(
@@ -494,6 +544,17 @@ class Attempt(threading.Thread):
                 pass  # it has ended already
         elif processes.alive(self.record.get("supervisor")):
             os.kill(int(self.record["supervisor"]["pid"]), signal.SIGTERM)
+
+
+def _digest(handle: Any) -> tuple[str, int]:
+    """(SHA-256, size) of an open file read in blocks from its start; left at its start again."""
+    hasher, size = hashlib.sha256(), 0
+    handle.seek(0)
+    while block := handle.read(CHUNK):
+        hasher.update(block)
+        size += len(block)
+    handle.seek(0)
+    return hasher.hexdigest(), size
 
 
 def _find(job_dir: Path) -> str | None:
