@@ -179,7 +179,7 @@ def main() -> None:
         port = 18470
         config = Path(scratch) / "service.toml"
         config.write_text(
-            f'[service]\ndata_dir = "{data}"\nport = {port}\n'
+            f'[service]\ndata_dir = "{data}"\nport = {port}\nmax_running = {args.fits + 1}\n'
             f"[limits]\nmax_fits = {args.fits + 1}\nmax_ranks = 1\n"
         )
         os.environ["BUMPS_MPI_REGISTRY"] = str(Path(scratch) / "registry.jsonl")

@@ -57,7 +57,7 @@ def test_model_failure_during_fit_is_reported(mpiexec, isolated):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAILED" in proc.stdout
     assert "model exploded at height=" in proc.stderr and "Traceback" in proc.stderr
-    (job_dir,) = (isolated / "jobs").iterdir()
+    (job_dir,) = [p for p in (isolated / "jobs").iterdir() if not p.name.startswith(".")]
     import json
 
     error = json.loads((job_dir / "error.json").read_text())
@@ -128,7 +128,7 @@ def test_dead_rank_is_named_in_error_json(mpiexec, isolated):
     """A rank killed mid-fit: the run ends, and error.json says which rank died and how."""
     proc = fail_locally("dies_in_fit.py", isolated)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    (job_dir,) = (isolated / "jobs").iterdir()
+    (job_dir,) = [p for p in (isolated / "jobs").iterdir() if not p.name.startswith(".")]
     error = json.loads((job_dir / "error.json").read_text())
     ranks = json.loads((job_dir / "ranks.json").read_text())
     assert [r["rank"] for r in ranks] == [0, 1]

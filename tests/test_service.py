@@ -63,6 +63,7 @@ class Hooks:
 
     def __init__(self) -> None:
         self.bodies: list[dict] = []
+        self.hosts: list[str] = []  # each POST's Host header
         self.arrived = threading.Condition()
         hooks = self
 
@@ -72,6 +73,7 @@ class Hooks:
                 self.send_response(204)
                 self.end_headers()
                 with hooks.arrived:
+                    hooks.hosts.append(self.headers["Host"])
                     hooks.bodies.append(body)
                     hooks.arrived.notify_all()
 
@@ -773,5 +775,50 @@ def test_a_limit_answers_429_with_retry_after_and_a_bad_request_422(mpiexec):
         described = schema["paths"]["/api/v1/fits"]["post"]["responses"]
         assert {"200", "201", "422", "429"} <= set(described), described
         assert alice.post(f"/api/v1/fits/{first['id']}/cancel").status_code == 202
+    finally:
+        local.close()
+
+
+def test_a_webhook_is_posted_to_the_address_it_was_checked_at(monkeypatch, tmp_path):
+    """One lookup per call: the address checked is the one connected to, with the Host header kept (a name
+    that answers a public address to the check and 127.0.0.1 to the call would reach inside otherwise).
+    Here the site allows the name, its first answer is the hooks' loopback address and every later one an
+    address where nothing listens."""
+    import socket as sockets
+
+    from bumps_mpi.service import notify
+    from bumps_mpi.service.settings import ServiceConfig
+
+    hooks = Hooks()
+    port = hooks.server.server_port
+    real, asked = sockets.getaddrinfo, []
+
+    def lookup(host, *args, **kwargs):
+        if host != "hooks.example":
+            return real(host, *args, **kwargs)
+        asked.append(host)
+        address = "127.0.0.1" if len(asked) == 1 else "127.0.0.2"
+        return [(sockets.AF_INET, sockets.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(sockets, "getaddrinfo", lookup)
+    config = ServiceConfig(data_dir=tmp_path)
+    config.webhook_hosts = ["hooks.example"]
+    fit = {"id": "f1", "name": "peak", "notify": json.dumps({"webhook": f"http://hooks.example:{port}/hook"})}
+    assert notify.send(config, fit, {"state": "COMPLETED", "chisq": 1.0}) == []
+    assert hooks.wait("f1") and hooks.hosts == [f"hooks.example:{port}"] and asked == ["hooks.example"]
+
+
+def test_a_users_quota_of_kept_fits_is_a_clear_refusal(mpiexec):
+    local = Service("local", "[limits]\nmax_ranks = 2\nmax_kept = 1\n").start()
+    try:
+        alice = local.client("alice")
+        first = submit(alice, EXAMPLE, **SMALL).json()
+        assert follow(alice, first["id"])[-1]["state"] == "COMPLETED"
+        refused = submit(alice, EXAMPLE, **SMALL)
+        assert refused.status_code == 422 and "you keep 1 fits" in refused.json()["detail"], refused.text
+        assert "delete some" in refused.json()["detail"]
+        assert submit(local.client("bob"), EXAMPLE, **SMALL).status_code == 201  # bob's quota is his own
+        assert alice.delete(f"/api/v1/fits/{first['id']}").status_code == 204
+        assert submit(alice, EXAMPLE, **SMALL).status_code == 201
     finally:
         local.close()

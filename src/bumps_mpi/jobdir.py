@@ -330,6 +330,10 @@ class JobDir:
 
         shutil.rmtree(self.path, ignore_errors=True)
         shutil.rmtree(self.control, ignore_errors=True)
+        try:
+            self.control.parent.rmdir()  # the last job here: leave no empty .bumps-control behind
+        except OSError:
+            pass
 
     def _shaped(self, name: str) -> dict[str, Any] | None:
         data = read_json(self.file(name))

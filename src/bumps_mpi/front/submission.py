@@ -79,6 +79,9 @@ class JobRequest:
     # names a file here is made absolute (the check and the job run in their own directories) and the
     # model may read that file
     own_files: bool = False
+    nice: int = (
+        0  # the model check runs this much below the caller's priority (a service's: others wait less)
+    )
 
     def __post_init__(self) -> None:
         if self.own_files:
@@ -283,6 +286,7 @@ def check_model(request: JobRequest, settings: Settings, confinement: dict[str, 
         request.fit_options,
         settings["check_timeout"],
         sandbox=confinement,
+        nice=request.nice,
     )
 
 

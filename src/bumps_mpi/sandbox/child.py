@@ -69,6 +69,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def nice_prefix(nice: int) -> list[str]:
+    """`nice -n N` before a command that should leave the CPU to others (nothing for 0)."""
+    return ["nice", "-n", str(int(nice))] if nice else []
+
+
 def _exit_on_hangup() -> dict[int, Any]:
     """SIGTERM and SIGHUP (a closed terminal) end this process by SystemExit(128 + N) while a child runs,
     so that run() ends the child's process group and removes its directory; the handlers replaced.
@@ -88,11 +93,14 @@ def _exit_on_hangup() -> dict[int, Any]:
     return replaced
 
 
-def run(module: str, request: dict[str, Any], timeout: float, env: dict[str, str] | None = None) -> Finished:
-    """Run `python -m MODULE` with *request*; wait at most *timeout* seconds; never raise for its sake."""
+def run(
+    module: str, request: dict[str, Any], timeout: float, env: dict[str, str] | None = None, nice: int = 0
+) -> Finished:
+    """Run `python -m MODULE` with *request* (*nice* below this process's priority); wait at most *timeout*
+    seconds; never raise for its sake."""
     with tempfile.TemporaryDirectory(prefix="bumps-mpi-child-") as scratch:
         answer = Path(scratch) / "answer.json"
-        command = [sys.executable, "-m", module, str(answer), json.dumps(request)]
+        command = [*nice_prefix(nice), sys.executable, "-m", module, str(answer), json.dumps(request)]
         proc = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,

@@ -27,6 +27,7 @@ def run_check(
     fit_options: dict[str, Any],
     timeout: float,
     sandbox: dict[str, Any] | None = None,
+    nice: int = 0,
 ) -> dict[str, Any]:
     """Check options and model in a child, confined as the job's ranks will be (*sandbox*: level, read,
     max_file_mb); {"parameters", "nllf", "fit_options", "sandbox"} or a clear error."""
@@ -40,7 +41,7 @@ def run_check(
         "sandbox": sandbox or {"level": "off"},
     }
     done = child.run(
-        "bumps_mpi.sandbox.modelcheck", request, timeout, env=dict.fromkeys(THREAD_VARIABLES, "1")
+        "bumps_mpi.sandbox.modelcheck", request, timeout, env=dict.fromkeys(THREAD_VARIABLES, "1"), nice=nice
     )
     found, output = done.answer, done.output
     if done.timed_out:

@@ -22,6 +22,7 @@ import re
 import secrets
 import shutil
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -148,6 +149,21 @@ class FitDetail(FitOut):
     sandbox: dict[str, Any] | None = None
     failed_evaluations: int | None = None  # where the model raised or gave no value (Bumps went on)
     evaluations: int | None = None
+
+
+def _bytes_under(path: Path) -> int:
+    """The bytes of the regular files under *path* (no link followed)."""
+    total = 0
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            total += _bytes_under(Path(entry.path))
+        elif entry.is_file(follow_symlinks=False):
+            total += entry.stat(follow_symlinks=False).st_size
+    return total
 
 
 class LimitReached(UsageError):
@@ -350,13 +366,20 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         time_limit = form.get("time") or None
         if time_limit and (limit_seconds(time_limit) or 1e18) > (limit_seconds(limits.max_time) or 1e18):
             raise UsageError(f"time {time_limit!r}: this service allows at most {limits.max_time} for you")
-        running = [f for f in store.active() if f["owner"] == user.name and f["phase"] != "interrupted"]
+        active = await asyncio.to_thread(store.active)
+        running = [f for f in active if f["owner"] == user.name and f["phase"] != "interrupted"]
         if len(running) >= limits.max_fits:
             raise LimitReached(
                 f"you have {len(running)} fits running, the most this service allows: wait for one"
             )
-        wanted = notify.check_request(
-            config, form.get("notify_email") or None, form.get("notify_webhook") or None
+        await asyncio.to_thread(quota, user, limits)
+        here = [f for f in active if f["phase"] in ("submitting", "submitted")]
+        if config.backend == "local" and len(here) >= config.max_running:
+            raise LimitReached(
+                f"this service runs {len(here)} fits, the most it runs at once: try again later"
+            )
+        wanted = await asyncio.to_thread(  # a DNS lookup: never on the event loop
+            notify.check_request, config, form.get("notify_email") or None, form.get("notify_webhook") or None
         )
         options = {k: form[k] for k in FIT_FIELDS if form.get(k) not in (None, "")}
         args = form.get("args") or ""
@@ -371,6 +394,32 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             "wants": _labels(form.get("labels") or ""),  # dispatch: what a worker must offer
         }
         display = (model.filename if model else archive.filename if archive else None) or "fit"
+        if not checks.acquire(blocking=False):  # each check is a process here: a burst waits its turn
+            raise LimitReached(f"this service checks {config.max_checks} models at once: try again shortly")
+        try:
+            return await submitted(
+                user, display, request_record, idem_key, wanted, form, model, data, archive
+            )
+        finally:
+            checks.release()
+
+    def quota(user: User, limits: Any) -> None:
+        """A user's fits kept and bytes stored, within their quota (a clear refusal: delete some)."""
+        kept = store.fits(user.name, limit=limits.max_kept + 1)
+        if len(kept) >= limits.max_kept:
+            raise UsageError(f"you keep {len(kept)} fits, the most this service keeps for you: delete some")
+        stored = sum(_bytes_under(fit_dir(config, f["id"])) for f in kept)
+        if stored >= limits.max_stored_mb << 20:
+            raise UsageError(
+                f"your fits hold {stored >> 20} MB, the most this service keeps for you is "
+                f"{limits.max_stored_mb} MB: delete some"
+            )
+
+    async def submitted(
+        user: User, display: str, request_record: dict, idem_key: str | None, wanted: dict, form: dict,
+        model: UploadFile | None, data: list[UploadFile], archive: UploadFile | None,
+    ) -> tuple[dict, bool]:  # fmt: skip
+        """Record the fit, save its upload, check and submit it (or continue an interrupted one)."""
         fit, new = store.new_fit(user.name, Path(display).stem[:60], request_record, idem_key, wanted)
         if not new:
             if fit["phase"] == "interrupted" and store.take_interrupted(fit["id"]):  # one retry continues it
@@ -469,6 +518,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     def one_fit(fit_id: str, user: User = Depends(api_user)) -> FitDetail:
         return detail(visible(fit_id, user))
 
+    checks = threading.BoundedSemaphore(config.max_checks)  # model checks at once, all users together
     streams: dict[str, int] = {}  # open event streams per user (one user's tabs must not starve others)
 
     @app.get("/api/v1/fits/{fit_id}/events")

@@ -8,11 +8,11 @@ a way into the site's own network).
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import json
 import smtplib
 import socket
-import urllib.request
 from email.message import EmailMessage
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,34 +44,76 @@ def check_request(config: ServiceConfig, email: str | None, webhook: str | None)
             raise UsageError(f"webhook {webhook!r}: give an http or https URL")
         if config.webhook_hosts and parts.hostname not in config.webhook_hosts:
             raise UsageError(f"webhook host {parts.hostname!r} is not one this service may call")
-        if not config.webhook_hosts:
-            _public_address(parts.hostname)
+        checked_address(config, parts.hostname)
         found["webhook"] = webhook
     return found
 
 
-def _public_address(host: str) -> None:
-    """Refuse a webhook to this site's own network (loopback, private, link-local: the cloud metadata
-    address among them) unless the site names the host in [webhooks] allowed_hosts."""
+def resolve(host: str) -> list[str]:
+    """The host's addresses (one lookup)."""
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        return list(dict.fromkeys(info[4][0] for info in socket.getaddrinfo(host, None)))
     except (OSError, UnicodeError):
         raise UsageError(f"webhook host {host!r} cannot be resolved") from None
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global:
-            raise UsageError(
-                f"webhook host {host!r} is on this site's own network ({ip}): the service does not call "
-                "there unless its administrators allow the host in [webhooks] allowed_hosts"
-            )
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # a redirect is an answer, not a new address to POST to
+def checked_address(config: ServiceConfig, host: str) -> str:
+    """The address to call *host* at, from one lookup: the call goes there and nowhere else, so a name
+    that resolves to a public address for the check cannot lead the call into this site's own network
+    (loopback, private, link-local: the cloud metadata address among them), unless the site names the
+    host in [webhooks] allowed_hosts."""
+    addresses = resolve(host)
+    if not config.webhook_hosts:
+        for address in addresses:
+            ip = ipaddress.ip_address(address.split("%")[0])
+            if not ip.is_global:
+                raise UsageError(
+                    f"webhook host {host!r} is on this site's own network ({ip}): the service does not call "
+                    "there unless its administrators allow the host in [webhooks] allowed_hosts"
+                )
+    return addresses[0]
 
 
-OPENER = urllib.request.build_opener(_NoRedirects)
+class _Pinned(http.client.HTTPConnection):
+    """HTTP to a host's name (its Host header) at an address checked beforehand."""
+
+    def __init__(self, host: str, address: str, **kwargs: Any):
+        super().__init__(host, **kwargs)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedTLS(http.client.HTTPSConnection):
+    """HTTPS to a host's name (its Host header, and the name its certificate must carry) at an address
+    checked beforehand."""
+
+    def __init__(self, host: str, address: str, **kwargs: Any):
+        super().__init__(host, **kwargs)
+        self.address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def post(config: ServiceConfig, url: str, body: bytes, timeout: float = 20) -> int:
+    """POST *body* to *url* at the address checked for its host now; never a redirect. The status."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    address = checked_address(config, host)
+    kind = _PinnedTLS if parts.scheme == "https" else _Pinned
+    connection = kind(host, address, port=parts.port, timeout=timeout)
+    try:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers = {"Content-Type": "application/json", "User-Agent": "bumps-mpi"}
+        connection.request("POST", path, body=body, headers=headers)
+        answer = connection.getresponse()
+        answer.read(1024)
+        return answer.status
+    finally:
+        connection.close()
 
 
 def message(config: ServiceConfig, fit: dict, record: dict[str, Any]) -> dict[str, Any]:
@@ -105,17 +147,8 @@ def send(config: ServiceConfig, fit: dict, record: dict[str, Any]) -> list[str]:
         except Exception as exc:  # never raises: the fit has ended anyway
             problems.append(f"email to {wanted['email']}: {type(exc).__name__}: {exc}")
     if wanted.get("webhook"):
-        try:
-            request = urllib.request.Request(
-                wanted["webhook"],
-                data=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json", "User-Agent": "bumps-mpi"},
-                method="POST",
-            )
-            if not config.webhook_hosts:  # checked again now: a name may resolve elsewhere than at submission
-                _public_address(urlsplit(wanted["webhook"]).hostname or "")
-            with OPENER.open(request, timeout=20) as answer:  # http(s) only, checked; no redirects
-                answer.read(1024)
+        try:  # checked again now, and called at the address checked: a name may resolve elsewhere later
+            post(config, wanted["webhook"], json.dumps(body).encode())
         except Exception as exc:
             problems.append(f"webhook {wanted['webhook']}: {type(exc).__name__}: {exc}")
     return problems

@@ -33,6 +33,7 @@ from ..errors import BumpsMpiError, SubmitError, UsageError
 from ..front import submission
 from ..jobdir import CANCEL_FILE, CHECKPOINT_FILE, JobDir, is_job_dir, write_atomic
 from ..pythonenv import safe_environment
+from ..sandbox.child import nice_prefix
 from .dispatch import Queue
 from .settings import ServiceConfig
 from .store import Store
@@ -98,6 +99,7 @@ class Runner:
             job_dir=fit_dir(self.config, fit["id"]) / "job",
             profile=self.config.profile,
             resources=resources,
+            nice=self.config.nice,
         )
 
     def submit(self, fit: dict) -> dict:
@@ -135,7 +137,7 @@ class Runner:
 
     def _launched(self, fit_id: str, job: JobDir, ranks: int) -> None:
         """Start a local run's supervisor and keep who it is here, not in the job directory."""
-        self.store.update_fit(fit_id, supervisor=json.dumps(launch(job, ranks)))
+        self.store.update_fit(fit_id, supervisor=json.dumps(launch(job, ranks, self.config.nice)))
 
     def cancel(self, fit: dict) -> None:
         """Cancel by what the service recorded (its Slurm id, its supervisor), never by the job's files:
@@ -213,11 +215,19 @@ class Runner:
         return self.submit(self.store.fit(fit["id"]) or fit)
 
 
-def launch(job: JobDir, ranks: int) -> dict[str, Any]:
-    """Start a local run's supervisor in its own session (it outlives a restart of the service); who it is."""
+def launch(job: JobDir, ranks: int, nice: int = 0) -> dict[str, Any]:
+    """Start a local run's supervisor in its own session (it outlives a restart of the service), *nice*
+    below this process (its ranks inherit it); who it is."""
     with open(os.devnull, "wb") as null:
         started = subprocess.Popen(
-            [sys.executable, "-m", "bumps_mpi.service.supervise", str(job.path), str(ranks)],
+            [
+                *nice_prefix(nice),
+                sys.executable,
+                "-m",
+                "bumps_mpi.service.supervise",
+                str(job.path),
+                str(ranks),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=null,
             stderr=null,

@@ -14,6 +14,9 @@ proxy_header = "X-Remote-User" # auth = "proxy": the user name an authenticating
 trusted_proxies = ["127.0.0.1"]  # ...and the only addresses it is believed from
 admins = []                    # auth = "proxy": these users are administrators
 base_url = ""                  # how users reach it, for links in notifications
+max_running = 8                # local backend: fits running here at once, all users together
+max_checks = 2                 # model checks at once, all users together
+nice = 10                      # fits and checks run this much below the service's own priority
 secure_cookies = false         # true behind TLS (the reverse proxy's)
 [uploads]
 max_mb = 50                    # per request
@@ -23,6 +26,8 @@ max_unzipped_mb = 200          # a zip's content, in all
 max_ranks = 8
 max_time = "04:00:00"
 max_fits = 4                   # in flight at once
+max_kept = 1000                # fits kept, ended ones included (delete some to submit more)
+max_stored_mb = 20480          # what one user's fits may hold on the service's disk
 [users.alice]
 account = "lab-a"              # her Slurm account
 max_ranks = 32
@@ -54,6 +59,8 @@ class Limits:
     max_time: str = "04:00:00"
     max_fits: int = 4
     account: str | None = None
+    max_kept: int = 1000  # fits kept (ended ones included): delete some to submit more
+    max_stored_mb: int = 20480  # what a user's fits may hold on the service's disk, uploads and results
 
 
 @dataclass
@@ -84,6 +91,9 @@ class ServiceConfig:
     lease_s: float = 180.0  # dispatch: a claim's lease, renewed by each heartbeat (a third of it apart)
     max_attempts: int = 3  # dispatch: attempts before a fit whose workers keep dying ends FAILED
     claim_wait_s: float = 20.0  # dispatch: how long a claim waits for a fit (long polling)
+    max_running: int = 8  # local backend: fits running on this host at once, all users together
+    max_checks: int = 2  # model checks at once, all users together (each is a process on this host)
+    nice: int = 10  # fits and checks run this much below the service's own priority
 
     def limits_for(self, user: str) -> Limits:
         return self.users.get(user, self.limits)
@@ -91,6 +101,8 @@ class ServiceConfig:
     def check(self) -> ServiceConfig:
         if self.backend not in ("local", "slurm", "dispatch"):
             raise UsageError(f"[service] backend={self.backend!r}: use local, slurm or dispatch")
+        if self.max_running < 1 or self.max_checks < 1 or not 0 <= self.nice <= 19:
+            raise UsageError("[service] max_running and max_checks must be at least 1, nice 0 to 19")
         if self.lease_s < 3 or self.max_attempts < 1:
             raise UsageError("[service] lease_s must be at least 3 (seconds) and max_attempts at least 1")
         if self.auth not in ("token", "proxy", "none"):
@@ -113,7 +125,7 @@ def _table(data: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
 
 
 def _limits(values: dict[str, Any], base: Limits, where: str) -> Limits:
-    known = {"max_ranks", "max_time", "max_fits", "account"}
+    known = {"max_ranks", "max_time", "max_fits", "account", "max_kept", "max_stored_mb"}
     for key in values:
         if key not in known:
             raise UsageError(f"{where}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
@@ -122,6 +134,8 @@ def _limits(values: dict[str, Any], base: Limits, where: str) -> Limits:
         max_time=str(values.get("max_time", base.max_time)),
         max_fits=int(values.get("max_fits", base.max_fits)),
         account=values.get("account", base.account),
+        max_kept=int(values.get("max_kept", base.max_kept)),
+        max_stored_mb=int(values.get("max_stored_mb", base.max_stored_mb)),
     )
 
 
@@ -150,7 +164,7 @@ def load(path: Path | None = None, **overrides: Any) -> ServiceConfig:
         "host": str, "port": int, "backend": str, "profile": str, "auth": str, "proxy_header": str,
         "trusted_proxies": list, "admins": list, "base_url": str, "secure_cookies": bool,
         "local_ranks": int, "poll_s": float, "lease_s": float, "max_attempts": int, "claim_wait_s": float,
-        "database": str,
+        "database": str, "max_running": int, "max_checks": int, "nice": int,
     }  # fmt: skip
     for key, value in service.items():
         if key == "data_dir":
