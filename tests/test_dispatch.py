@@ -202,6 +202,8 @@ def test_a_killed_workers_fit_resumes_elsewhere_from_its_checkpoint(controller):
         assert (job / ".attempt").read_text() == "2"  # attempt 1 never wrote a thing the fit kept
         runs = json.loads((job / "runs.json").read_text())
         assert runs[0]["resumed_from_step"] > 0, runs
+        kept = controller.data / "fits" / fit["id"]  # the last good checkpoint only, no attempt left over
+        assert len(list((kept / "checkpoints").glob("*.h5"))) <= 1 and not list((kept / "attempts").glob("*"))
         print(f"worker killed -> fit resuming elsewhere: {moved_s:.1f} s (lease {LEASE_S} s)")
     finally:
         rescuer.kill(signal.SIGTERM)

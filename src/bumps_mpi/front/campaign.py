@@ -526,7 +526,7 @@ def cancel(path: Path) -> dict[str, Any]:
     ]
     if not live:
         return {"campaign_dir": str(path), "cancelled": 0, "job_ids": []}
-    requests = [Path(r["job_dir"]) / CANCEL_FILE for r in live]
+    requests = [JobDir(r["job_dir"]).file(CANCEL_FILE) for r in live]  # in each fit's control directory
     for request in requests:
         try:
             write_atomic(request, f"{time.time()}\n")  # a fit at its time limit must not requeue now

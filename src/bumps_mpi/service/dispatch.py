@@ -277,6 +277,9 @@ class Queue:
             ).fetchone()
         if kept is None:
             raise Fenced(f"lease {fit['lease']!r} of fit {fit['id']!r} is gone: its checkpoint is not kept")
+        for older in path.parent.glob("*.h5"):  # only the newest good checkpoint is ever continued from
+            if older != path:
+                older.unlink(missing_ok=True)
         return new
 
     def checkpoint_of(self, fit: dict) -> Path | None:
@@ -327,6 +330,8 @@ class Queue:
                 if job.exists():
                     shutil.rmtree(job)
                 os.replace(attempt_dir, job)
+        for older in (self.fit_dir(fit_id) / "attempts").glob("*"):  # attempts that never completed
+            shutil.rmtree(older, ignore_errors=True)
         return True
 
 

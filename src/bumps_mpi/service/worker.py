@@ -36,7 +36,7 @@ from typing import Any
 from ..cluster import jobstate, processes, slurm
 from ..cluster.states import JobState
 from ..errors import BumpsMpiError, ModelCheckError, UsageError
-from ..jobdir import CANCEL_FILE, CHECKPOINT_FILE, JobDir, write_atomic
+from ..jobdir import CANCEL_FILE, CHECKPOINT_FILE, JobDir, is_job_dir, write_atomic
 from . import files
 
 SKIP = {"model", "tmp", CHECKPOINT_FILE}  # not sent as results (the checkpoint goes on its own)
@@ -193,8 +193,18 @@ class Worker:
                 self._start(Attempt(self, record))
 
     def _start(self, attempt: Attempt) -> None:
+        """Run a claimed attempt. An older attempt of the same fit still here (its lease expired while it
+        ran, and the fit came back) is superseded: it stops its job and lets go. Attempts are counted by
+        (fit, attempt), alive ones against --capacity, so the fit's return never runs two at once."""
+        for older in self.attempts.values():
+            if older.fit_id == attempt.fit_id and older.number < attempt.number:
+                older.superseded.set()
+        running = {a.base for a in self.attempts.values() if a.is_alive()}
+        for stale in (self.state_dir / "fits").glob(f"{attempt.fit_id}-*"):  # earlier attempts' copies
+            if stale != attempt.base and stale not in running:
+                shutil.rmtree(stale, ignore_errors=True)
         attempt.save()
-        self.attempts[attempt.fit_id] = attempt
+        self.attempts[f"{attempt.fit_id}-{attempt.number}"] = attempt
         attempt.start()
 
 
@@ -212,6 +222,7 @@ class Attempt(threading.Thread):
         self.api = worker.controller
         self.base = worker.state_dir / "fits" / f"{self.fit_id}-{self.number}"
         self.last_ok = time.monotonic()  # when the last accepted heartbeat was sent
+        self.superseded = threading.Event()  # a newer attempt of this fit runs here: stop this one
         self.sent_checkpoint: str | None = None  # the last checkpoint sent: inode, size and time
         self.last_record: dict[str, Any] | None = None  # what the last heartbeat said of the job
 
@@ -261,7 +272,7 @@ class Attempt(threading.Thread):
     def _job(self) -> JobDir | None:
         """The fit's job here: found again after a restart, or submitted now."""
         path = self.record.get("job_dir")
-        if path and (Path(path) / "job.json").exists():
+        if path and is_job_dir(path):
             if not self.worker.local and not self.record.get("slurm_id"):
                 found = self._retrying(lambda: _find(Path(path)))  # Slurm's word, never job.json's
                 if found:
@@ -394,6 +405,13 @@ class Attempt(threading.Thread):
         look = min(LOOK_S, period)
         backoff, beaten = 1.0, 0.0
         while True:
+            if self.superseded.is_set():
+                self.worker.say(
+                    f"fit {self.fit_id}: attempt {self.number} superseded by a newer one; stopping it"
+                )
+                self._cancel(job)
+                self.forget()
+                return
             record = self._status(job)
             ended = jobstate.ended_for_good(record)
             shown = (
@@ -535,8 +553,8 @@ class Attempt(threading.Thread):
     def _cancel(self, job: JobDir | None = None) -> None:
         """Stop this attempt's job, by what the worker recorded (its Slurm id, its supervisor)."""
         path = self.record.get("job_dir")
-        if path and Path(path).is_dir():
-            write_atomic(Path(path) / CANCEL_FILE, f"{time.time()}\n")  # no requeue after this
+        if path and is_job_dir(path):
+            write_atomic(JobDir(path).file(CANCEL_FILE), f"{time.time()}\n")  # no requeue after this
         if self.record.get("slurm_id"):
             try:
                 slurm.scancel(str(self.record["slurm_id"]))
