@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MODELS, as_user, cli, fake_job
+from conftest import MODELS, ParsedPage, as_user, cli, fake_job
 
 from bumps_mpi.jobdir import JobDir, control_dir
 from bumps_mpi.results import figures
@@ -267,3 +267,24 @@ def wait_until(condition, what: str, timeout: float = 180) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
         time.sleep(0.3)
+
+
+def test_the_report_escapes_everything_the_model_wrote(isolated):
+    """The error's message, host and traceback, the point, the model's path, figure titles (alt= and
+    captions) and the figures not drawn: all text in the report, never markup."""
+    from bumps_mpi.results import report
+
+    evil = "<script>alert(1)</script>"
+    quote = "'><img src=x onerror=alert(1)>"
+    job = JobDir(fake_job(isolated / "jobs" / "x", state="FAILED", result=False, model=f"/m/{evil}.py"))
+    error = {"phase": "fit", "rank": 0, "host": evil, "message": evil, "traceback": evil, "point": [evil]}
+    (job.path / "error.json").write_text(json.dumps(error))
+    figures_dir = job.path / "figures"
+    figures_dir.mkdir()
+    (figures_dir / "dream-vars.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 32)
+    manifest = {"format": "png", "figures": [{"file": "dream-vars.png", "title": quote}], "problems": [evil]}
+    (figures_dir / "figures.json").write_text(json.dumps({**manifest, "source": {"kind": "result"}}))
+    page = ParsedPage(report.build(job, {"state": "FAILED", "exit": "1"}))
+    assert page.elements("script") == [] and all("onerror" not in a for _, a in page.tags), page.tags
+    assert [a.get("alt") for a in page.elements("img")] == [quote]  # the title, as an attribute's text
+    assert page.all_text.count(evil) >= 4 and quote in page.all_text  # shown as what it is

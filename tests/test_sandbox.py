@@ -297,3 +297,44 @@ def test_names_that_are_escapes_and_markup_stay_text_for_a_confined_job(world):
         assert shown.returncode == 0 and "\x1b" not in shown.stdout + shown.stderr, command
     page = (Path(job_dir) / "report.html").read_text()
     assert "<script>alert" not in page and "&lt;script&gt;alert" in page
+
+
+@pytest.mark.mpi_launch
+def test_data_the_model_was_not_given_opens_only_with_read_or_sandbox_read(world):
+    """A model that reads data from elsewhere is refused it (one line, naming the path) until the user
+    names it with --read or the profile's sandbox_read; a model kept in the home directory itself gets
+    only its own file, not its neighbours."""
+    beamtime = world.base / "beamtime"
+    beamtime.mkdir()
+    data = beamtime / "run42.dat"
+    shutil.copy(EXAMPLE.parent / "data" / sorted(os.listdir(EXAMPLE.parent / "data"))[0], data)
+    for name in ("data_beside.py", "peak_file.py"):
+        shutil.copy(MODELS / name, world.models / name)
+    (world.models / "where.txt").write_text(str(data))
+    for path in (beamtime, data, *world.models.iterdir()):
+        os.chown(path, world.user.pw_uid, world.user.pw_gid)
+
+    def submit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        model = world.models / "data_beside.py"
+        options = [*SMALL_DREAM, "--jobs-dir", str(world.jobs), "--json", *args]
+        return cli("submit", model, *options, env={**world.env(), **(env or {})}, user=world.user.pw_uid)
+
+    refused = submit("--dry-run")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "PermissionError" in refused.stderr and str(data) in refused.stderr
+    done = submit("--local", "-n", "2", "--read", str(beamtime))
+    assert done.returncode == 0 and json.loads(done.stdout)["state"] == "COMPLETED", done.stderr
+    site = world.base / "site-read.toml"
+    site.write_text(f'[profiles.default]\nsandbox_read = ["{beamtime}"]\n')
+    os.chown(site, world.user.pw_uid, world.user.pw_gid)
+    assert submit("--dry-run", env={"BUMPS_MPI_CONFIG": str(site)}).returncode == 0
+
+    for name in ("data_beside.py", "peak_file.py", "where.txt"):  # kept in the home directory itself
+        shutil.copy(world.models / name, world.home / name)
+        os.chown(world.home / name, world.user.pw_uid, world.user.pw_gid)
+    at_home = cli("submit", world.home / "data_beside.py", *SMALL_DREAM, "--dry-run", "--read", str(beamtime),
+                  "--jobs-dir", world.jobs, env=world.env(), user=world.user.pw_uid)  # fmt: skip
+    assert at_home.returncode == 1 and "PermissionError" in at_home.stderr, at_home.stderr
+    assert str(world.home / "where.txt") in at_home.stderr  # its neighbour in the home directory: closed
+    for name in ("data_beside.py", "peak_file.py", "where.txt"):
+        (world.home / name).unlink()
