@@ -306,3 +306,18 @@ def test_resume_loads_the_checkpoint_only_in_a_confined_child(isolated, tmp_path
     done = cli("resume", job)
     line = one_line_error(done, "checkpoint.h5 cannot be loaded", "nothing changed")
     assert "errno = 13" in line or "Permission denied" in line, line
+
+
+def test_a_checkpoint_of_another_fit_is_refused_where_the_job_loads_it(tmp_path):
+    """On a requeue or resume the job continues only its own fit: a checkpoint.h5 of another fitter or
+    another model (the job directory is the model's to write) is refused, not continued."""
+    from bumps.fitproblem import load_problem
+
+    problem = load_problem(EXAMPLE)
+    saved = tmp_path / "checkpoint.h5"
+    _fit_stopped_at(problem, "dream", OPTIONS, 11, saved, seed=5)
+    assert checkpoint.load(saved, "dream", problem.labels())[1]["step"] == 11
+    with pytest.raises(ValueError, match="of a 'dream' fit, and this job runs 'de'"):
+        checkpoint.load(saved, "de")
+    with pytest.raises(ValueError, match="are not this model's"):
+        checkpoint.load(saved, "dream", ["a", "b", "c", "d"])

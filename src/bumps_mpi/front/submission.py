@@ -416,7 +416,8 @@ def check_checkpoints(jobs: list[JobDir]) -> dict[str, int]:
         if not job.file(CHECKPOINT_FILE).exists():
             raise UsageError(f"{job.path} has no checkpoint yet: submit the model again")
     spec = jobs[0].spec
-    return in_child([job.file(CHECKPOINT_FILE) for job in jobs], spec.get("sandbox") or {}, spec["model"])
+    paths = [job.file(CHECKPOINT_FILE) for job in jobs]
+    return in_child(paths, spec.get("sandbox") or {}, spec["model"], spec.get("fit"))
 
 
 def set_aside(job: JobDir) -> list[tuple[Path, Path]]:

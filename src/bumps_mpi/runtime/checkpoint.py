@@ -91,15 +91,24 @@ def save(path: Path, fit_id: str, fit_state: Any, info: dict[str, Any]) -> float
     return time.perf_counter() - start
 
 
-def load(path: Path) -> tuple[Any, dict[str, Any]]:
-    """(fit state for FitDriver.fit(fit_state=...), info); restores numpy's random generator."""
+def load(path: Path, fit: str | None = None, labels: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
+    """(fit state for FitDriver.fit(fit_state=...), info); restores numpy's random generator.
+
+    With *fit* (and DREAM's parameter *labels*), a checkpoint of another fit is refused (ValueError): the
+    file is in the job directory, where the model writes, and a requeue must continue this fit only.
+    """
     import h5py
 
     from .fit import fitter_class
 
     with h5py.File(path, "r") as h5:
         info = json.loads(h5.attrs["info"])
+        if fit is not None and info.get("fit") != fit:
+            raise ValueError(f"the checkpoint is of a {info.get('fit')!r} fit, and this job runs {fit!r}")
         fit_state = fitter_class(info["fit"]).h5load(h5["fit_state"])
+        saved = list(getattr(fit_state, "labels", None) or [])
+        if labels is not None and saved and saved[: len(labels)] != list(labels):  # derived values follow
+            raise ValueError(f"the checkpoint's parameters {saved} are not this model's {list(labels)}")
         name, pos, has_gauss, gauss = json.loads(h5.attrs["rng"])
         np.random.set_state((name, np.array(h5["rng_keys"]), pos, has_gauss, gauss))
     return fit_state, info

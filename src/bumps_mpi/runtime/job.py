@@ -215,7 +215,7 @@ def _run_root(
         fit_state, info = None, {"elapsed_s": 0.0}
         saved = jobdir.file(CHECKPOINT_FILE)
         if fit_id in RESUMABLE_FITTERS and saved.exists():
-            fit_state, info = checkpoint.load(saved)  # also restores the random generator
+            fit_state, info = checkpoint.load(saved, fit_id, problem.labels())  # and the random generator
             print(f"bumps-mpi: resuming from the checkpoint at step {info['step']}", flush=True)
             checkpoint.record_run(jobdir.path, update=True, resumed_from_step=info["step"])
         checkpointer = None

@@ -19,10 +19,17 @@ from . import child
 TIMEOUT_S = 120.0  # per call: loading a large DREAM state takes seconds
 
 
-def check_checkpoints(paths: list[Path], sandbox: dict[str, Any], model: str) -> dict[str, int]:
-    """{path: the step it holds} for every checkpoint in *paths*; UsageError naming the first that does
-    not load (nothing is changed)."""
-    request = {"paths": [str(p) for p in paths], "sandbox": sandbox or {"level": "off"}, "model": model}
+def check_checkpoints(
+    paths: list[Path], sandbox: dict[str, Any], model: str, fit: str | None = None
+) -> dict[str, int]:
+    """{path: the step it holds} for every checkpoint in *paths* (of a *fit* fit); UsageError naming the
+    first that does not load (nothing is changed)."""
+    request = {
+        "paths": [str(p) for p in paths],
+        "sandbox": sandbox or {"level": "off"},
+        "model": model,
+        "fit": fit,
+    }
     done = child.run("bumps_mpi.sandbox.checkpointcheck", request, TIMEOUT_S)
     found = done.answer if isinstance(done.answer, dict) else {}
     if found.get("ok"):
@@ -51,7 +58,7 @@ def main(argv: list[str]) -> None:
     steps = {}
     for path in paths:
         try:
-            _, info = checkpoint.load(path)
+            _, info = checkpoint.load(path, request.get("fit"))
             steps[str(path)] = int(info.get("step", 0))
         except Exception as exc:  # a truncated or foreign file: h5py, bumps and json each raise their own
             text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
