@@ -167,6 +167,10 @@ def test_the_workers_api_refuses_what_an_attacker_would_try(slurm_cluster):
         wrong = hpc.put(f"{fit}/files/result.json", params={"lease": claim["lease"]}, content=body,
                         headers={"X-Content-SHA256": "0" * 64})  # fmt: skip
         assert wrong.status_code == 422
+        wrong = hpc.put(f"{fit}/checkpoint", params={"lease": claim["lease"]}, content=body,
+                        headers={"X-Content-SHA256": "0" * 64})  # fmt: skip
+        assert wrong.status_code == 422, wrong.text  # a checkpoint is checked the same way
+        assert not list((service.data / "fits" / claim["fit"]).rglob("*.h5"))
         assert not list((service.data / "fits" / claim["fit"]).rglob("result.json"))
         assert not list(service.base.rglob("*.part"))
         assert [p.name for p in service.data.rglob("secret*")] == ["secret"]  # its own, nothing beside it

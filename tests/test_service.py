@@ -817,8 +817,18 @@ def test_a_users_quota_of_kept_fits_is_a_clear_refusal(mpiexec):
         refused = submit(alice, EXAMPLE, **SMALL)
         assert refused.status_code == 422 and "you keep 1 fits" in refused.json()["detail"], refused.text
         assert "delete some" in refused.json()["detail"]
-        assert submit(local.client("bob"), EXAMPLE, **SMALL).status_code == 201  # bob's quota is his own
-        assert alice.delete(f"/api/v1/fits/{first['id']}").status_code == 204
+        bob = local.client("bob")
+        running = submit(bob, SLOW, **SLOW_FIT)  # bob's quota is his own
+        assert running.status_code == 201, running.text
+        wait_for(bob, running.json()["id"], {"RUNNING"})
+        assert bob.delete(f"/api/v1/fits/{running.json()['id']}").status_code == 409  # a running local fit
+        browser = httpx.Client(base_url=local.url, follow_redirects=False)  # deleted from its page
+        assert browser.post("/login", data={"token": local.tokens["alice"]}).status_code == 303
+        csrf = browser.get("/api/v1/me").json()["csrf"]
+        assert browser.post(f"/fits/{first['id']}/delete", data={"csrf": csrf}).status_code == 303
+        assert alice.get(f"/api/v1/fits/{first['id']}").status_code == 404
+        assert not (local.data / "fits" / first["id"]).exists()
         assert submit(alice, EXAMPLE, **SMALL).status_code == 201
+        assert bob.post(f"/api/v1/fits/{running.json()['id']}/cancel").status_code == 202
     finally:
         local.close()
