@@ -57,6 +57,7 @@ bench: venv
 	$(PY) bench/sandbox_bench.py
 	$(PY) bench/service_bench.py
 	$(PY) bench/dispatch_bench.py
+	$(PY) bench/streams_bench.py
 
 lint: venv
 	$(BIN)/ruff check src tests examples bench

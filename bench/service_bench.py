@@ -34,6 +34,7 @@ USERS = [f"user{i}" for i in range(10)]
 
 def seed(data: Path, count: int) -> dict[str, str]:
     """*count* finished fits for USERS, with their job directories; the users' tokens."""
+    from bumps_mpi.jobdir import control_dir
     from bumps_mpi.service.store import Store
 
     store = Store(data / "service.sqlite")
@@ -47,9 +48,14 @@ def seed(data: Path, count: int) -> dict[str, str]:
         owner = USERS[i % len(USERS)]
         fit, _ = store.new_fit(owner, f"fit{i}", {"model": "peak.py"}, None, {})
         job = data / "fits" / fit["id"] / "job"
+        control = control_dir(job)  # the request and the run's record: beside the job directory
+        control.mkdir(parents=True)
         job.mkdir(parents=True)
-        (job / "job.json").write_text(json.dumps({"name": f"fit{i}", "model": "peak.py", "fit": "dream"}))
-        (job / "local.json").write_text(json.dumps({"state": "COMPLETED", "exit_code": 0, "finished": now}))
+        request = json.dumps({"name": f"fit{i}", "model": "peak.py", "fit": "dream"})
+        (control / "request.json").write_text(request)
+        (job / "job.json").write_text(request)
+        ended = {"state": "COMPLETED", "exit_code": 0, "started": now - 9, "finished": now}
+        (control / "local.json").write_text(json.dumps(ended))
         (job / "result.json").write_text(json.dumps(result))
         done = {"state": "COMPLETED", "ended": now, "chisq": 1.02}
         store.update_fit(fit["id"], phase="submitted", job_dir=str(job), **done)

@@ -39,6 +39,8 @@ class Den:
             made.mkdir()
         for name in ("planter.py", "slow_peak.py"):
             shutil.copy(MODELS / name, self.models / name)
+        self.secret = self.base / "secret.txt"  # the user's own file, outside every job: never to be shown
+        self.secret.write_text("TOP-SECRET-7f3a")
         (self.base / "site.toml").write_text("[profiles.default]\nsandbox = 'best-effort'\n")
         for path in (self.base, *self.base.rglob("*")):
             os.chown(path, user.pw_uid, user.pw_gid)
@@ -119,6 +121,17 @@ def test_a_local_resume_imports_nothing_planted_and_ignores_the_forged_request(d
     assert "CANCELLED" in out and (job_dir / "checkpoint.h5").exists(), out + err
     assert (job_dir / "mpi4py.py").exists() and (job_dir / "bumps_mpi" / "__init__.py").exists()
     check_control_held(job_dir)
+    shown = den.cli("status", str(job_dir), "--json")  # links in place of ranks.json and error.json
+    drawn = den.cli("report", str(job_dir))
+    assert shown.returncode == 0 and "a symbolic link: not followed" in shown.stdout, shown.stdout
+    for text in (
+        shown.stdout,
+        shown.stderr,
+        drawn.stdout,
+        drawn.stderr,
+        (job_dir / "report.html").read_text(),
+    ):
+        assert "TOP-SECRET" not in text
 
     resumed = den.cli("resume", str(job_dir), "--json")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -60,6 +60,10 @@ def plant():
     (here / "job.json").write_text(json.dumps(forged))
     (here / "run.sbatch").write_text(f"#!/bin/bash\ntouch {MARKERS}/forged-script-ran\n")
     (here / "state.json").write_text(json.dumps({"state": "COMPLETED", "exit_code": "0:0"}))
+    secret = MARKERS.parent / "secret.txt"  # the user's, outside the job: links to it in place of job files
+    for name in ("ranks.json", "error.json"):
+        (here / name).unlink(missing_ok=True)
+        os.symlink(secret, here / name)
     control = here.parent / ".bumps-control" / here.name
     outcomes = {
         name: _try(lambda name=name: (control / name).write_text("{}"))

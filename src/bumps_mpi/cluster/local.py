@@ -100,6 +100,17 @@ def _kill_ranks(
         launcher.kill()
 
 
+def _rank0(job: JobDir, launcher_pid: int | None) -> dict[str, Any] | None:
+    """Rank 0 of the run, from the process table below its mpiexec (its own environment says its rank);
+    ranks.json (the model's to write) only when the launcher is not known here."""
+    if launcher_pid is None:
+        return next((r for r in _ranks(job) if r.get("rank") == 0 and processes.runs_job(r, job.path)), None)
+    for pid in processes.descendants(launcher_pid):
+        if str(job.path) in (processes.command_line(pid) or []) and processes.rank_of(pid) == 0:
+            return processes.identity(pid)
+    return None
+
+
 def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or continue, from its checkpoint) a job directory under mpiexec here; returns how it ended.
 
@@ -124,7 +135,7 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
             output[0] = None  # the terminal is gone: nothing more to show
         if not launched:
             return  # not started yet: it is killed as soon as it is
-        rank0 = next((r for r in _ranks(job) if r.get("rank") == 0 and processes.runs_job(r, job.path)), None)
+        rank0 = _rank0(job, launched[0].pid)
         if len(stops) > 1 or rank0 is None or not resumable:
             _kill_ranks(job, launched[0])
             return
@@ -139,6 +150,13 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
     previous = {sig: signal.signal(sig, forward) for sig in wanted}  # before mpiexec exists: no gap
     limit = (job.spec.get("local") or {}).get("time_limit_s")
     timed_out: list[float] = []
+    timers: list[threading.Timer] = []  # all cancelled when the run ends: none may outlive it
+
+    def after(seconds: float) -> None:
+        timer = threading.Timer(seconds, time_up)
+        timer.daemon = True
+        timers.append(timer)
+        timer.start()
 
     def time_up() -> None:
         """The run's time limit (per run, as Slurm's is per allocation): rank 0 checkpoints and stops (as
@@ -146,23 +164,18 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
         timed_out.append(time.time())
         if not launched:
             return
-        rank0 = next((r for r in _ranks(job) if r.get("rank") == 0 and processes.runs_job(r, job.path)), None)
+        rank0 = _rank0(job, launched[0].pid)
         if resumable and rank0 is not None and len(timed_out) == 1:
             try:
                 os.kill(int(rank0["pid"]), signal.SIGUSR1)
-                later = threading.Timer(min(TIME_LIMIT_GRACE_S, max(limit / 2, 5)), time_up)
-                later.daemon = True
-                later.start()
+                after(min(TIME_LIMIT_GRACE_S, max(limit / 2, 5)))
                 return
             except ProcessLookupError:
                 pass
         _kill_ranks(job, launched[0])
 
-    timer = None
     if isinstance(limit, (int, float)) and limit > 0:
-        timer = threading.Timer(float(limit), time_up)
-        timer.daemon = True
-        timer.start()
+        after(float(limit))
     try:
         with _append(job.file(LOCAL_LOG_FILE)) as log:
             proc = subprocess.Popen(
@@ -205,7 +218,7 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
                         output[0] = None
             rc = proc.wait()
     finally:
-        if timer is not None:
+        for timer in timers:
             timer.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -308,7 +321,7 @@ def cancel(job: JobDir, wait_s: float = STOP_WAIT_S) -> dict[str, Any]:
     if live:
         how = "stopped"
         supervisor = _supervisor(job, local)
-        rank0 = next((r for r in _ranks(job) if r.get("rank") == 0), None)
+        rank0 = _rank0(job, _launcher_pid(job, local))
         resumable = job.spec.get("fit") in RESUMABLE_FITTERS
         if supervisor is not None:
             _signal(supervisor, signal.SIGTERM)  # it passes it to rank 0, or kills what cannot checkpoint

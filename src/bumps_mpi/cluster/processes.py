@@ -114,3 +114,18 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def rank_of(pid: int) -> int | None:
+    """The MPI rank a process was started as, from the environment its launcher gave it (PMI_RANK, or Open
+    MPI's or Slurm's); None when it is not a rank or cannot be read."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            raw = fh.read(1 << 20)
+    except OSError:
+        return None
+    found = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    for key in (b"PMI_RANK", b"OMPI_COMM_WORLD_RANK", b"SLURM_PROCID"):
+        if found.get(key, b"").isdigit():
+            return int(found[key])
+    return None
