@@ -112,6 +112,61 @@ def test_two_workers_share_five_fits_within_their_capacity(controller):
         here.kill(signal.SIGTERM)
 
 
+def registered(service: Service, name: str, labels: dict) -> httpx.Client:
+    """A worker registered for real (a one-time token made by the administrator's command), as a client of
+    the workers' API: it claims, heartbeats and completes only when the test says so."""
+    token = subprocess.run(
+        service.command("worker-token"), capture_output=True, text=True, env=service.env()
+    ).stdout.strip()
+    answer = httpx.post(
+        f"{service.url}/api/v1/workers/register", json={"token": token, "name": name, "labels": labels}
+    )
+    assert answer.status_code == 201, answer.text
+    return httpx.Client(  # a claim waits claim_wait_s (5 s) for a fit: longer than httpx's default
+        base_url=service.url, headers={"Authorization": f"Bearer {answer.json()['credential']}"}, timeout=30
+    )
+
+
+def claimed(worker: httpx.Client, timeout: float = 60) -> dict:
+    """The next fit this worker is offered (a claim long-polls a few seconds; ask again until one comes)."""
+    deadline = time.monotonic() + timeout
+    while (answer := worker.post("/api/v1/dispatch/claim", json={})).status_code == 204:
+        assert time.monotonic() < deadline, "no fit was offered"
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_a_fit_whose_workers_vanish_fails_after_max_attempts_and_a_lost_workers_fit_can_be_cancelled(
+    slurm_cluster,
+):
+    """Workers that claim a fit and are never heard of again: the fit goes back to the queue after each
+    lease, and ends FAILED after max_attempts (3) saying why; a fit cancelled while its worker is lost
+    ends CANCELLED when the lease runs out, never queued again."""
+    service = dispatcher(lease_s=3)
+    try:
+        alice = service.client("alice")
+        doomed = submit(alice, EXAMPLE, samples="2000").json()
+        vanishing = registered(service, "vanishing", {})
+        for attempt in (1, 2, 3):
+            claim = claimed(vanishing)  # once its lease has run out, the fit comes back
+            assert claim["fit"] == doomed["id"] and claim["attempt"] == attempt, claim
+        wait(lambda: alice.get(f"/api/v1/fits/{doomed['id']}").json()["state"] == "FAILED", "giving up", 60)
+        shown = alice.get(f"/api/v1/fits/{doomed['id']}").json()
+        assert "gave up after 3 attempts" in shown["message"], shown
+        assert vanishing.post("/api/v1/dispatch/claim", json={}).status_code == 204  # never offered again
+
+        lost = submit(alice, EXAMPLE, samples="2000").json()
+        claim = claimed(vanishing)
+        assert claim["fit"] == lost["id"]
+        assert alice.post(f"/api/v1/fits/{lost['id']}/cancel").status_code == 202
+        wait(lambda: alice.get(f"/api/v1/fits/{lost['id']}").json()["state"] == "CANCELLED", "cancelled", 60)
+        assert "its worker was lost" in alice.get(f"/api/v1/fits/{lost['id']}").json()["message"]
+        assert vanishing.post("/api/v1/dispatch/claim", json={}).status_code == 204
+        assert [c["outcome"] for c in attempts(service)] == ["expired"] * 4
+    finally:
+        service.close()
+
+
 def test_the_workers_api_refuses_what_an_attacker_would_try(slurm_cluster):
     """Over the real server: no credential, a user's token, a reused registration token, a claim for labels
     the worker never registered with, a stale lease, another worker's lease, a path out of the fit, a
@@ -122,16 +177,7 @@ def test_the_workers_api_refuses_what_an_attacker_would_try(slurm_cluster):
         token = Worker(service, "unused").token  # a one-time registration token, made for real
 
         def register(name: str, labels: dict) -> httpx.Client:
-            answer = httpx.post(f"{url}/api/v1/workers/register", json={"token": made(), "name": name,
-                                                                        "labels": labels})  # fmt: skip
-            assert answer.status_code == 201, answer.text
-            return httpx.Client(  # a claim waits claim_wait_s (5 s) for a fit: longer than httpx's default
-                base_url=url, headers={"Authorization": f"Bearer {answer.json()['credential']}"}, timeout=30
-            )
-
-        def made() -> str:
-            return subprocess.run(service.command("worker-token"), capture_output=True, text=True,
-                                  env=service.env()).stdout.strip()  # fmt: skip
+            return registered(service, name, labels)
 
         assert (
             httpx.post(f"{url}/api/v1/workers/register", json={"token": token, "name": "a"}).status_code
