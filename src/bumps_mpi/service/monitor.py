@@ -69,7 +69,8 @@ class Monitor:
         running = alive_ids([fit for fit, _ in jobs]) if jobs else set()
         for (fit, _), record in zip(jobs, records, strict=True):
             if fit["id"] in running and jobstate.ended_for_good(record):
-                record = {**record, "finishing": True}  # its files say it ended; its processes still run
+                # its records say it ended; its processes still run: it has not, yet
+                record = {**record, "state": "RUNNING", "finishing": True, "reason": "finishing"}
             changes: dict[str, Any] = {}
             if record["state"] != fit.get("state"):
                 changes["state"] = record["state"]

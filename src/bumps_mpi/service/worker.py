@@ -395,8 +395,8 @@ class Attempt(threading.Thread):
         record = jobstate.status([job])[0]
         mine = {"id": self.fit_id, "job_id": self.record.get("slurm_id"),
                 "supervisor": json.dumps(self.record.get("supervisor"))}  # fmt: skip
-        if jobstate.ended_for_good(record) and alive_ids([mine]):
-            record = {**record, "finishing": True}
+        if jobstate.ended_for_good(record) and alive_ids([mine]):  # its processes still run: not ended yet
+            record = {**record, "state": JobState.RUNNING.value, "finishing": True, "reason": "finishing"}
         return record
 
     def _follow(self, job: JobDir) -> None:
@@ -488,10 +488,8 @@ class Attempt(threading.Thread):
         self.sent_checkpoint = seen
 
     def _upload(self, path: str, handle: Any, job: JobDir | None, record: dict[str, Any] | None) -> None:
-        """Send one open file in blocks with its SHA-256 (hashed in blocks first), heartbeating meanwhile so
-        that an upload longer than the lease never loses it."""
-        digest, size = _digest(handle)
-        headers = {"X-Content-SHA256": digest, "Content-Length": str(size)}
+        """Send one open file in blocks with its SHA-256 (hashed in blocks first), heartbeating throughout
+        (hashing included) so that an upload longer than the lease never loses it."""
         done = threading.Event()
 
         def beat() -> None:
@@ -499,12 +497,14 @@ class Attempt(threading.Thread):
             while not done.wait(period):
                 try:
                     self._heartbeat(job, record if record is not None else self.last_record)
-                except BumpsMpiError as exc:  # the upload itself will say what went wrong
+                except Exception as exc:  # noqa: BLE001 - Gone, Unreachable: the upload itself says so
                     self.worker.say(f"fit {self.fit_id}: heartbeat during an upload: {exc}")
 
         beating = threading.Thread(target=beat, name=f"heartbeat {self.fit_id}", daemon=True)
         beating.start()
         try:
+            digest, size = _digest(handle)
+            headers = {"X-Content-SHA256": digest, "Content-Length": str(size)}
             self.api.call("PUT", path, raw=handle, timeout=300, headers=headers)
         finally:
             done.set()
