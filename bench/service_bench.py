@@ -6,7 +6,8 @@
    (`GET /api/v1/fits/ID`) endpoints, against two baselines on the same server in the same run: a
    static file (the framework's floor) and `/api/v1/me` (authentication alone).
 2. 20 fits running at once (local backend, one rank each, a model that mostly sleeps) with a page
-   following each one's events: the CPU the service process uses, in % of one core, over 30 s.
+   following each one's events: the CPU the service process uses, in % of one core, over 30 s; and
+   another user's `GET /api/v1/fits` latency while they run, against the same before they started.
 
 The clients share the machine's cores with the server, so the rates are a floor, not a ceiling.
 Usage: python bench/service_bench.py [--clients 50] [--rounds 20] [--fits 20]
@@ -128,8 +129,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def running_fits(url: str, token: str, count: int, pid: int, window: float) -> tuple[float, int]:
-    """Start *count* fits, follow each one's events as a page would, measure the service's CPU."""
+def other_users_latency(url: str, token: str, count: int = 100) -> list[float]:
+    """Another user's GET /api/v1/fits, *count* times one after another: seconds each."""
+    seen = []
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+        for _ in range(count):
+            began = time.perf_counter()
+            assert http.get("/api/v1/fits").status_code == 200
+            seen.append(time.perf_counter() - began)
+    return seen
+
+
+def running_fits(
+    url: str, token: str, other: str, count: int, pid: int, window: float
+) -> tuple[float, int, list[float], list[float]]:
+    """Start *count* fits, follow each one's events as a page would, measure the service's CPU; another
+    user's latency before the fits and while they run (niced below the service: [service] nice)."""
+    quiet = other_users_latency(url, other)
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
     ids = []
     for _ in range(count):
@@ -163,10 +179,11 @@ def running_fits(url: str, token: str, count: int, pid: int, window: float) -> t
     before, began = cpu_seconds(pid), time.monotonic()
     time.sleep(window)
     used = (cpu_seconds(pid) - before) / (time.monotonic() - began)
+    busy = other_users_latency(url, other)
     stop.set()
     for fit_id in ids:
         http.post(f"/api/v1/fits/{fit_id}/cancel")
-    return 100 * used, running
+    return 100 * used, running, quiet, busy
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -215,11 +232,16 @@ def main() -> None:
                     f"  {label:<26} p50 {1000 * p50:6.1f} ms  p95 {1000 * p95:6.1f} ms  "
                     f"~{rate:5.0f} req/s  p50 {p50 / floor:4.1f}x the static file"
                 )
-            cpu, running = running_fits(url, tokens[USERS[0]], args.fits, server.pid, args.window)
+            cpu, running, quiet, busy = running_fits(
+                url, tokens[USERS[0]], tokens[USERS[1]], args.fits, server.pid, args.window
+            )
             print(
                 f"  service CPU, {running} of {args.fits} fits running, {args.fits} event streams open: "
                 f"{cpu:.1f}% of one core over {args.window:.0f} s (poll every 2 s)"
             )
+            for label, values in (("no fits running (baseline)", quiet), (f"{running} fits running", busy)):
+                p50, p95 = 1000 * statistics.median(values), 1000 * percentile(values, 95)
+                print(f"  another user's /api/v1/fits, {label:<26} p50 {p50:6.1f} ms  p95 {p95:6.1f} ms")
         finally:
             server.terminate()
             server.wait(timeout=30)
