@@ -448,6 +448,18 @@ def test_status_without_slurm_is_unknown_not_pending(isolated, monkeypatch):
     assert "Slurm not reachable" in record["reason"] and "sacct" in record["reason"]
 
 
+def test_a_check_whose_answer_the_model_made_a_pipe_ends_with_one_line(isolated):
+    """The model runs in the check's child and can write where the child answers: a pipe there (and an
+    exit before any answer) must not leave bumps-submit waiting on it for ever."""
+    model = write_model(
+        isolated / "pipe.py",
+        "import os, pathlib\n"
+        "answer = pathlib.Path('/proc/self/cmdline').read_bytes().split(b'\\0')[3].decode()\n"
+        "os.mkfifo(answer)\nos._exit(0)\n",
+    )
+    one_line_error(cli("submit", model, "--dry-run", "--sandbox", "off", timeout=60), "before it finished")
+
+
 def test_a_model_path_that_is_a_loop_of_links_is_one_line(isolated):
     loop = isolated / "loop.py"
     loop.symlink_to(loop)
@@ -529,6 +541,7 @@ def test_interrupting_the_check_leaves_nothing_running(isolated):
         ("state.json", {"state": "BOGUS"}),
         ("ranks.json", [1, 2]),
         ("progress.json", {"step": 1, "steps": "abc"}),
+        ("progress.json", {"step": 1, "steps": float("inf")}),  # Infinity: int() of it would raise
         ("result.json", {}),
         ("result.json", {"fitter": "dream", "chisq": 1, "chisq_str": "1", "parameters": [{"name": 3}]}),
     ],

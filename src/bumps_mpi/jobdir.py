@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import stat
 from collections.abc import Iterator
@@ -108,6 +109,8 @@ def _check_shape(data: Any, path: Path, shape: dict[str, tuple[type, ...]]) -> A
         value = data.get(key)
         if not isinstance(value, types) or isinstance(value, bool):
             raise UnreadableFile(path, f"its {key!r} is {type(value).__name__}, not what bumps-mpi writes")
+        if isinstance(value, float) and not math.isfinite(value) and key != "chisq":
+            raise UnreadableFile(path, f"its {key!r} is {value}, not what bumps-mpi writes")
     return data
 
 

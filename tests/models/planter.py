@@ -60,6 +60,9 @@ def plant():
     (here / "job.json").write_text(json.dumps(forged))
     (here / "run.sbatch").write_text(f"#!/bin/bash\ntouch {MARKERS}/forged-script-ran\n")
     (here / "state.json").write_text(json.dumps({"state": "COMPLETED", "exit_code": "0:0"}))
+    if (here / "local.out").exists():  # a local run's log: a pipe instead, for the next start to open
+        (here / "local.out").unlink()
+        os.mkfifo(here / "local.out")
     secret = MARKERS.parent / "secret.txt"  # the user's, outside the job: links to it in place of job files
     for name in ("ranks.json", "error.json"):
         (here / name).unlink(missing_ok=True)

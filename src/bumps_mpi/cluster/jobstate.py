@@ -121,7 +121,7 @@ def status(jobs: list[JobDir]) -> list[dict[str, Any]]:
             records.append(_record(job, cached[job.path], view))
         except BumpsMpiError as exc:
             records.append(_unreadable(job, exc))
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a file bumps-mpi did not write
+        except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:  # not bumps-mpi's
             records.append(_unreadable(job, BumpsMpiError(f"unreadable files in {job.path}: {exc!r}")))
     if problems and queue is not None:  # slurmdbd down, controller up: say so (the CLI prints it once)
         for record in records:
@@ -242,7 +242,11 @@ def _slurm_state(
             "exit_code": row["ExitCode"],
             "elapsed": row["Elapsed"],
             "elapsed_s": elapsed_seconds(row["Elapsed"]),
-            "in_queue": (live is not None) if view.queue_ok else None,  # None: the queue could not say
+            # still queued or running for Slurm (a requeued job waits there); an ended job stays listed a
+            # while (MinJobAge) in its final state: that is not in the queue. None: the queue could not say
+            "in_queue": (live is not None and not JobState.from_slurm(live["State"]).terminal)
+            if view.queue_ok
+            else None,
         }
         if state.final:
             try:

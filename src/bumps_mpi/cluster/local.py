@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -151,17 +152,25 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
     limit = (job.spec.get("local") or {}).get("time_limit_s")
     timed_out: list[float] = []
     timers: list[threading.Timer] = []  # all cancelled when the run ends: none may outlive it
+    timing = threading.Lock()
+    over: list[bool] = []  # the run has ended: no timer starts, none acts
 
     def after(seconds: float) -> None:
-        timer = threading.Timer(seconds, time_up)
-        timer.daemon = True
-        timers.append(timer)
-        timer.start()
+        with timing:
+            if over:
+                return
+            timer = threading.Timer(seconds, time_up)
+            timer.daemon = True
+            timers.append(timer)
+            timer.start()
 
     def time_up() -> None:
         """The run's time limit (per run, as Slurm's is per allocation): rank 0 checkpoints and stops (as
         at a Slurm time limit), or, past the grace or for a fitter that keeps no checkpoint, the run ends."""
-        timed_out.append(time.time())
+        with timing:
+            if over:
+                return
+            timed_out.append(time.time())
         if not launched:
             return
         rank0 = _rank0(job, launched[0].pid)
@@ -218,8 +227,10 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
                         output[0] = None
             rc = proc.wait()
     finally:
-        for timer in timers:
-            timer.cancel()
+        with timing:
+            over.append(True)
+            for timer in timers:
+                timer.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     cancelled = bool(stops) or job.file(CANCEL_FILE).exists()
@@ -352,16 +363,22 @@ def _launcher_pid(job: JobDir, local: dict[str, Any]) -> int | None:
 
 
 def _append(path: Path) -> Any:
-    """The run's log, opened to append; a link the model left under its name is removed, not followed."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o666)
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        path.unlink()
-        fd = os.open(path, flags, 0o666)
-    return os.fdopen(fd, "ab")
+    """The run's log, opened to append: whatever else the model left under its name (a link, a pipe, a
+    directory) is moved aside, never followed, opened or waited on."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    for _ in range(3):
+        try:
+            fd = os.open(path, flags, 0o666)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise
+        else:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.set_blocking(fd, True)
+                return os.fdopen(fd, "ab")
+            os.close(fd)
+        os.replace(path, path.with_name(f".{path.name}.not-a-log-{time.time_ns()}"))  # the model's: kept
+    raise OSError(errno.EEXIST, f"{path} keeps being replaced: cannot open the run's log")
 
 
 def _supervisor(job: JobDir, local: dict[str, Any]) -> dict[str, Any] | None:

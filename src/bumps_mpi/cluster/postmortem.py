@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..jobdir import ERROR_FILE, RANKS_FILE, JobDir, read_json, read_tail, write_json
+from ..jobdir import ERROR_FILE, RANKS_FILE, RESULT_FILE, JobDir, read_json, read_tail, write_json
 from .states import describe_exit
 
 SRUN_TASK = re.compile(r"srun: error: (\S+): tasks? ([0-9,-]+): (.+)")
@@ -34,9 +34,11 @@ def explain(log_tail: str, ranks: list[dict] | None) -> tuple[int | None, str | 
     if pid:
         how = HYDRA_EXIT.findall(log_tail)
         what = how[-1].strip() if how else "ended abnormally"
-        for entry in ranks or []:
-            if str(entry.get("pid")) == pid.group(1):
-                return int(entry["rank"]), entry.get("host") or pid.group(2), what
+        for entry in ranks or []:  # the model's to write: any shape
+            if isinstance(entry, dict) and str(entry.get("pid")) == pid.group(1):
+                rank, host = entry.get("rank"), entry.get("host")
+                if isinstance(rank, int) and not isinstance(rank, bool):
+                    return rank, host if isinstance(host, str) else pid.group(2), what
         return None, pid.group(2), what
     return None, None, "the launcher failed"
 
@@ -44,11 +46,14 @@ def explain(log_tail: str, ranks: list[dict] | None) -> tuple[int | None, str | 
 def write_postmortem(job_dir: Path, status: int, log: Path) -> dict | None:
     """Write error.json unless the job already did; returns what was written."""
     job = JobDir(job_dir)
-    try:
-        if job.error is not None or job.result is not None:
+    if any(job.file(name).is_symlink() for name in (ERROR_FILE, RESULT_FILE)):
+        pass  # the model's links, not the run's records: the post-mortem replaces error.json
+    else:
+        try:
+            if job.error is not None or job.result is not None:
+                return None
+        except Exception:  # unreadable: the run's own record exists, do not overwrite it
             return None
-    except Exception:  # unreadable: the run's own record exists, do not overwrite it
-        return None
     try:  # a local run's log is in the job directory: its tail only, never through a link
         tail = "\n".join(read_tail(log).decode(errors="replace").splitlines()[-60:])
     except OSError:

@@ -206,10 +206,10 @@ def outputs(job: JobDir) -> dict[str, Any]:
     from ..results.figures import manifest_of
 
     manifest = manifest_of(job) or {}
-    files = [str(job.file(FIGURES_DIR) / f["file"]) for f in manifest.get("figures", [])]
+    files = [job.file(FIGURES_DIR) / f["file"] for f in manifest.get("figures", [])]  # plain names
     report_path = job.file(REPORT_FILE)
     return {
-        "figures": [f for f in files if Path(f).exists()],
+        "figures": [str(f) for f in files if f.is_file() and not f.is_symlink()],
         "figures_source": manifest.get("source", {}).get("label"),
         "report": str(report_path) if report_path.exists() else None,
     }

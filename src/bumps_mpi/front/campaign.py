@@ -452,31 +452,36 @@ def failed_fits(path: Path) -> list[JobDir]:
         state = JobState(record["state"])
         ended = jobstate.ended_for_good(record)
         again = state not in (JobState.COMPLETED, JobState.CANCELLED)
-        if ended and again and JobDir(record["job_dir"]).result is None:
+        if ended and again and not _has_result(JobDir(record["job_dir"])):
             wanted.append(JobDir(record["job_dir"]))
     return wanted
+
+
+def _has_result(job: JobDir) -> bool:
+    """Whether the fit wrote a readable result (one that cannot be read is none: run it again)."""
+    try:
+        return job.result is not None
+    except BumpsMpiError:
+        return False
 
 
 def resume_failed(path: Path) -> list[dict[str, Any]]:
     """resume --failed: choose the fits that failed and run them again, under the campaign's lock (two at
     once would resubmit the same fits into the same directories)."""
-    with _locked(path):
-        return _resubmit(path, failed_fits(path))
+    with locked(path):
+        return resubmit(path, failed_fits(path))
 
 
-def resubmit(path: Path, fits: list[JobDir]) -> list[dict[str, Any]]:
-    """Run *fits* of the campaign again as a new array of just their tasks, each from its checkpoint
-    where it has one; [{job_id, job_dir, resumed}] per fit."""
-    with _locked(path):
-        return _resubmit(path, fits)
-
-
-def _locked(path: Path) -> Any:
+def locked(path: Path) -> Any:
+    """The campaign's resume lock: one resume (of it, or of one of its fits) at a time."""
     busy = f"campaign {path} is being resumed by another command right now; see 'bumps-submit status {path}'"
     return exclusive(path / CAMPAIGN_LOCK, busy)
 
 
-def _resubmit(path: Path, fits: list[JobDir]) -> list[dict[str, Any]]:
+def resubmit(path: Path, fits: list[JobDir]) -> list[dict[str, Any]]:
+    """Run *fits* of the campaign again as a new array of just their tasks, each from its checkpoint
+    where it has one; [{job_id, job_dir, resumed}] per fit. The caller holds the campaign's lock
+    (locked()) from its choice of the fits to here."""
     from . import submission
 
     if not fits:
@@ -519,11 +524,7 @@ def cancel(path: Path) -> dict[str, Any]:
     """Cancel every fit still pending or running, by its task id, in one scancel; never a fit that has
     written its result (it is only drawing its figures) nor one that has ended."""
     done = status(path)
-    live = [
-        r
-        for r in done["records"]
-        if r["job_id"] and not jobstate.ended_for_good(r) and r.get("chisq") is None and not r.get("error")
-    ]
+    live = [r for r in done["records"] if r["job_id"] and not jobstate.ended_for_good(r)]  # Slurm's word
     if not live:
         return {"campaign_dir": str(path), "cancelled": 0, "job_ids": []}
     requests = [JobDir(r["job_dir"]).file(CANCEL_FILE) for r in live]  # in each fit's control directory

@@ -451,9 +451,16 @@ def resume(
     nothing is lost: the old error.json and cached state are kept under new names. One resume of a job
     at a time: a second one at once is refused, never a second run in the same directory.
     """
+    import contextlib
+
     busy = f"{job.path} is being resumed by another command right now; see 'bumps-submit status {job.path}'"
-    with exclusive(job.file(RESUME_LOCK), busy):
-        return _resume(job, ranks, echo, warn, launch)
+    with contextlib.ExitStack() as held:
+        held.enter_context(exclusive(job.file(RESUME_LOCK), busy))
+        if isinstance(job.spec.get("campaign"), dict):  # and its campaign's: resume --failed may choose it
+            from . import campaign
+
+            held.enter_context(campaign.locked(Path(job.spec["campaign"]["dir"])))
+        return _resume(JobDir(job.path), ranks, echo, warn, launch)  # read again, under the locks
 
 
 def _resume(job: JobDir, ranks: int | None, echo: Any, warn: Any, launch: Any) -> dict[str, Any]:

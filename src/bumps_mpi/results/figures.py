@@ -366,7 +366,33 @@ def manifest_of(job: JobDir) -> dict[str, Any] | None:
         data = json.loads(job.read_beneath(f"{FIGURES_DIR}/{FIGURES_MANIFEST}", DEFAULT_MAX_READ_BYTES))
     except Exception:
         return None
-    return data if isinstance(data, dict) else None
+    return _sane(data) if isinstance(data, dict) else None
+
+
+MAX_FIGURES = 50  # a manifest naming more is not one Bumps' drawing wrote
+
+
+def _sane(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest as bumps-mpi writes it, whatever the model put there: figures named by a plain file
+    name in figures/ (each once, at most MAX_FIGURES), titles and problems as text."""
+    figures, seen = [], set()
+    for figure in manifest.get("figures") if isinstance(manifest.get("figures"), list) else []:
+        if not isinstance(figure, dict) or not isinstance(figure.get("file"), str):
+            continue
+        name = Path(figure["file"]).name
+        if name in seen or not name or name.startswith("."):
+            continue
+        seen.add(name)
+        title = figure.get("title")
+        figures.append({**figure, "file": name, "title": title if isinstance(title, str) else name})
+    problems = manifest.get("problems") if isinstance(manifest.get("problems"), list) else []
+    source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+    return {
+        **manifest,
+        "figures": figures[:MAX_FIGURES],
+        "problems": [str(p) for p in problems[:MAX_FIGURES]],
+        "source": source,
+    }
 
 
 def is_final(job: JobDir, manifest: dict[str, Any] | None) -> bool:

@@ -33,6 +33,7 @@ from ..jobdir import (
 from .figures import manifest_of
 
 FIGURE_MAX_BYTES = 32 << 20  # a figure larger than this is not embedded (Bumps' PNGs are tens of KB)
+FIGURES_MAX_BYTES = 128 << 20  # all figures of one report together
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 70em; padding: 0 1em; }
@@ -111,15 +112,18 @@ def _parameters(result: dict | None, manifest: dict | None) -> str:
 def _figures(job: JobDir, manifest: dict | None) -> str:
     if not manifest or not manifest.get("figures"):
         return "<p>No figures were drawn.</p>"
-    parts = []
-    for figure in manifest["figures"]:
-        path = job.file(FIGURES_DIR) / Path(str(figure.get("file"))).name
+    parts, total = [], 0
+    for figure in manifest["figures"]:  # sane (figures.manifest_of): plain names, each once, text titles
+        path = job.file(FIGURES_DIR) / figure["file"]
         if path.suffix != ".png":
             continue
         try:  # the job's figures are the model's to write: never through a link, never without a cap
             png = job.read_beneath(f"{FIGURES_DIR}/{path.name}", FIGURE_MAX_BYTES)
         except OSError:
             continue
+        total += len(png)
+        if total > FIGURES_MAX_BYTES:
+            break
         data = base64.b64encode(png).decode("ascii")
         title = escape(figure.get("title", path.stem))
         parts.append(

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ..jobdir import read_regular
 from ..pythonenv import safe_environment
 from ..text import plain
 
 TAIL_BYTES = 64 * 1024  # of the child's output kept in memory, whatever it prints
 TAIL_LINES = 20  # shown with a failure
+ANSWER_MAX_BYTES = 16 << 20  # a child's answer (a figures manifest, a check's parameters) is far smaller
 
 
 @dataclass
@@ -125,8 +127,8 @@ def run(
             reader.join(timeout=5)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        try:
-            found = json.loads(answer.read_text())
+        try:  # the user's code ran in the child and could write here: no link, no pipe, a cap
+            found = json.loads(read_regular(answer, ANSWER_MAX_BYTES))
         except (OSError, ValueError):
             found = None
     return Finished(found, _tail_text(tail), proc.returncode, timed_out)

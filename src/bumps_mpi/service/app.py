@@ -152,17 +152,21 @@ class FitDetail(FitOut):
 
 
 def _bytes_under(path: Path) -> int:
-    """The bytes of the regular files under *path* (no link followed)."""
-    total = 0
-    try:
-        entries = list(os.scandir(path))
-    except OSError:
-        return 0
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            total += _bytes_under(Path(entry.path))
-        elif entry.is_file(follow_symlinks=False):
-            total += entry.stat(follow_symlinks=False).st_size
+    """The bytes of the regular files under *path* (no link followed; files that go meanwhile skipped)."""
+    total, todo = 0, [path]
+    while todo:
+        try:
+            entries = list(os.scandir(todo.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
     return total
 
 
@@ -519,18 +523,19 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         return detail(visible(fit_id, user))
 
     checks = threading.BoundedSemaphore(config.max_checks)  # model checks at once, all users together
-    streams: dict[str, int] = {}  # open event streams per user (one user's tabs must not starve others)
+    streams: dict[str, int] = {}
+    streams_lock = threading.Lock()  # open event streams per user (one user's tabs must not starve others)
 
     @app.get("/api/v1/fits/{fit_id}/events")
     def events(fit_id: str, user: User = Depends(api_user)) -> StreamingResponse:
         fit = visible(fit_id, user)
-        if streams.get(user.name, 0) >= MAX_STREAMS_PER_USER:
-            raise HTTPException(
-                429,
-                f"you have {MAX_STREAMS_PER_USER} event streams open: close one",
-                headers={"Retry-After": "15"},
-            )
-        streams[user.name] = streams.get(user.name, 0) + 1
+        with streams_lock:
+            if streams.get(user.name, 0) >= MAX_STREAMS_PER_USER:
+                raise HTTPException(
+                    429,
+                    f"you have {MAX_STREAMS_PER_USER} event streams open: close one",
+                    headers={"Retry-After": "15"},
+                )
         return StreamingResponse(
             stream(fit["id"], user.name),
             media_type="text/event-stream",
@@ -555,11 +560,14 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     async def stream(fit_id: str, who: str) -> AsyncIterator[str]:
         """Server-Sent Events: the fit's state and progress whenever they change; `end` when it ends (or
         is deleted). Async: an open stream holds no thread; it ends after STREAM_S (clients reconnect)."""
+        with streams_lock:  # counted from its first byte to its end: a stream that never began is none
+            streams[who] = streams.get(who, 0) + 1
         try:
             async for text in _stream(fit_id):
                 yield text
         finally:
-            streams[who] = max(streams.get(who, 1) - 1, 0)
+            with streams_lock:
+                streams[who] = max(streams.get(who, 1) - 1, 0)
 
     async def _stream(fit_id: str) -> AsyncIterator[str]:
         last, seen, until = None, -1, time.monotonic() + STREAM_S

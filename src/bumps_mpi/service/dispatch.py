@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..cluster.states import JobState
+from ..jobdir import read_regular
 from .files import RESULTS_LIMIT
 from .settings import ServiceConfig
 from .store import Store, digest
@@ -305,7 +306,7 @@ class Queue:
             (attempt_dir / ATTEMPT_MARK).write_text(str(fit["attempt"]))
         chisq = None
         try:
-            chisq = json.loads(((job if moved else attempt_dir) / "result.json").read_text()).get("chisq")
+            chisq = json.loads(read_regular((job if moved else attempt_dir) / "result.json")).get("chisq")
         except (OSError, ValueError, AttributeError):
             chisq = None
         if isinstance(chisq, bool) or not isinstance(chisq, (int, float)) or not math.isfinite(chisq):
