@@ -5,7 +5,7 @@ following its events as its owner, and another user asking `GET /api/v1/me` 200 
 that user's latency with the streams open, against the same requests with none open (the baseline, same
 server, same run). Before the streams read only the service's records, each round walked the fit's
 whole directory on the event loop (measured once: p50 1.5 ms without streams, 1.73 s with them).
-Usage: python bench/streams_bench.py [--files 300000] [--streams 4]
+Usage: python bench/streams_bench.py [--files 300000] [--streams 4] [--requests 200]
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=300_000)
     parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bumps-mpi-streams-bench-") as scratch:
         data = Path(scratch) / "data"
@@ -82,7 +83,7 @@ def main() -> None:
         try:
             wait_up(url)
             latencies(url, tokens["other"], 20)  # warm up
-            alone = latencies(url, tokens["other"], 200)
+            alone = latencies(url, tokens["other"], args.requests)
 
             def follow() -> None:
                 headers = {"Authorization": f"Bearer {tokens['owner']}"}
@@ -95,7 +96,7 @@ def main() -> None:
             for _ in range(args.streams):
                 threading.Thread(target=follow, daemon=True).start()
             time.sleep(3)  # the streams are open and their rounds going
-            crowded = latencies(url, tokens["other"], 200)
+            crowded = latencies(url, tokens["other"], args.requests)
         finally:
             stop.set()
             server.terminate()
