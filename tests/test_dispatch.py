@@ -90,12 +90,15 @@ def test_two_workers_share_five_fits_within_their_capacity(controller):
         assert {f["phase"] for f in fits} <= {"queued", "leased"}  # a worker may have claimed one already
         ended = [follow(alice, f["id"])[-1]["state"] for f in fits]
         assert ended == ["COMPLETED"] * 5, (ended, on_slurm.said(), here.said())
+        names = {w["id"]: w["name"] for w in controller.client("admin").get("/api/v1/workers").json()}
         for fit, seed in zip(fits, seeds, strict=True):
             done = alice.get(f"/api/v1/fits/{fit['id']}").json()
             reference = serial_fit(EXAMPLE, "dream", {"samples": 2000, "burn": 100}, seed=seed)
             assert done["chisq"] == reference["chisq"], seed  # the same fit, wherever it ran
             assert [p["best"] for p in done["parameters"]] == reference["best"]
             assert done["attempt"] == 1 and len(done["figures"]) >= 5 and "report.html" in done["files"]
+            on_hpc = names[done["worker"]] == "hpc"  # its Slurm log comes along, from its control directory
+            assert any(name.startswith("logs/slurm-") for name in done["files"]) == on_hpc, done["files"]
         claims = attempts(controller)
         assert len(claims) == 5 and all(c["outcome"] == "completed COMPLETED" for c in claims)
         for worker in {c["worker"] for c in claims}:  # capacity 1: one fit at a time on each worker

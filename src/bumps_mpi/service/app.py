@@ -328,7 +328,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         logs = [n for n in files.regular_files(job.control) if n.startswith("slurm-") and n.endswith(".out")]
         return [
             name for name in found
-            if name in wanted or name.startswith(("export/", f"{FIGURES_DIR}/"))
+            if name in wanted or name.startswith(("export/", f"{FIGURES_DIR}/", "logs/"))  # logs: a worker's
         ] + logs  # fmt: skip
 
     def open_in(fit: dict, relative: str) -> tuple[Any, int]:

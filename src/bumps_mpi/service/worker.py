@@ -39,7 +39,8 @@ from ..errors import BumpsMpiError, ModelCheckError, UsageError
 from ..jobdir import CANCEL_FILE, CHECKPOINT_FILE, JobDir, is_job_dir, write_atomic
 from . import files
 
-SKIP = {"model", "tmp", CHECKPOINT_FILE}  # not sent as results (the checkpoint goes on its own)
+LOGS_DIR = "logs"  # where a dispatched fit's Slurm log goes among its results (from the control directory)
+SKIP = {"model", "tmp", LOGS_DIR, CHECKPOINT_FILE}  # not sent as results (the checkpoint goes on its own)
 CHUNK = 1 << 20  # files are read, hashed and sent in blocks of this size
 BACKOFF_MAX_S = 30.0
 LOOK_S = 5.0  # how often a running job is looked at (its end is reported at once; heartbeats are rarer)
@@ -513,13 +514,18 @@ class Attempt(threading.Thread):
     def _send_results(self, job: JobDir, record: dict[str, Any]) -> list[str]:
         """Send the job's files, smallest first, in blocks, the lease kept alive throughout; what was not
         sent, and why (a file refused, or past the per-fit total), for the fit's record."""
-        sizes = {}
+        sizes, where = {}, {}  # the name each file is sent as: its size, and (directory, its name there)
         for relative in files.regular_files(job.path):
             parts = relative.split("/")
             if parts[0] in SKIP or any(part.startswith(".") for part in parts):  # temporaries, mid-write
                 continue
+            where[relative] = (job.path, relative)
+        for name in files.regular_files(job.control):  # the Slurm log: in the control directory
+            if name.startswith("slurm-") and name.endswith(".out"):
+                where[f"{LOGS_DIR}/{name}"] = (job.control, name)
+        for sent, (base, relative) in where.items():
             try:
-                sizes[relative] = (job.path / relative).lstat().st_size
+                sizes[sent] = (base / relative).lstat().st_size
             except OSError:
                 continue
         skipped, total = [], 0
@@ -529,7 +535,7 @@ class Attempt(threading.Thread):
                 skipped.append(f"{relative} (past the {files.RESULTS_LIMIT >> 20} MB a fit may keep)")
                 continue
             try:
-                handle = files.open_beneath(job.path, relative)
+                handle = files.open_beneath(*where[relative])
             except OSError:
                 continue  # replaced by a link or gone since the listing: not the fit's result
             with handle:
