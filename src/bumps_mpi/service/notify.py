@@ -104,7 +104,8 @@ def post(config: ServiceConfig, url: str, body: bytes, timeout: float = 20) -> i
     host = parts.hostname or ""
     address = checked_address(config, host)
     kind = _PinnedTLS if parts.scheme == "https" else _Pinned
-    connection = kind(host, address, port=parts.port, timeout=timeout)
+    named = f"[{host}]" if ":" in host else host  # an IPv6 literal: bracketed, or http.client reads a port
+    connection = kind(named, address, port=parts.port, timeout=timeout)
     try:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {"Content-Type": "application/json", "User-Agent": "bumps-mpi"}
