@@ -129,13 +129,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def other_users_latency(url: str, token: str, count: int = 100) -> list[float]:
-    """Another user's GET /api/v1/fits, *count* times one after another: seconds each."""
+def latencies(url: str, token: str, path: str, count: int = 100) -> list[float]:
+    """A user's GET *path*, *count* times one after another: seconds each."""
     seen = []
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
         for _ in range(count):
             began = time.perf_counter()
-            assert http.get("/api/v1/fits").status_code == 200
+            assert http.get(path).status_code == 200
             seen.append(time.perf_counter() - began)
     return seen
 
@@ -145,7 +145,7 @@ def running_fits(
 ) -> tuple[float, int, list[float], list[float]]:
     """Start *count* fits, follow each one's events as a page would, measure the service's CPU; another
     user's latency before the fits and while they run (niced below the service: [service] nice)."""
-    quiet = other_users_latency(url, other)
+    quiet = latencies(url, other, "/api/v1/fits")
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
     ids = []
     for _ in range(count):
@@ -179,7 +179,7 @@ def running_fits(
     before, began = cpu_seconds(pid), time.monotonic()
     time.sleep(window)
     used = (cpu_seconds(pid) - before) / (time.monotonic() - began)
-    busy = other_users_latency(url, other)
+    busy = latencies(url, other, "/api/v1/fits")
     stop.set()
     for fit_id in ids:
         http.post(f"/api/v1/fits/{fit_id}/cancel")

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from service_bench import percentile, start, wait_up  # noqa: E402
+from service_bench import latencies, percentile, start, wait_up  # noqa: E402
 
 
 def running_fit(data: Path, files: int) -> tuple[str, dict[str, str], subprocess.Popen]:
@@ -54,16 +54,6 @@ def running_fit(data: Path, files: int) -> tuple[str, dict[str, str], subprocess
     return fit["id"], tokens, run
 
 
-def latencies(url: str, token: str, count: int) -> list[float]:
-    seen = []
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
-        for _ in range(count):
-            began = time.perf_counter()
-            assert http.get("/api/v1/me").status_code == 200
-            seen.append(time.perf_counter() - began)
-    return seen
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=300_000)
@@ -82,8 +72,8 @@ def main() -> None:
         stop = threading.Event()
         try:
             wait_up(url)
-            latencies(url, tokens["other"], 20)  # warm up
-            alone = latencies(url, tokens["other"], args.requests)
+            latencies(url, tokens["other"], "/api/v1/me", 20)  # warm up
+            alone = latencies(url, tokens["other"], "/api/v1/me", args.requests)
 
             def follow() -> None:
                 headers = {"Authorization": f"Bearer {tokens['owner']}"}
@@ -96,7 +86,7 @@ def main() -> None:
             for _ in range(args.streams):
                 threading.Thread(target=follow, daemon=True).start()
             time.sleep(3)  # the streams are open and their rounds going
-            crowded = latencies(url, tokens["other"], args.requests)
+            crowded = latencies(url, tokens["other"], "/api/v1/me", args.requests)
         finally:
             stop.set()
             server.terminate()

@@ -471,20 +471,7 @@ def test_a_model_path_that_is_a_loop_of_links_is_one_line(isolated):
 def test_a_terminal_closed_during_the_check_ends_the_check_and_its_files(isolated, signum):
     """SIGHUP (the terminal closed) or SIGTERM while the model check runs: the check's whole process
     group ends with bumps-submit, and its scratch directory is removed."""
-    pidfile = isolated / "check.pid"
-    model = write_model(
-        isolated / "slow.py",
-        f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\nwhile True: pass\n",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bumps_mpi", "submit", str(model), "--dry-run", "--sandbox", "off"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while not pidfile.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    pid = int(pidfile.read_text())
+    proc, pid = _checking(isolated, "while True: pass\n")
     scratch = [p for p in Path(tempfile.gettempdir()).glob("bumps-mpi-child-*") if _owns(p, pid)]
     proc.send_signal(signum)
     proc.wait(timeout=30)
@@ -494,6 +481,25 @@ def test_a_terminal_closed_during_the_check_ends_the_check_and_its_files(isolate
         time.sleep(0.1)
     assert not _alive(pid), "the model check still runs"
     assert scratch and not any(p.exists() for p in scratch)
+
+
+def _checking(isolated: Path, forever: str) -> tuple[subprocess.Popen, int]:
+    """`submit --dry-run` of a model that never finishes loading (*forever*, after saying its pid):
+    bumps-submit's process, and the model check's pid once it runs."""
+    pidfile = isolated / "check.pid"
+    model = write_model(
+        isolated / "slow.py",
+        f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\n{forever}",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bumps_mpi", "submit", str(model), "--dry-run", "--sandbox", "off"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return proc, int(pidfile.read_text())
 
 
 def _owns(scratch: Path, pid: int) -> bool:
@@ -506,23 +512,10 @@ def _owns(scratch: Path, pid: int) -> bool:
 
 def test_interrupting_the_check_leaves_nothing_running(isolated):
     """Ctrl-C while the model check runs: bumps-submit ends, and so does the check's process group."""
-    pidfile = isolated / "check.pid"
-    model = write_model(
-        isolated / "slow.py",
-        f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bumps_mpi", "submit", str(model), "--dry-run", "--sandbox", "off"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while not pidfile.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    proc, pid = _checking(isolated, "time.sleep(600)\n")
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
     assert proc.returncode != 0
-    pid = int(pidfile.read_text())
     deadline = time.monotonic() + 10
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
