@@ -318,3 +318,57 @@ def test_the_report_escapes_everything_the_model_wrote(isolated):
     assert page.elements("script") == [] and all("onerror" not in a for _, a in page.tags), page.tags
     assert [a.get("alt") for a in page.elements("img")] == [quote]  # the title, as an attribute's text
     assert page.all_text.count(evil) >= 4 and quote in page.all_text  # shown as what it is
+
+
+@pytest.mark.mpi_launch
+def test_a_dispatched_fit_moved_to_another_worker_runs_nothing_planted(landlock_abi, mpiexec):
+    """Through the dispatcher: a local worker's fit plants its modules and is checkpointed, then that
+    worker and its run die; the fit's next attempt runs on another worker from the uploaded checkpoint.
+    Neither worker, nor the controller that stores what the attempts send (the planted files among
+    them), nor the confined ranks import anything the model planted."""
+    from service_helpers import Service, Worker, follow, submit
+
+    service = Service(
+        "dispatch",
+        "[limits]\nmax_ranks = 2\n",
+        settings="lease_s = 6\nmax_attempts = 3\nclaim_wait_s = 5\n",
+        site="checkpoint_every = 1\n",
+    ).start()
+    markers = service.base / "markers"  # outside every fit, writable by the accounts that run them
+    markers.mkdir()
+    os.chown(markers, service.user.pw_uid, service.user.pw_gid)
+    first = Worker(service, "first", "--capacity", "1", "--local").start()
+    second = None
+    try:
+        alice = service.client("alice")
+        fit = submit(
+            alice, MODELS / "planter.py", data=[MODELS / "slow_peak.py"], samples="400000",
+            args=f"0.002 {markers} plant", ntasks="2",
+        )  # fmt: skip
+        assert fit.status_code == 201, fit.text
+        fit_id = fit.json()["id"]
+        job = first.state / "fits" / f"{fit_id}-1" / "job"
+        wait_until(lambda: (job / "planted-out.json").exists(), "the model to plant")
+        os.kill(_rank0(job), signal.SIGUSR2)  # a checkpoint now, for the next attempt to continue from
+        uploaded = service.data / "fits" / fit_id / "checkpoints" / "1.h5"
+        wait_until(uploaded.exists, "the first worker to upload a checkpoint")
+        first.kill()  # no goodbye; its run dies with it
+        subprocess.run(["pkill", "-KILL", "-f", str(job)], check=False)
+        wait_until(lambda: not _running(job), "the first attempt's processes to end")
+        second = Worker(service, "second", "--capacity", "1", "--local").start()
+        moved = second.state / "fits" / f"{fit_id}-2" / "job"
+        wait_until(lambda: (moved / "planted-out.json").exists(), "attempt 2 to plant again")
+        runs = json.loads(_text(moved / "runs.json"))
+        assert runs[0]["resumed_from_step"] > 0, runs  # from the checkpoint attempt 1 sent
+        assert alice.post(f"/api/v1/fits/{fit_id}/cancel").status_code == 202
+        assert follow(alice, fit_id)[-1]["state"] == "CANCELLED"
+        kept = service.data / "fits" / fit_id / "job"
+        assert (kept / "mpi4py.py").exists()  # sent up as a result file, and only stored
+        assert sorted(p.name for p in markers.iterdir()) == []
+        for text in (first.said(), second.said(), _text(service.log)):
+            assert "PLANTED CODE RAN" not in text
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                worker.kill(signal.SIGTERM)
+        service.close()
