@@ -45,6 +45,8 @@ KEYS: dict[str, type] = {
     "local_ranks": int,  # MPI ranks of a --local run
     "sandbox": str,  # best-effort, require or off: each model confined to its job (bumps_mpi.sandbox)
     "sandbox_read": list,  # more paths a confined model may read
+    "sandbox_write": list,  # more paths a confined model may write
+    "sandbox_cache": str,  # the user's library cache (compiled kernels), read-write in every job's sandbox
     "sandbox_max_file_mb": int,  # the largest file a confined model may write
 }
 TOP_LEVEL = ("default_profile", "profiles")
@@ -144,9 +146,8 @@ def _from_environment() -> dict[str, Any]:
                 raise UsageError(f"environment variable {name}={raw!r} is not a whole number") from None
         elif want is list:
             split = key in ("launcher_args", "skip", "extra")
-            values[key] = (
-                raw.split() if split else raw.split(":") if key == "sandbox_read" else raw.splitlines()
-            )
+            paths = key in ("sandbox_read", "sandbox_write")
+            values[key] = raw.split() if split else raw.split(":") if paths else raw.splitlines()
         else:
             values[key] = raw
     return values

@@ -117,6 +117,14 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
     metavar="PATH",
     help="A path the confined model may read besides its own directory (repeatable).",
 )
+@click.option(
+    "--write",
+    "write_paths",
+    multiple=True,
+    type=click.Path(),
+    metavar="PATH",
+    help="A path the confined model may write besides its job and your library cache (repeatable).",
+)
 @click.option("--profile", help="Site profile from your site.toml.")
 @click.option("--name", help="Job name [the model file's name].")
 @click.option("--jobs-dir", type=click.Path(), help="Where job directories are made [site setting jobs_dir].")
@@ -162,6 +170,7 @@ def submit(
     ranks: int | None,
     as_json: bool,
     read_paths: tuple[str, ...],
+    write_paths: tuple[str, ...],
     each: str | None,
     args_from: str | None,
     more_models: tuple[str, ...],
@@ -200,6 +209,7 @@ def submit(
         profile=profile,
         resources=resources,
         read=[Path(p).absolute() for p in read_paths],
+        write=[Path(p).absolute() for p in write_paths],
         own_files=True,
     )
     if each is not None or args_from is not None or more_models or max_running is not None:

@@ -244,6 +244,7 @@ def _request(
     jobs_dir: str | Path | None,
     profile: str | None,
     read: Sequence[str | Path],
+    write: Sequence[str | Path] = (),
 ) -> Any:
     from .submission import JobRequest
 
@@ -258,6 +259,7 @@ def _request(
         profile=profile,
         resources=dict(resources or {}),
         read=[Path(p).absolute() for p in read],
+        write=[Path(p).absolute() for p in write],
         own_files=True,
     )
 
@@ -273,6 +275,7 @@ def submit(
     jobs_dir: str | Path | None = None,
     profile: str | None = None,
     read: Sequence[str | Path] = (),
+    write: Sequence[str | Path] = (),
     local: bool = False,
     ranks: int | None = None,
 ) -> Job:
@@ -284,7 +287,7 @@ def submit(
     """
     from . import submission
 
-    request = _request(model, args, fit, options, seed, resources, name, jobs_dir, profile, read)
+    request = _request(model, args, fit, options, seed, resources, name, jobs_dir, profile, read, write)
     if local:
         return Job(submission.run_local(request, ranks)["job_dir"])
     return Job(submission.submit(request)["job_dir"])
@@ -305,13 +308,14 @@ def submit_campaign(
     jobs_dir: str | Path | None = None,
     profile: str | None = None,
     read: Sequence[str | Path] = (),
+    write: Sequence[str | Path] = (),
 ) -> Campaign:
     """Submit many fits of *model* as one Slurm job array, exactly one of: *each* (a glob: each file is
     the model's argument, in place of '{}' in *args* or after them), *args_list* (one argument list per
     fit, after *args*), or *models* (more model files, each with *args*). *max_running* caps how many
     run at once. Every fit is checked before anything is submitted.
     """
-    common = _request(model, args, fit, options, seed, resources, name, jobs_dir, profile, read)
+    common = _request(model, args, fit, options, seed, resources, name, jobs_dir, profile, read, write)
     if args_list is not None:
         if each is not None or models:
             raise UsageError("give exactly one of each, args_list or models")

@@ -74,6 +74,7 @@ class JobRequest:
     profile: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     read: list[Path] = field(default_factory=list)  # paths the confined model may read, besides the site's
+    write: list[Path] = field(default_factory=list)  # paths it may write, besides its job and the cache
     start_from: Path | None = None  # a checkpoint the fit continues from (the dispatcher's next attempt)
     # the submitter's own arguments (the command line, the Python API; never the service's users): one that
     # names a file here is made absolute (the check and the job run in their own directories) and the
@@ -266,13 +267,16 @@ def render(settings: Settings, name: str, target: Path, array: str | None = None
 
 
 def sandbox_for(request: JobRequest, settings: Settings) -> dict[str, Any]:
-    """The sandbox job.json asks for: the site's, plus the request's --read paths (which must exist) and,
-    for the submitter's own arguments, every one that names a file (the data; never a directory)."""
-    for path in request.read:
-        if not Path(path).exists():
-            raise UsageError(f"--read {path}: no such file or directory (a path the model may read)")
+    """The sandbox job.json asks for: the site's, plus the request's --read and --write paths (which must
+    exist) and, for the submitter's own arguments, every one that names a file (the data; never a
+    directory)."""
+    for option, paths, verb in (("--read", request.read, "read"), ("--write", request.write, "write")):
+        for path in paths:
+            if not Path(path).exists():
+                raise UsageError(f"{option} {path}: no such file or directory (a path the model may {verb})")
     named = [a for a in request.model_args if _is_file(a)] if request.own_files else []
-    return _sandbox_request(settings, [str(Path(p).resolve()) for p in [*request.read, *named]])
+    more_read = [str(Path(p).resolve()) for p in [*request.read, *named]]
+    return _sandbox_request(settings, more_read, [str(Path(p).resolve()) for p in request.write])
 
 
 def check_model(request: JobRequest, settings: Settings, confinement: dict[str, Any]) -> dict[str, Any]:
@@ -290,7 +294,7 @@ def check_model(request: JobRequest, settings: Settings, confinement: dict[str, 
     )
 
 
-def _sandbox_request(settings: Settings, more_read: list[str]) -> dict[str, Any]:
+def _sandbox_request(settings: Settings, more_read: list[str], more_write: list[str]) -> dict[str, Any]:
     """What the job's sandbox is asked to be (job.json); `require` is checked against this kernel now."""
     from ..sandbox import landlock
     from ..sandbox import policy as sandbox
@@ -303,7 +307,15 @@ def _sandbox_request(settings: Settings, more_read: list[str]) -> dict[str, Any]
             "ask your site, or use --sandbox best-effort"
         )
     read = [str(Path(os.path.expanduser(p)).resolve()) for p in settings["sandbox_read"]]
-    return {"level": level, "read": [*read, *more_read], "max_file_mb": settings["sandbox_max_file_mb"]}
+    write = [str(Path(os.path.expanduser(p)).resolve()) for p in settings.get("sandbox_write") or []]
+    cache = settings.get("sandbox_cache") or ""
+    return {
+        "level": level,
+        "read": [*read, *more_read],
+        "write": [*write, *more_write],
+        "cache": str(Path(os.path.expanduser(os.path.expandvars(cache))).absolute()) if cache else None,
+        "max_file_mb": settings["sandbox_max_file_mb"],
+    }
 
 
 def submit(request: JobRequest) -> dict[str, Any]:

@@ -79,10 +79,17 @@ def check_resources(settings: dict[str, Any], sources: dict[str, str] | None = N
         from ..sandbox.policy import check_level
 
         check_level(settings["sandbox"], _label("sandbox", sources))
-    for path in settings.get("sandbox_read") or []:
-        if not os.path.isabs(os.path.expanduser(path)) or not os.path.exists(os.path.expanduser(path)):
-            where = "--read" if (sources or {}).get("sandbox_read", "").startswith("--") else "sandbox_read"
-            raise UsageError(f"{where} {path!r}: give an absolute path that exists (what the model may read)")
+    for key, option, verb in (("sandbox_read", "--read", "read"), ("sandbox_write", "--write", "write")):
+        for path in settings.get(key) or []:
+            if not os.path.isabs(os.path.expanduser(path)) or not os.path.exists(os.path.expanduser(path)):
+                where = option if (sources or {}).get(key, "").startswith("--") else key
+                raise UsageError(
+                    f"{where} {path!r}: give an absolute path that exists (what the model may {verb})"
+                )
+    cache = settings.get("sandbox_cache")
+    if cache and not os.path.isabs(os.path.expanduser(os.path.expandvars(cache))):
+        where = _label("sandbox_cache", sources)
+        raise UsageError(f'{where}={cache!r}: give an absolute path (or "" for none)')
     mail = settings.get("mail_type")
     if mail not in (None, ""):
         wrong = [kind for kind in str(mail).split(",") if kind not in MAIL_TYPES]

@@ -82,7 +82,19 @@ def load_model(path: Path | str, args: list[str] | None = None) -> Any:
 def _one_line(path: Path, exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         return f"{path}: the model called sys.exit({exc.code!r}) while loading"
-    return f"{path}: {type(exc).__name__}: {exc}".splitlines()[0]
+    return f"{path}: {type(exc).__name__}: {exc}".splitlines()[0] + refused_write_hint(exc)
+
+
+def refused_write_hint(exc: BaseException) -> str:
+    """For a write the sandbox refused (a library's cache, say): which path, and how to open it."""
+    if not isinstance(exc, OSError) or exc.errno not in (errno.EACCES, errno.EPERM) or not exc.filename:
+        return ""
+    place = str(exc.filename) if os.path.isdir(exc.filename) else os.path.dirname(str(exc.filename))
+    return (
+        f" (if the sandbox refused it: a model may write only its job directory and your library cache; "
+        f"if the model's library must write in {place}, open it with --write {place} (it must exist), or "
+        "sandbox_write in your site profile)"
+    )
 
 
 def _wrong_type(path: Path, problem: Any) -> str:
@@ -112,7 +124,9 @@ def check_model(path: Path | str, args: list[str] | None = None) -> dict[str, An
         value = problem.nllf(problem.getp())
         nllf = float(value)
     except BaseException as exc:  # noqa: B036
-        raise ModelCheckError(f"{path}: evaluating the model failed: {type(exc).__name__}: {exc}") from exc
+        raise ModelCheckError(
+            f"{path}: evaluating the model failed: {type(exc).__name__}: {exc}{refused_write_hint(exc)}"
+        ) from exc
     if not labels:
         raise ModelCheckError(f"{path}: the model has no fitted parameters")
     if not math.isfinite(nllf):

@@ -170,9 +170,10 @@ def confine(
             *asked.get("read", []),
             *(read or []),
         ],
-        write=[*sandbox.SYSTEM_WRITE, str(Path.cwd())],
+        write=[*sandbox.SYSTEM_WRITE, str(Path.cwd()), *asked.get("write", [])],
         restrict_network=True,
         max_file_mb=int(asked.get("max_file_mb", 16384)),
+        cache=asked.get("cache"),
     )
     enforced = sandbox.apply(policy, own_dir)
     if note:

@@ -8,7 +8,9 @@ login node confine themselves:
   configuration (/usr, /lib*, /etc, /opt, /proc, /sys, /dev), the model's
   directory and any path the site or the user names (`sandbox_read`, `--read`);
   read-write only their own directory (the job's, or the child's scratch
-  directory), its private TMPDIR, /dev/shm (MPI's shared memory) and /dev/null.
+  directory), its private TMPDIR, the user's library cache (compiled kernels:
+  bumps_mpi.sandbox.libraries), what the site or the user opens (`sandbox_write`,
+  `--write`), /dev/shm (MPI's shared memory) and /dev/null.
   The user's home, other users' and other jobs' directories are out of reach
   unless named. A model in the home directory itself gets only its own file.
 - network (ABI 4): no TCP bind or connect at all for a job on one node (MPI
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from . import landlock
+from . import landlock, libraries
 
 LEVELS = ("best-effort", "require", "off")
 SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys", "/dev")
@@ -69,6 +71,7 @@ class Policy:
     write: list[str] = field(default_factory=list)
     restrict_network: bool = True
     max_file_mb: int = 16384
+    cache: str | None = None  # the user's library cache (bumps_mpi.sandbox.libraries), read-write
 
     def needed_abi(self) -> int:
         """The Landlock ABI all of this needs: files with truncate (3), TCP (4), signals and sockets (6)."""
@@ -105,8 +108,8 @@ def model_paths(model: str | Path) -> tuple[list[str], str | None]:
 def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
     """Confine this process (and what it starts) to *policy*; returns what was enforced and what was not.
 
-    Must run before any other thread exists. Sets TMPDIR and the caches of the
-    libraries a model uses to *own_dir*/tmp. Under `require`, a kernel without
+    Must run before any other thread exists. Sends TMPDIR and the libraries' files
+    to *own_dir*/tmp and the user's cache (bumps_mpi.sandbox.libraries). Under `require`, a kernel without
     what the policy needs is a SandboxError, and nothing is applied.
     """
     if policy.level == "off":
@@ -128,11 +131,10 @@ def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
         )
     private = own_dir / TMP_DIR
     private.mkdir(exist_ok=True)
-    for name in ("TMPDIR", "TMP", "TEMP"):
-        os.environ[name] = str(private)
-    os.environ["MPLCONFIGDIR"] = str(private / "matplotlib")
-    os.environ["XDG_CACHE_HOME"] = str(private / "cache")
-    os.environ["NUMBA_CACHE_DIR"] = str(private / "numba")
+    cache = Path(policy.cache) if policy.cache else None
+    if cache is not None:
+        libraries.make_cache(cache)
+    os.environ.update(libraries.environment(private, cache))
     _seed_numba_cache(private / "numba")
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     limit = policy.max_file_mb << 20
@@ -152,13 +154,16 @@ def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
     scopes = landlock.SCOPE_SIGNAL | landlock.SCOPE_ABSTRACT_UNIX_SOCKET
     ruleset = landlock.Ruleset(abi, handle_net=policy.restrict_network, scopes=scopes)
     read = [p for p in dict.fromkeys(policy.read) if ruleset.allow_path(p, landlock.READ)]
-    write = [p for p in dict.fromkeys([str(own_dir), *policy.write]) if ruleset.allow_path(p, (1 << 64) - 1)]
+    wanted = [str(own_dir), *policy.write, *([str(cache)] if cache is not None else [])]
+    write = [p for p in dict.fromkeys(wanted) if ruleset.allow_path(p, (1 << 64) - 1)]
     ruleset.restrict_self()
     enforced.update(
         read=read,
         write=write,
         network="no TCP bind or connect" if ruleset.net else "TCP not restricted",
         scopes=(["signals", "abstract Unix sockets"] if ruleset.scopes else []),
+        cache=str(cache) if cache is not None else None,
+        opened=[p for p in write if p not in (str(own_dir), *SYSTEM_WRITE)],
     )
     return enforced
 
@@ -199,9 +204,10 @@ def job_policy(spec: dict[str, Any], nodes: int, control: Path | str) -> Policy:
     return Policy(
         level=asked.get("level", "off"),
         read=[*python_paths(), *SYSTEM_READ, *model_read, str(control), *asked.get("read", [])],
-        write=list(SYSTEM_WRITE),
+        write=[*SYSTEM_WRITE, *asked.get("write", [])],
         restrict_network=nodes <= 1,
         max_file_mb=int(asked.get("max_file_mb", 16384)),
+        cache=asked.get("cache"),
     )
 
 
@@ -224,7 +230,8 @@ def describe(enforced: dict[str, Any] | None) -> str:
         f"max file {enforced['rlimits']['file_size_mb']} MB, no core dumps",
     ]
     missing = f"; not enforced: {'; '.join(enforced['missing'])}" if enforced.get("missing") else ""
-    return f"{enforced['level']}: " + ", ".join(p for p in parts if p) + missing
+    opened = f"; writable besides the job: {', '.join(enforced['opened'])}" if enforced.get("opened") else ""
+    return f"{enforced['level']}: " + ", ".join(p for p in parts if p) + opened + missing
 
 
 def apparmor_profile(jobs_root: str, python: str | None = None) -> str:

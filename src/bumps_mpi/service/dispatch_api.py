@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from .caches import cache_key
 from .dispatch import Fenced, Queue
 from .uploads import Refused
 
@@ -94,6 +95,7 @@ def router(queue: Queue, admin_user: Any, on_end: Any) -> APIRouter:
         return {
             "fit": fit["id"], "lease": fit["lease"], "attempt": fit["attempt"],
             "expires_in": queue.config.lease_s, "request": request, "has_checkpoint": has_checkpoint,
+            "cache_key": cache_key(fit["owner"]),  # the owner's library cache on the worker, not their name
         }  # fmt: skip
 
     @routes.get("/api/v1/dispatch/fits/{fit_id}/bundle")

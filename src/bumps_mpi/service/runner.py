@@ -34,6 +34,7 @@ from ..front import submission
 from ..jobdir import CANCEL_FILE, CHECKPOINT_FILE, JobDir, is_job_dir, write_atomic
 from ..pythonenv import safe_environment
 from ..sandbox.child import nice_prefix
+from .caches import cache_key, user_cache
 from .dispatch import Queue
 from .settings import ServiceConfig
 from .store import Store
@@ -78,7 +79,10 @@ class Runner:
         asked = json.loads(fit["request"])
         limits = self.config.limits_for(fit["owner"])
         model = fit_dir(self.config, fit["id"]) / "model" / asked["model"]
-        resources: dict[str, Any] = {"sandbox": "require"}  # strangers' code: confined, or not at all
+        resources: dict[str, Any] = {  # strangers' code: confined, or not at all
+            "sandbox": "require",
+            "sandbox_cache": str(user_cache(self.config.data_dir, cache_key(fit["owner"]))),
+        }
         if self.config.backend == "slurm":
             resources.update(
                 ntasks=asked.get("ntasks") or min(2, limits.max_ranks),

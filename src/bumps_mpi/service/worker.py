@@ -190,6 +190,7 @@ class Worker:
                     "fit": claim["fit"], "lease": claim["lease"], "attempt": claim["attempt"],
                     "expires_in": claim["expires_in"], "request": claim["request"],
                     "has_checkpoint": claim["has_checkpoint"], "job_dir": None,
+                    "cache_key": claim.get("cache_key"),
                 }  # fmt: skip
                 self._start(Attempt(self, record))
 
@@ -351,10 +352,13 @@ class Attempt(threading.Thread):
 
     def _submit(self, model_dir: Path) -> JobDir:
         from ..front import submission
+        from .caches import user_cache
         from .runner import launch
 
         asked = self.record["request"]
         resources: dict[str, Any] = {"sandbox": "require"}  # strangers' code: confined, or not at all
+        key = self.record.get("cache_key")  # the fit's owner's own cache here; none from an older controller
+        resources["sandbox_cache"] = str(user_cache(self.worker.state_dir, key)) if key else ""
         if not self.worker.local:
             resources.update({k: asked[k] for k in ("ntasks", "time") if asked.get(k)})
         elif asked.get("time"):  # a local run ends at its time limit too
