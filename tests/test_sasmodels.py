@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,57 @@ def test_the_compiler_wrapper_renames_only_a_whole_library(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k.c", "k.so"]
     monkeypatch.setenv("BUMPS_MPI_CC", "false")  # the user's own CC is the one run
     assert atomic_cc.main(["-o", str(tmp_path / "x.so")]) != 0
+
+
+@pytest.mark.slurm
+def test_a_sasmodels_campaign_over_five_files_on_slurm_from_a_fresh_account(account, slurm_cluster):
+    """One command, default sandbox: five fits as a job array, each COMPLETED; the kernel compiled once
+    (by the model check, which warms the user's cache for the ranks); the campaign's table."""
+    done = account.cli(
+        "submit", MODEL, *SMALL_DREAM, "--ntasks", "1", "--each", str(account.data / "*.dat"),
+        "--jobs-dir", account.jobs, "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    campaign = json.loads(done.stdout)
+    assert campaign["fits"] == 5
+    deadline = time.monotonic() + 400
+    while True:
+        summary = json.loads(account.cli("status", campaign["campaign_id"], "--json").stdout)
+        if summary["ended"] and all(r["exit"] is not None for r in summary["records"]):
+            break
+        assert time.monotonic() < deadline, summary["counts"]
+        time.sleep(1)
+    assert summary["counts"] == {"COMPLETED": 5}, summary
+    table = json.loads(account.cli("results", campaign["campaign_dir"], "--json").stdout)
+    found = [row["parameters"]["radius_equatorial"]["best"] for row in table]
+    assert [round(r / 4) for r in found] == [10, 11, 12, 13, 14], found  # simulated: 40, 44, ... 56
+    assert len(account.kernels()) == 2  # one compile per library, for five fits
+
+
+@pytest.mark.mpi_launch
+def test_sasmodels_fits_through_the_job_controller_each_user_with_a_cache_of_their_own(landlock_abi, mpiexec):
+    """The service (sandbox `require`): alice's and bob's sasmodels fits complete, each user's kernels
+    in a cache of their own under the service's data, never in the service account's home."""
+    from service_helpers import Service, follow, submit
+
+    from bumps_mpi.service.caches import cache_key, user_cache
+
+    service = Service("local", "[limits]\nmax_ranks = 2\n").start()
+    try:
+        data = simulate(service.base / "data", 1)[0]
+        for who in ("alice", "bob"):
+            client = service.client(who)
+            fit = submit(client, MODEL, data=[data], samples="2000", burn="100", seed="7", args=data.name)
+            assert fit.status_code == 201, fit.text
+            assert follow(client, fit.json()["id"])[-1]["state"] == "COMPLETED"
+            shown = client.get(f"/api/v1/fits/{fit.json()['id']}").json()
+            assert shown["failed_evaluations"] == 0 and shown["chisq"] < 3, shown
+        caches = [
+            user_cache(service.data, cache_key(who)) / "sasmodels" / "compiled_models"
+            for who in ("alice", "bob")
+        ]
+        assert caches[0] != caches[1]
+        assert [len(list(c.glob("*.so"))) for c in caches] == [2, 2]
+        assert not (Path(service.user.pw_dir) / ".sasmodels").exists()
+    finally:
+        service.close()
