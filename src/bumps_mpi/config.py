@@ -42,6 +42,8 @@ KEYS: dict[str, type] = {
     "check_timeout": int,  # seconds the login-node model check may take
     "plot_timeout": int,  # seconds drawing a fit's figures on the login node may take
     "jobs_dir": str,  # where job directories are made (~ and $VARIABLES are expanded)
+    "gpus": int,  # GPUs per fit: Slurm's --gres=gpu:N or --gpus-per-task=N; the sandbox opens their devices
+    "gpu_directive": str,  # gres or gpus-per-task
     "local_ranks": int,  # MPI ranks of a --local run
     "sandbox": str,  # best-effort, require or off: each model confined to its job (bumps_mpi.sandbox)
     "sandbox_read": list,  # more paths a confined model may read

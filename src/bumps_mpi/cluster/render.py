@@ -143,6 +143,8 @@ def render_sbatch(
     signal_grace: int,
     max_requeues: int,
     array: str | None = None,
+    gpus: int = 0,
+    gpu_directive: str = "gres",
 ) -> str:
     """The sbatch text for one job; the keyword arguments are the whole set of options.
 
@@ -180,6 +182,9 @@ def render_sbatch(
         value = resources.get(setting)
         if value not in (None, ""):
             lines[option] = _directive(option, value, setting)
+    if gpus > 0:  # sasmodels' own batch script asks --gres=gpu:1 per fit
+        option, value = ("gres", f"gpu:{gpus}") if gpu_directive == "gres" else ("gpus-per-task", gpus)
+        lines[option] = _directive(option, value, "gpus")
     for item in extra:
         lines[_extra_name(item)] = f"#SBATCH {item}"
     for option in skip:

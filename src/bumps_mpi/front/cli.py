@@ -93,6 +93,7 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--account", help="Slurm account.")
 @click.option("--qos", help="Slurm QOS.")
 @click.option("--mem", help="Memory per node, e.g. 8G.")
+@click.option("--gpus", type=int, help="GPUs per fit (per node, or per task: site setting gpu_directive).")
 @click.option(
     "--mail-type", help="Slurm mails you when the job does this: END, FAIL, BEGIN, ALL, ... (comma-separated)"
 )

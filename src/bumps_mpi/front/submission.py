@@ -253,6 +253,8 @@ def render(settings: Settings, name: str, target: Path, array: str | None = None
         job_dir=str(target),
         python=settings.get("python") or sys.executable,
         resources={k: settings.get(k) for k in DIRECTIVES},
+        gpus=int(settings.get("gpus") or 0),
+        gpu_directive=settings.get("gpu_directive") or "gres",
         launcher=settings["launcher"],
         launcher_args=settings["launcher_args"],
         extra=settings["extra"],
@@ -314,6 +316,7 @@ def _sandbox_request(settings: Settings, more_read: list[str], more_write: list[
         "read": [*read, *more_read],
         "write": [*write, *more_write],
         "cache": str(Path(os.path.expanduser(os.path.expandvars(cache))).absolute()) if cache else None,
+        "gpus": int(settings.get("gpus") or 0),  # their device files are opened read-write
         "max_file_mb": settings["sandbox_max_file_mb"],
     }
 

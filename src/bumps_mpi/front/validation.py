@@ -26,7 +26,8 @@ MEMORY = re.compile(r"^\d+([KMGT]B?)?$", re.IGNORECASE)
 AT_LEAST_ONE = ("nodes", "ntasks", "cpus_per_task", "threads", "checkpoint_every", "signal_grace")
 AT_LEAST_ONE += ("check_timeout", "plot_timeout", "local_ranks")
 LARGER = {"sandbox_max_file_mb": 64}  # MPI's shared-memory segments are files too (UCX: 4 MB and more)
-NOT_NEGATIVE = ("max_requeues",)
+NOT_NEGATIVE = ("max_requeues", "gpus")
+GPU_DIRECTIVES = ("gres", "gpus-per-task")
 MAIL_TYPES = ("NONE", "BEGIN", "END", "FAIL", "REQUEUE", "ALL", "INVALID_DEPEND", "STAGE_OUT", "TIME_LIMIT")
 MAIL_TYPES += ("TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50", "ARRAY_TASKS")  # sbatch(1), 22.05
 
@@ -90,6 +91,9 @@ def check_resources(settings: dict[str, Any], sources: dict[str, str] | None = N
     if cache and not os.path.isabs(os.path.expanduser(os.path.expandvars(cache))):
         where = _label("sandbox_cache", sources)
         raise UsageError(f'{where}={cache!r}: give an absolute path (or "" for none)')
+    if settings.get("gpu_directive") not in (None, *GPU_DIRECTIVES):
+        where = _label("gpu_directive", sources)
+        raise UsageError(f"{where}={settings['gpu_directive']!r}: use {' or '.join(GPU_DIRECTIVES)}")
     mail = settings.get("mail_type")
     if mail not in (None, ""):
         wrong = [kind for kind in str(mail).split(",") if kind not in MAIL_TYPES]

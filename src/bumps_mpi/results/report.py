@@ -178,6 +178,7 @@ def build(job: JobDir, record: dict[str, Any]) -> str:
         ("fit options", json.dumps(spec.get("fit_options", {}), sort_keys=True)),
         ("seed", spec.get("seed")),
         ("ranks", ranks),
+        ("GPUs", _gpus(result)),
         ("threads per rank", spec.get("threads")),
         ("Slurm job", slurm.get("job_id") or "local run"),
         ("earlier Slurm jobs", ", ".join(map(str, slurm.get("earlier_job_ids", [])))),
@@ -225,6 +226,18 @@ def build(job: JobDir, record: dict[str, Any]) -> str:
         f"<footer>Written by bumps-mpi {escape(__version__)} on {_when(time.time())}.</footer>"
         "</body></html>\n"
     )
+
+
+def _gpus(result: dict[str, Any] | None) -> str | None:
+    """Which GPUs each rank was given (result.json: rank -> the runtime's and Slurm's names), one line."""
+    given = (result or {}).get("gpus")
+    if not isinstance(given, dict):
+        return None
+    lines = []
+    for rank in sorted(given, key=str):
+        names = given[rank] if isinstance(given[rank], dict) else {}
+        lines.append(f"rank {rank}: " + ", ".join(f"{k}={v}" for k, v in names.items()))
+    return "; ".join(lines)
 
 
 def _sandbox(result: dict | None, spec: dict) -> str:

@@ -51,6 +51,14 @@ def limit_threads(threads: int) -> None:
         os.environ[name] = str(threads)
 
 
+def _gpus() -> dict[str, Any]:
+    """The GPUs this rank was given, as the runtimes and Slurm name them (ranks.json, the report)."""
+    from ..sandbox.devices import visible_gpus
+
+    given = visible_gpus()
+    return {"gpus": given} if given else {}
+
+
 def _report(exc: BaseException) -> dict[str, Any]:
     return {
         "host": socket.gethostname(),
@@ -128,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             problem = load_model(spec["model"], spec.get("model_args", []))
     except BaseException as exc:  # noqa: B036 - every rank must reach the allgather below
         failure = _report(exc)
-    me = {"rank": comm.rank, **processes.identity(), "failure": failure}
+    me = {"rank": comm.rank, **processes.identity(), **_gpus(), "failure": failure}
     everyone = comm.allgather(me)  # start-up only: pickling is fine here
     watchdog.know_ranks(everyone)
     if comm.rank == 0:  # who is who, so a post-mortem can name a rank that dies
@@ -152,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         watchdog.disarm()  # rank 0 said stop: its end from now on is no one's death
         return 0
     try:
-        return _run_root(jobdir, spec, problem, comm, stop, watchdog, confinement)
+        gpus = {str(r["rank"]): r["gpus"] for r in everyone if r.get("gpus")}
+        return _run_root(jobdir, spec, problem, comm, stop, watchdog, confinement, gpus)
     finally:
         watchdog.disarm()
 
@@ -179,7 +188,14 @@ def _confine(jobdir: JobDir, spec: dict[str, Any]) -> tuple[dict[str, Any], dict
 
 
 def _run_root(
-    jobdir: JobDir, spec: dict[str, Any], problem: Any, comm: Any, stop: Any, watchdog: Any, confinement: dict
+    jobdir: JobDir,
+    spec: dict[str, Any],
+    problem: Any,
+    comm: Any,
+    stop: Any,
+    watchdog: Any,
+    confinement: dict,
+    gpus: dict[str, dict[str, str]],
 ) -> int:
     from ..errors import RemoteError
     from . import checkpoint
@@ -281,6 +297,7 @@ def _run_root(
         threads={name: os.environ.get(name) for name in THREAD_VARIABLES},
         failed_evaluations=count,
         evaluations=evaluations,
+        **({"gpus": gpus} if gpus else {}),  # each rank's GPUs, as its runtime and Slurm named them
     )
     try:
         result["exports"] = write_exports(driver, spec["fit"], jobdir.file(EXPORT_DIR))

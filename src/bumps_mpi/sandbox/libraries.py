@@ -44,6 +44,7 @@ def environment(private: Path, cache: Path | None) -> dict[str, str]:
         "XDG_CACHE_HOME": str(shared / "xdg"),
         "SAS_DLL_PATH": str(shared / "sasmodels" / "compiled_models"),
         "CUDA_CACHE_PATH": str(shared / "nv" / "ComputeCache"),
+        "POCL_CACHE_DIR": str(shared / "pocl"),
     }
     compiler = os.environ.get("CC", "cc")
     if WRAPPER not in compiler:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from . import landlock, libraries
+from . import devices, landlock, libraries
 
 LEVELS = ("best-effort", "require", "off")
 SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys", "/dev")
@@ -201,10 +201,11 @@ def job_policy(spec: dict[str, Any], nodes: int, control: Path | str) -> Policy:
     but never write: the stop and cancel requests are there) and the number of nodes it runs on."""
     asked = spec.get("sandbox") or {}
     model_read, _ = model_paths(spec["model"])
+    gpus = devices.gpu_device_files() if asked.get("gpus") else []  # a GPU is driven by ioctl
     return Policy(
         level=asked.get("level", "off"),
         read=[*python_paths(), *SYSTEM_READ, *model_read, str(control), *asked.get("read", [])],
-        write=[*SYSTEM_WRITE, *asked.get("write", [])],
+        write=[*SYSTEM_WRITE, *asked.get("write", []), *gpus],
         restrict_network=nodes <= 1,
         max_file_mb=int(asked.get("max_file_mb", 16384)),
         cache=asked.get("cache"),
