@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SMALL_DREAM, cli, one_line_error
+from conftest import ROOT, SMALL_DREAM, ParsedPage, cli, one_line_error
 
 from bumps_mpi.sandbox.policy import mpi_environment
 
@@ -201,6 +201,20 @@ def test_a_sasmodels_campaign_over_five_files_on_slurm_from_a_fresh_account(acco
     found = [row["parameters"]["radius_equatorial"]["best"] for row in table]
     assert [round(r / 4) for r in found] == [10, 11, 12, 13, 14], found  # simulated: 40, 44, ... 56
     assert len(account.kernels()) == 2  # one compile per library, for five fits
+
+    # the campaign's report: each parameter across the series at its temperature, chi-square, the table
+    shown = account.cli("results", campaign["campaign_dir"])
+    report = Path(campaign["campaign_dir"]) / "report.html"
+    assert shown.returncode == 0 and f"report: {report}" in shown.stdout, shown.stderr
+    page = ParsedPage(report.read_text())
+    captions = [img["alt"] for img in page.elements("img")]
+    assert captions == [*table[0]["parameters"], "chi-square of every fit"], captions
+    assert "placed at the number in its label" in page.all_text  # T20.dat ... T40.dat: a numeric axis
+    links = [a["href"] for a in page.elements("a")]
+    assert links == [f"fits/{i}/report.html" for i in range(5)], links
+    drawn = account.cli("plot", campaign["campaign_id"], "--format", "svg", "--json")
+    figures = json.loads(drawn.stdout)["figures"]
+    assert len(figures) == 5 and all(Path(f).read_text().lstrip().startswith("<?xml") for f in figures)
 
 
 @pytest.mark.mpi_launch

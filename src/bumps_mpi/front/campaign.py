@@ -27,6 +27,7 @@ from ..jobdir import (
     CAMPAIGN_LOCK,
     CANCEL_FILE,
     CHECKPOINT_FILE,
+    FIGURES_DIR,
     FITS_DIR,
     JOB_FILE,
     RESUMABLE_FITTERS,
@@ -395,6 +396,24 @@ def table(path: Path) -> list[dict[str, Any]]:
             row["error"] = _why_no_result(record)
         rows.append(row)
     return rows
+
+
+def write_report(path: Path, rows: list[dict[str, Any]]) -> Path | None:
+    """The campaign's report.html (bumps_mpi.results.campaign_report); None if it could not be written
+    (a read-only campaign directory: the table is still printed)."""
+    from ..results import campaign_report
+
+    try:
+        return campaign_report.write(path, str(load(path).get("name") or path.name), rows)
+    except OSError:
+        return None
+
+
+def plot(path: Path, rows: list[dict[str, Any]], out: Path | None, fmt: str) -> list[Path]:
+    """`plot CAMPAIGN`: the report's figures as files, in *out* (default: the campaign's figures/)."""
+    from ..results import campaign_report
+
+    return campaign_report.figures_to(out or path / FIGURES_DIR, rows, fmt)
 
 
 def _why_no_result(record: dict[str, Any]) -> str:

@@ -412,7 +412,9 @@ def results(job: str, as_json: bool, as_csv: bool) -> None:
 
     A campaign: one table, a row per fit (its argument, state, chi-square, each
     parameter's best/mean/std, and its error if it has no results); the table is
-    written even when some fits failed, and the exit status is then 1.
+    written even when some fits failed, and the exit status is then 1. It also
+    writes the campaign's report.html: each parameter across the fits, their
+    chi-square, the table and a link to each fit's report.
     """
     from . import api
 
@@ -559,10 +561,24 @@ def plot(job: str, out: str | None, fmt: str, as_json: bool) -> None:
     """Draw the fit's figures with Bumps' own plotting code and print their paths.
 
     A running, stopped or failed fit is drawn from its last checkpoint (or the
-    model's starting point), and its figures say so.
+    model's starting point), and its figures say so. A campaign: every fitted
+    parameter across its fits, and their chi-square (its report's figures).
     """
     from . import api
 
+    found_campaign = _campaign(job)
+    if found_campaign is not None:
+        from pathlib import Path
+
+        from . import campaign
+
+        rows = found_campaign.table()
+        paths = campaign.plot(found_campaign.campaign_dir, rows, None if out is None else Path(out), fmt)
+        if as_json:
+            _emit_json({"figures": [str(p) for p in paths]})
+        for path in [] if as_json else paths:
+            echo(str(path))
+        return
     drawn = api.plot(job, out, fmt)
     if as_json:
         _emit_json(drawn)
@@ -913,15 +929,18 @@ def _print_campaign(summary: dict[str, Any], every: bool) -> None:
 
 def _campaign_results(found: Any, as_json: bool, as_csv: bool) -> None:
     """The table on stdout (text, CSV or JSON); exit 1 after it when some fits have no results."""
+    from . import campaign
+
     rows = found.table()
+    written = campaign.write_report(found.campaign_dir, rows)
     if as_json:
         _emit_json(rows)
     elif as_csv:
-        from . import campaign
-
         click.echo(plain(campaign.write_csv(found.campaign_dir, rows)), nl=False)
     else:
         _print_table(rows)
+        if written is not None:
+            echo(f"report: {written}")
     missing = [r for r in rows if r["chisq"] is None]
     if missing:
         echo(

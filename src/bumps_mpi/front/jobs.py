@@ -217,6 +217,19 @@ class Campaign:
         columns, flat = campaigns.flat(rows)
         return pandas.DataFrame(flat, columns=columns)
 
+    def report(self) -> Path:
+        """Write the campaign's report.html (each parameter across the fits, their chi-square, the table,
+        links to each fit's report) and return its path."""
+        written = campaigns.write_report(self.campaign_dir, campaigns.table(self.campaign_dir))
+        if written is None:
+            raise UsageError(f"cannot write the report in {self.campaign_dir}: is it read-only?")
+        return written
+
+    def plot(self, out: str | Path | None = None, fmt: str = "png") -> list[Path]:
+        """The report's figures as files (in the campaign's figures/, or *out*); their paths."""
+        rows = campaigns.table(self.campaign_dir)
+        return campaigns.plot(self.campaign_dir, rows, None if out is None else Path(out), fmt)
+
     def results(self) -> list[Results | None]:
         """Each fit's Results, None for a fit without them (its row in table() says why)."""
         return [
