@@ -50,6 +50,7 @@ RANKS_FILE = "ranks.json"  # host, pid and start time of every rank
 RUNS_FILE = "runs.json"  # one entry per allocation: started, finished, why, checkpoint timings
 MODEL_DIR = "model"  # a copy of the model file, for the record
 EXPORT_DIR = "export"  # Bumps' own exports
+SESSION_FILE = "session.h5"  # the fit as a Bumps session, for Bumps' viewer (bumps_mpi.runtime.session)
 FIGURES_DIR = "figures"  # the fit's figures, drawn by Bumps' own plotting code (bumps_mpi.figures)
 FIGURES_MANIFEST = "figures.json"  # in FIGURES_DIR: what was drawn, from which values, the statistics
 REPORT_FILE = "report.html"  # one self-contained page: facts, parameters, figures (bumps_mpi.report)

@@ -200,6 +200,30 @@ def report(ref: str) -> dict[str, Any]:
     }
 
 
+def viewer(job: JobDir, port: int = 0) -> dict[str, Any]:
+    """Start Bumps' viewer on *job*'s session file (bumps_mpi.sandbox.viewer): {"url", "process"}."""
+    import socket
+    import subprocess
+
+    from ..jobdir import SESSION_FILE
+    from ..pythonenv import safe_environment
+    from ..sandbox import viewer as bumps_viewer
+
+    if not job.file(SESSION_FILE).is_file() or job.file(SESSION_FILE).is_symlink():
+        raise UsageError(
+            f"{job.path} has no Bumps session ({SESSION_FILE}): a fit writes one when it completes "
+            "(DREAM and the other fitters, from this version on); `bumps-submit report` shows the others"
+        )
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port}: give a TCP port, 1 to 65535 (0: a free one)")
+    if port == 0:
+        with socket.socket() as probe:  # a free port now; the viewer binds it a moment later
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    process = subprocess.Popen(bumps_viewer.command(job, port), cwd=job.control, env=safe_environment())
+    return {"url": f"http://127.0.0.1:{port}/", "process": process, "port": port}
+
+
 def outputs(job: JobDir) -> dict[str, Any]:
     """Where a job's figures and report are (paths that exist), for results and status."""
     from ..jobdir import FIGURES_DIR, REPORT_FILE

@@ -592,6 +592,30 @@ def plot(job: str, out: str | None, fmt: str, as_json: bool) -> None:
         echo(f"{drawn['directory']}/{figure['file']}")
 
 
+@main.command(name="open")
+@click.argument("job")
+@click.option("--port", type=int, default=0, help="Port on 127.0.0.1 for the viewer [a free one].")
+def open_(job: str, port: int) -> None:
+    """Open a finished fit in Bumps' own viewer (its webview), on this machine's loopback only.
+
+    The viewer loads the fit's session.h5, which the job wrote, so which your
+    model could have written: open only your own fits. It runs confined as the
+    job's ranks did (it writes only the job directory and listens only on its
+    port). Point your browser at the address it prints (from a laptop: ssh -L);
+    Ctrl-C stops it.
+    """
+    from . import api
+
+    found = api.resolve(job)
+    viewer = api.viewer(found, port)
+    echo(f"Bumps' viewer of {found.path}: {viewer['url']} (Ctrl-C to stop)")
+    try:
+        sys.exit(viewer["process"].wait())
+    except KeyboardInterrupt:
+        viewer["process"].terminate()
+        viewer["process"].wait()
+
+
 @main.command()
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -1071,3 +1095,5 @@ def _print_results(found: dict[str, Any]) -> None:
         echo(f"report:    {found['report']}")
     else:
         echo(f"report:    bumps-submit report {found['job_dir']}")
+    if found.get("session"):
+        echo(f"viewer:    bumps-submit open {found['job_dir']}  (Bumps' webview on its session file)")

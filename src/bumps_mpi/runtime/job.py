@@ -26,6 +26,7 @@ from ..jobdir import (
     RANKS_FILE,
     RESULT_FILE,
     RESUMABLE_FITTERS,
+    SESSION_FILE,
     JobDir,
     write_json,
 )
@@ -198,7 +199,7 @@ def _run_root(
     gpus: dict[str, dict[str, str]],
 ) -> int:
     from ..errors import RemoteError
-    from . import checkpoint
+    from . import checkpoint, session
     from .fit import Failures, fitter_class, run_fit, write_exports
     from .mapper import Mapper
     from .progress import ProgressMonitor
@@ -248,7 +249,8 @@ def _run_root(
             stopped=(lambda: checkpointer.stopped) if checkpointer else None,
             failures=failed,
         )
-        monitors: list[Any] = [progress] + ([checkpointer] if checkpointer else [])
+        convergence = session.convergence_monitor(problem)
+        monitors: list[Any] = [progress, convergence] + ([checkpointer] if checkpointer else [])
         driver, result = run_fit(
             problem,
             fit_id,
@@ -303,6 +305,12 @@ def _run_root(
         result["exports"] = write_exports(driver, spec["fit"], jobdir.file(EXPORT_DIR))
     except Exception as exc:  # the fit's result must not be lost to a failed export
         result["export_error"] = _report(exc)["message"]
+    try:  # for Bumps' own viewer (bumps-submit open); the result stands without it
+        best = [p["best"] for p in result["parameters"]]
+        session.write(jobdir.file(SESSION_FILE), driver, fit_id, options, convergence, best, result["nllf"])
+        result["session"] = SESSION_FILE
+    except Exception as exc:
+        result["session_error"] = _report(exc)["message"]
     try:
         write_json(jobdir.file(RESULT_FILE), result)
     except OSError as exc:  # a full disk: say so where we can, with the numbers, and fail visibly

@@ -47,6 +47,11 @@ class _PathBeneath(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
+class _NetPort(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
+
+
 class LandlockError(OSError):
     """A Landlock system call failed (errno and which call)."""
 
@@ -99,6 +104,14 @@ class Ruleset:
         finally:
             os.close(fd)
         return True
+
+    def allow_port(self, port: int, access: int) -> None:
+        """Allow *access* (NET_BIND_TCP, NET_CONNECT_TCP) on TCP *port*; nothing when TCP is not handled."""
+        rights = access & self.net
+        if rights:
+            rule = _NetPort(rights, port)
+            if self._libc.syscall(SYS_ADD_RULE, self.fd, RULE_NET_PORT, ctypes.byref(rule), 0) < 0:
+                raise LandlockError(ctypes.get_errno(), f"landlock_add_rule port {port}")
 
     def restrict_self(self) -> None:
         """Enforce the ruleset on this thread and its future children; irreversible."""

@@ -72,6 +72,7 @@ class Policy:
     restrict_network: bool = True
     max_file_mb: int = 16384
     cache: str | None = None  # the user's library cache (bumps_mpi.sandbox.libraries), read-write
+    bind_ports: list[int] = field(default_factory=list)  # TCP ports it may listen on (Bumps' viewer)
 
     def needed_abi(self) -> int:
         """The Landlock ABI all of this needs: files with truncate (3), TCP (4), signals and sockets (6)."""
@@ -156,11 +157,19 @@ def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
     read = [p for p in dict.fromkeys(policy.read) if ruleset.allow_path(p, landlock.READ)]
     wanted = [str(own_dir), *policy.write, *([str(cache)] if cache is not None else [])]
     write = [p for p in dict.fromkeys(wanted) if ruleset.allow_path(p, (1 << 64) - 1)]
+    for port in policy.bind_ports:
+        ruleset.allow_port(port, landlock.NET_BIND_TCP)
     ruleset.restrict_self()
     enforced.update(
         read=read,
         write=write,
-        network="no TCP bind or connect" if ruleset.net else "TCP not restricted",
+        network=(
+            ("no TCP connect, TCP bind only on " + ", ".join(map(str, policy.bind_ports)))
+            if ruleset.net and policy.bind_ports
+            else "no TCP bind or connect"
+            if ruleset.net
+            else "TCP not restricted"
+        ),
         scopes=(["signals", "abstract Unix sockets"] if ruleset.scopes else []),
         cache=str(cache) if cache is not None else None,
         opened=[p for p in write if p not in (str(own_dir), *SYSTEM_WRITE)],
