@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SMALL_DREAM, ParsedPage, cli, one_line_error
+from conftest import ROOT, SMALL_DREAM, ParsedPage, as_user, cli, one_line_error
 
 from bumps_mpi.sandbox.policy import mpi_environment
 
@@ -244,3 +244,28 @@ def test_sasmodels_fits_through_the_job_controller_each_user_with_a_cache_of_the
         assert not (Path(service.user.pw_dir) / ".sasmodels").exists()
     finally:
         service.close()
+
+
+def test_a_cache_the_account_cannot_make_is_a_note_not_a_failure(user, landlock_abi):
+    """A home the job cannot write (a service account's, a read-only one): the libraries compile into the
+    job's own directory, and what happened is said where the sandbox is described."""
+    base = Path(tempfile.mkdtemp(prefix="bumps-sas-"))
+    base.chmod(0o755)
+    own = base / "own"
+    own.mkdir()
+    os.chown(own, user.pw_uid, user.pw_gid)
+    code = (
+        "import json, os; from pathlib import Path; from bumps_mpi.sandbox import policy as p; "
+        "e = p.apply(p.Policy(level='best-effort', read=[*p.python_paths(), *p.SYSTEM_READ], "
+        f"cache='/root/.cache/bumps-mpi-test'), Path({str(own)!r})); "
+        "print(json.dumps([e, os.environ['SAS_DLL_PATH'], p.describe(e)]))"
+    )
+    try:
+        ran = subprocess.run([*as_user(user.pw_uid, user.pw_gid), sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert ran.returncode == 0, ran.stderr
+    enforced, where, described = json.loads(ran.stdout)
+    assert enforced["cache"] is None and enforced["opened"] == [] and where.startswith(str(own / "tmp"))
+    assert "library cache /root/.cache/bumps-mpi-test: Permission denied" in described

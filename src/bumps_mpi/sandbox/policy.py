@@ -133,8 +133,13 @@ def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
     private = own_dir / TMP_DIR
     private.mkdir(exist_ok=True)
     cache = Path(policy.cache) if policy.cache else None
+    cache_problem = None
     if cache is not None:
-        libraries.make_cache(cache)
+        try:
+            libraries.make_cache(cache)
+        except OSError as exc:  # a home the job cannot write: the libraries compile into the job instead
+            cache_problem = f"library cache {cache}: {exc.strerror or exc}; kernels compiled per job"
+            cache = None
     os.environ.update(libraries.environment(private, cache))
     _seed_numba_cache(private / "numba")
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -149,6 +154,7 @@ def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
         "kernel": os.uname().release,
         "rlimits": {"core": 0, "file_size_mb": policy.max_file_mb},
         "missing": missing,
+        **({"cache_problem": cache_problem} if cache_problem else {}),
     }
     if abi < 1:
         return enforced
@@ -241,7 +247,8 @@ def describe(enforced: dict[str, Any] | None) -> str:
     ]
     missing = f"; not enforced: {'; '.join(enforced['missing'])}" if enforced.get("missing") else ""
     opened = f"; writable besides the job: {', '.join(enforced['opened'])}" if enforced.get("opened") else ""
-    return f"{enforced['level']}: " + ", ".join(p for p in parts if p) + opened + missing
+    cache = f"; {enforced['cache_problem']}" if enforced.get("cache_problem") else ""
+    return f"{enforced['level']}: " + ", ".join(p for p in parts if p) + opened + cache + missing
 
 
 def apparmor_profile(jobs_root: str, python: str | None = None) -> str:
