@@ -58,6 +58,7 @@ bench: venv
 	$(PY) bench/service_bench.py
 	$(PY) bench/dispatch_bench.py
 	$(PY) bench/streams_bench.py
+	$(PY) bench/sasmodels_bench.py
 
 lint: venv
 	$(BIN)/ruff check src tests examples bench
