@@ -364,6 +364,9 @@ def test_a_dispatched_fit_moved_to_another_worker_runs_nothing_planted(landlock_
         assert follow(alice, fit_id)[-1]["state"] == "CANCELLED"
         kept = service.data / "fits" / fit_id / "job"
         assert (kept / "mpi4py.py").exists()  # sent up as a result file, and only stored
+        from bumps_mpi.service.caches import cache_key
+
+        assert runs[0]["sandbox"]["cache"] == str(second.state / "caches" / cache_key("alice"))  # alice's own
         assert sorted(p.name for p in markers.iterdir()) == []
         for text in (first.said(), second.said(), _text(service.log)):
             assert "PLANTED CODE RAN" not in text
