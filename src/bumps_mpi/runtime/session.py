@@ -10,8 +10,11 @@ the user's own explicit `open` loads it, itself confined; nothing unconfined
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+from ..jobdir import current_umask
 
 
 def convergence_monitor(problem: Any) -> Any:
@@ -40,3 +43,4 @@ def write(
         state=getattr(driver.fitter, "state", None),
     )
     save_fit(path, problem, fit, label=f"bumps-mpi: {fit_id}")
+    os.chmod(path, 0o666 & ~current_umask())  # Bumps makes it 0644 whatever the umask says
