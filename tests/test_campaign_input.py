@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLE, ROOT, cli, one_line_error
 
-from bumps_mpi.cluster import slurm
+from bumps_mpi.cluster import slurm, states
 from bumps_mpi.front.campaign import array_text, fits_from
 
 
 def test_array_ids_expand_slurms_ranges():
-    assert slurm.array_ids("7_[0-2,5%2]") == ["7_0", "7_1", "7_2", "7_5"]
-    assert slurm.array_ids("7_[4]") == ["7_4"]
-    assert slurm.array_ids("7_3") == ["7_3"] and slurm.array_ids("9") == ["9"]
+    assert states.array_ids("7_[0-2,5%2]") == ["7_0", "7_1", "7_2", "7_5"]
+    assert states.array_ids("7_[4]") == ["7_4"]
+    assert states.array_ids("7_3") == ["7_3"] and states.array_ids("9") == ["9"]
 
 
 def test_array_text():

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-__all__ = ["Campaign", "Job", "Results", "WaitTimeout", "submit", "submit_campaign"]
+from .version import __version__
+
+__all__ = ["Campaign", "Job", "Results", "WaitTimeout", "__version__", "submit", "submit_campaign"]
 
 if TYPE_CHECKING:
     from .front.jobs import Campaign, Job, Results, WaitTimeout, submit, submit_campaign

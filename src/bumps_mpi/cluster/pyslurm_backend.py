@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .states import array_ids
+
 
 def available() -> bool:
     try:
@@ -52,8 +54,6 @@ def jobs(job_ids: list[str]) -> dict[str, dict[str, str]]:
 def keys(job: Any) -> list[str]:
     """The ids status knows the record by: a job's own, or an array's tasks as ARRAY_TASK (the tasks not
     started yet share one record, whose array_tasks_waiting is Slurm's range text, '2-5%2')."""
-    from .slurm import array_ids
-
     array = getattr(job, "array_id", None)
     if not array:
         return [str(job.id)]

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     import subprocess
 
 from ..errors import SubmitError
+from .states import array_ids
 
 SACCT_FIELDS = ("JobIDRaw", "JobID", "JobName", "State", "ExitCode", "Elapsed")
 SBATCH_TIMEOUT_S = 60  # a busy controller may take this long; then the queue is asked whether it got the job
@@ -133,20 +134,6 @@ def accounting_backend() -> str:
             "environment variable BUMPS_MPI_ACCOUNTING=pyslurm, but pyslurm does not import here"
         )
     return "sacct"
-
-
-def array_ids(job_id: str) -> list[str]:
-    """Slurm's text for an array's tasks as task ids: '7_3' -> ['7_3'], '7_[0-2,5%2]' -> 7_0 .. 7_2, 7_5;
-    a plain id as itself. Accounting and squeue show the tasks not yet started as one such range."""
-    head, sep, tasks = job_id.partition("_")
-    if not sep or not tasks.startswith("["):
-        return [job_id]
-    found = []
-    for part in tasks.strip("[]").split("%")[0].split(","):
-        first, _, last = part.partition("-")
-        if first.isdigit() and (last.isdigit() or not last):
-            found += [f"{head}_{i}" for i in range(int(first), int(last or first) + 1)]
-    return found
 
 
 def _queried(job_ids: list[str]) -> list[str]:

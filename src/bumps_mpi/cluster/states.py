@@ -158,3 +158,17 @@ def describe_exit(slurm_code: str | None, script_status: int | None = None) -> s
     if sig.isdigit() and int(sig):
         return signal_text(int(sig))
     return "0" if code == "0" else f"exit {code}"
+
+
+def array_ids(job_id: str) -> list[str]:
+    """Slurm's text for an array's tasks as task ids: '7_3' -> ['7_3'], '7_[0-2,5%2]' -> 7_0 .. 7_2, 7_5;
+    a plain id as itself. Accounting and squeue show the tasks not yet started as one such range."""
+    head, sep, tasks = job_id.partition("_")
+    if not sep or not tasks.startswith("["):
+        return [job_id]
+    found = []
+    for part in tasks.strip("[]").split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and (last.isdigit() or not last):
+            found += [f"{head}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return found

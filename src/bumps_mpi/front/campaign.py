@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..cluster import jobstate, slurm
 from ..cluster.states import JobState
@@ -38,10 +38,7 @@ from ..jobdir import (
     read_json,
     write_atomic,
 )
-from . import registry
-
-if TYPE_CHECKING:
-    from . import submission
+from . import registry, submission
 
 PLACEHOLDER = "{}"  # in the model's arguments, where --each puts each file (else it goes last)
 
@@ -138,8 +135,6 @@ class PreparedCampaign:
 
 def prepare(request: CampaignRequest) -> PreparedCampaign:
     """Every check of every fit, cheapest first; nothing is written."""
-    from . import submission
-
     settings, name, target = submission.place(request.common)
     indices = list(range(len(request.fits)))
     script = submission.render(settings, name, target, array_text(indices, request.max_running))
@@ -188,7 +183,6 @@ def _check_all(
     target: Path,
 ) -> list[dict[str, Any]]:
     """The model check of every fit, a few at a time; the first failure (in the fits' order) names its fit."""
-    from . import submission
 
     def check(i: int) -> dict[str, Any]:
         model, args = request.fits[i]
@@ -227,8 +221,6 @@ def _create(
 ) -> None:
     """Build the whole campaign under a temporary name, then rename: it is complete or absent."""
     import tempfile
-
-    from . import submission
 
     staging: Path | None = None
     try:
@@ -501,8 +493,6 @@ def resubmit(path: Path, fits: list[JobDir]) -> list[dict[str, Any]]:
     """Run *fits* of the campaign again as a new array of just their tasks, each from its checkpoint
     where it has one; [{job_id, job_dir, resumed}] per fit. The caller holds the campaign's lock
     (locked()) from its choice of the fits to here."""
-    from . import submission
-
     if not fits:
         raise UsageError(f"no fit of campaign {path} has failed: there is nothing to resume")
     slurm.require("sbatch")

@@ -15,10 +15,10 @@ from typing import Any
 
 import click
 
-from .. import __version__
 from ..cluster.states import JobState
 from ..errors import BumpsMpiError, JobFailed, where
 from ..text import one_line, plain
+from ..version import __version__
 
 FIT_FLAGS = ("steps", "samples", "burn", "pop", "init", "thin")
 
@@ -514,7 +514,8 @@ def resume(job: str, ranks: int | None, failed: bool, as_json: bool) -> None:
     A campaign: `resume CAMPAIGN --failed` resubmits its fits that failed or timed
     out as one new job array, each from its checkpoint where it has one.
     """
-    from . import api, submission
+    from . import api
+    from .resume import resume as resume_fit
 
     found = _campaign(job)
     if found is not None:
@@ -533,7 +534,7 @@ def resume(job: str, ranks: int | None, failed: bool, as_json: bool) -> None:
 
     jobdir = api.resolve(job)
     live = None if as_json else _stderr
-    done = submission.resume(jobdir, ranks, live, warn=_stderr)
+    done = resume_fit(jobdir, ranks, live, warn=_stderr)
     if done.get("resumed"):
         if as_json:
             _emit_json(done)

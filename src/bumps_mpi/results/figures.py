@@ -293,7 +293,7 @@ def plot(job: JobDir, out: Path | None, fmt: str, state_word: str | None, timeou
     import tempfile
 
     from ..errors import BumpsMpiError, UsageError
-    from ..runtime.job import THREAD_VARIABLES
+    from ..runtime.threads import THREAD_VARIABLES
     from ..sandbox import child
 
     if fmt not in FORMATS:

@@ -19,7 +19,6 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..jobdir import (
     ERROR_FILE,
     FIGURES_DIR,
@@ -30,6 +29,7 @@ from ..jobdir import (
     read_json,
     write_atomic,
 )
+from ..version import __version__
 from .figures import manifest_of
 
 FIGURE_MAX_BYTES = 32 << 20  # a figure larger than this is not embedded (Bumps' PNGs are tens of KB)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .job import limit_threads
+from .threads import limit_threads
 
 
 def _with_model_directory(load: Callable[..., Any]) -> Callable[..., Any]:

@@ -30,26 +30,7 @@ from ..jobdir import (
     JobDir,
     write_json,
 )
-
-THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "NUMBA_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
-
-
-def limit_threads(threads: int) -> None:
-    """*threads* numeric-library threads per rank (default 1: N ranks on N cores, no oversubscription).
-
-    Overrides values inherited from the environment (cluster modules often export
-    OMP_NUM_THREADS=<all cores>); the user's knob is --threads / BUMPS_MPI_THREADS.
-    Must run before numpy is imported.
-    """
-    for name in THREAD_VARIABLES:
-        os.environ[name] = str(threads)
+from .threads import THREAD_VARIABLES, limit_threads
 
 
 def _gpus() -> dict[str, Any]:

@@ -31,7 +31,7 @@ def run_check(
 ) -> dict[str, Any]:
     """Check options and model in a child, confined as the job's ranks will be (*sandbox*: level, read,
     max_file_mb); {"parameters", "nllf", "fit_options", "sandbox"} or a clear error."""
-    from ..runtime.job import THREAD_VARIABLES
+    from ..runtime.threads import THREAD_VARIABLES
 
     request = {
         "model": str(Path(model).absolute()),

@@ -37,11 +37,11 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from .. import __version__
 from ..cluster.render import limit_seconds
 from ..errors import BumpsMpiError, UsageError
 from ..jobdir import FIGURES_DIR, REPORT_FILE, JobDir
 from ..text import plain
+from ..version import __version__
 from . import files, notify, uploads
 from .auth import COOKIE, Auth, User
 from .dispatch import Queue

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..cluster import jobstate, processes, slurm
 from ..errors import BumpsMpiError, SubmitError, UsageError
-from ..front import submission
+from ..front import resume, submission
 from ..jobdir import CANCEL_FILE, CHECKPOINT_FILE, JobDir, is_job_dir, write_atomic
 from ..pythonenv import safe_environment
 from ..sandbox.child import nice_prefix
@@ -210,7 +210,7 @@ class Runner:
         stale = (record.get("reason") or "").startswith("stale")
         if not stale or not job.file(CHECKPOINT_FILE).exists():
             return []
-        submission.resume(job, launch=lambda job, ranks: self._launched(fit["id"], job, ranks))
+        resume.resume(job, launch=lambda job, ranks: self._launched(fit["id"], job, ranks))
         return [f"{fit['id']}: its local run was gone; started again from its checkpoint"]
 
     def resubmit(self, fit: dict) -> dict:
