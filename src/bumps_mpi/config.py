@@ -188,3 +188,24 @@ def load_settings(profile: str | None = None, cli: dict[str, Any] | None = None)
     sources.update({k: f"--{k.replace('_', '-')}" for k in given})
     values["profile"] = chosen
     return Settings(values, sources)
+
+
+# Environment variables read inside the job or by status, and the values each accepts.
+ENVIRONMENT_CHOICES = {
+    "BUMPS_MPI_BALANCE": ("auto", "always", "never"),  # the mapper's strategy (bumps_mpi.mapper)
+    "BUMPS_MPI_ACCOUNTING": ("auto", "sacct", "pyslurm"),  # where status reads accounting
+}
+
+
+def environment_choice(name: str) -> str:
+    """The value of one of ENVIRONMENT_CHOICES' variables (its first choice when unset), or a clear error."""
+    choices = ENVIRONMENT_CHOICES[name]
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise UsageError(f"environment variable {name}={value!r} is not valid: use {', '.join(choices)}")
+    return value
+
+
+def check_environment() -> None:
+    for name in ENVIRONMENT_CHOICES:
+        environment_choice(name)

@@ -120,7 +120,7 @@ NOTICES: list[str] = []  # said once per command by the CLI: a fallback the user
 
 def accounting_backend() -> str:
     """'pyslurm' where it imports (a build matching this Slurm) unless BUMPS_MPI_ACCOUNTING=sacct."""
-    from ..front.validation import environment_choice
+    from ..config import environment_choice
 
     wanted = environment_choice("BUMPS_MPI_ACCOUNTING")
     if wanted == "sacct":

@@ -4,7 +4,7 @@ Imported only by `bumps-submit submit` and `resume` (and notebooks): the other
 commands stay fast on a login node without it. Every check comes before
 anything is written, cheapest first: names, resources, environment, the job
 directory's place, the sbatch text, then the model (in a subprocess with a
-time limit, bumps_mpi.modelcheck).
+time limit, bumps_mpi.front.modelcheck).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 from ..cluster import jobstate, local, slurm
 from ..cluster.render import DIRECTIVES, limit_seconds, render_sbatch
-from ..config import PACKAGED, Settings, load_settings, slurm_dir
+from ..config import PACKAGED, Settings, check_environment, load_settings, slurm_dir
 from ..errors import BumpsMpiError, SubmitError, UsageError
 from ..jobdir import (
     CANCEL_FILE,
@@ -46,7 +46,7 @@ from ..jobdir import (
 from ..runtime.fit import check_model_file
 from ..version import __version__
 from . import registry
-from .validation import check_environment, check_resources
+from .validation import check_resources
 
 JOB_SETTINGS = ("checkpoint_every", "signal_grace", "max_requeues")  # settings for the job, not sbatch
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -279,8 +279,8 @@ def sandbox_for(request: JobRequest, settings: Settings) -> dict[str, Any]:
 
 
 def check_model(request: JobRequest, settings: Settings, confinement: dict[str, Any]) -> dict[str, Any]:
-    """The model check (bumps_mpi.sandbox.modelcheck), confined as the job will be."""
-    from ..sandbox.modelcheck import run_check
+    """The model check (bumps_mpi.front.modelcheck), confined as the job will be."""
+    from .modelcheck import run_check
 
     return run_check(
         request.model,
@@ -422,7 +422,7 @@ def check_checkpoint(job: JobDir) -> int:
 
 def check_checkpoints(jobs: list[JobDir]) -> dict[str, int]:
     """check_checkpoint for several jobs of one campaign, in one child: {checkpoint path: step}."""
-    from ..sandbox.checkpointcheck import check_checkpoints as in_child
+    from .checkpointcheck import check_checkpoints as in_child
 
     for job in jobs:
         if not job.file(CHECKPOINT_FILE).exists():

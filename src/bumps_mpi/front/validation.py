@@ -5,7 +5,7 @@ hour of waiting; here it is a one-line error on the login node that names the
 option (or the environment variable, or the site file) it came from.
 
 Resource and environment checks need nothing heavy and run first; the fit
-options need Bumps and run in the model-check subprocess (bumps_mpi.modelcheck),
+options need Bumps and run in the model-check subprocess (bumps_mpi.front.modelcheck),
 before the model is loaded, then once more with the model's parameter count.
 """
 
@@ -30,26 +30,6 @@ NOT_NEGATIVE = ("max_requeues", "gpus")
 GPU_DIRECTIVES = ("gres", "gpus-per-task")
 MAIL_TYPES = ("NONE", "BEGIN", "END", "FAIL", "REQUEUE", "ALL", "INVALID_DEPEND", "STAGE_OUT", "TIME_LIMIT")
 MAIL_TYPES += ("TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50", "ARRAY_TASKS")  # sbatch(1), 22.05
-
-# Environment variables read inside the job or by status, and the values each accepts.
-ENVIRONMENT_CHOICES = {
-    "BUMPS_MPI_BALANCE": ("auto", "always", "never"),  # the mapper's strategy (bumps_mpi.mapper)
-    "BUMPS_MPI_ACCOUNTING": ("auto", "sacct", "pyslurm"),  # where status reads accounting
-}
-
-
-def environment_choice(name: str) -> str:
-    """The value of one of ENVIRONMENT_CHOICES' variables (its first choice when unset), or a clear error."""
-    choices = ENVIRONMENT_CHOICES[name]
-    value = os.environ.get(name, choices[0])
-    if value not in choices:
-        raise UsageError(f"environment variable {name}={value!r} is not valid: use {', '.join(choices)}")
-    return value
-
-
-def check_environment() -> None:
-    for name in ENVIRONMENT_CHOICES:
-        environment_choice(name)
 
 
 def _label(key: str, sources: dict[str, str] | None) -> str:

@@ -215,7 +215,7 @@ class Mapper:
     failures = 0  # in this process, for callers (like Bumps' CLI) that swallow the exception
 
     def __init__(self, problem: Any, comm: MPI.Comm = MPI.COMM_WORLD):
-        from ..front.validation import environment_choice
+        from ..config import environment_choice
 
         self.problem = problem
         self.comm = comm.Dup()

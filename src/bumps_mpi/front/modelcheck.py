@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelCheckError, UsageError
-from . import child
+from ..sandbox import child
 
 
 def run_check(
@@ -41,7 +41,7 @@ def run_check(
         "sandbox": sandbox or {"level": "off"},
     }
     done = child.run(
-        "bumps_mpi.sandbox.modelcheck", request, timeout, env=dict.fromkeys(THREAD_VARIABLES, "1"), nice=nice
+        "bumps_mpi.front.modelcheck", request, timeout, env=dict.fromkeys(THREAD_VARIABLES, "1"), nice=nice
     )
     found, output = done.answer, done.output
     if done.timed_out:
@@ -74,8 +74,8 @@ def main(argv: list[str]) -> None:
         enforced = child.confine(request["sandbox"], request["model"], Path.cwd())
     except BumpsMpiError as exc:
         child.reply(answer, {"ok": False, "message": str(exc), "kind": "usage"})
-    from ..front.validation import check_fit_options, check_population
     from ..runtime.fit import check_model
+    from .validation import check_fit_options, check_population
 
     try:
         options = check_fit_options(request["fit"], request["fit_options"])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from . import child
+from ..sandbox import child
 
 TIMEOUT_S = 120.0  # per call: loading a large DREAM state takes seconds
 
@@ -30,7 +30,7 @@ def check_checkpoints(
         "model": model,
         "fit": fit,
     }
-    done = child.run("bumps_mpi.sandbox.checkpointcheck", request, TIMEOUT_S)
+    done = child.run("bumps_mpi.front.checkpointcheck", request, TIMEOUT_S)
     found = done.answer if isinstance(done.answer, dict) else {}
     if found.get("ok"):
         return {str(k): int(v) for k, v in found["steps"].items()}
