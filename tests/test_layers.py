@@ -88,3 +88,17 @@ def test_the_import_graph_has_no_cycle():
         if start not in seen:
             visit(start, [start])
     assert cycles == []
+
+
+def test_the_pull_worker_imports_nothing_of_the_controller():
+    """The worker runs on another cluster's login node: it shares the core and the wire format with the
+    controller, never its store, queue, runner, application or monitor."""
+    edges = graph()
+    reached, todo = set(), ["bumps_mpi.service.worker"]
+    while todo:
+        name = todo.pop()
+        for nxt in edges[name] - reached:
+            reached.add(nxt)
+            todo.append(nxt)
+    controller = {f"bumps_mpi.service.{m}" for m in ("store", "dispatch", "runner", "app", "monitor", "auth")}
+    assert sorted(reached & controller) == []

@@ -46,9 +46,10 @@ from . import files, notify, uploads
 from .auth import COOKIE, Auth, User
 from .dispatch import Queue
 from .monitor import Monitor
-from .runner import Runner, alive_ids, fit_dir, job_of
+from .runner import Runner, fit_dir, job_of
 from .settings import ServiceConfig, load
 from .store import Store
+from .supervise import alive_ids
 
 HERE = Path(__file__).resolve().parent
 PAGE_POLICY = (

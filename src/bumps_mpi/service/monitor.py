@@ -21,9 +21,10 @@ from ..cluster import jobstate
 from ..cluster.states import JobState
 from . import notify
 from .dispatch import Queue
-from .runner import alive_ids, job_of
+from .runner import job_of
 from .settings import ServiceConfig
 from .store import Store
+from .supervise import alive_ids
 
 
 class Monitor:

@@ -21,9 +21,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,12 +29,11 @@ from ..cluster import jobstate, processes, slurm
 from ..errors import BumpsMpiError, SubmitError, UsageError
 from ..front import resume, submission
 from ..jobdir import CANCEL_FILE, CHECKPOINT_FILE, JobDir, is_job_dir, write_atomic
-from ..pythonenv import safe_environment
-from ..sandbox.child import nice_prefix
 from .caches import cache_key, user_cache
 from .dispatch import Queue
 from .settings import ServiceConfig
 from .store import Store
+from .supervise import RecordedJob, launch
 
 NAME = re.compile(r"[^A-Za-z0-9._+-]")
 
@@ -49,26 +45,6 @@ def fit_dir(config: ServiceConfig, fit_id: str) -> Path:
 def job_of(config: ServiceConfig, fit: dict) -> JobDir | None:
     path = fit.get("job_dir")
     return RecordedJob(path, fit) if path and Path(path).is_dir() else None
-
-
-class RecordedJob(JobDir):
-    """A fit's job directory whose Slurm id is the one the service recorded when it submitted it, never
-    what job.json says now (the model can write job.json: it could name someone else's job)."""
-
-    def __init__(self, path: Path | str, fit: dict):
-        super().__init__(path)
-        self.recorded_id = fit.get("job_id")
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        try:
-            spec = dict(super().spec)
-        except BumpsMpiError:
-            spec = {}
-        spec.pop("slurm", None)
-        if self.recorded_id:
-            spec["slurm"] = {"job_id": str(self.recorded_id)}
-        return spec
 
 
 class Runner:
@@ -217,42 +193,3 @@ class Runner:
         """Submit again a fit a stop interrupted (the same Idempotency-Key came back; already taken)."""
         self.store.update_fit(fit["id"], message=None)
         return self.submit(self.store.fit(fit["id"]) or fit)
-
-
-def launch(job: JobDir, ranks: int, nice: int = 0) -> dict[str, Any]:
-    """Start a local run's supervisor in its own session (it outlives a restart of the service), *nice*
-    below this process (its ranks inherit it); who it is."""
-    with open(os.devnull, "wb") as null:
-        started = subprocess.Popen(
-            [
-                *nice_prefix(nice),
-                sys.executable,
-                "-m",
-                "bumps_mpi.service.supervise",
-                str(job.path),
-                str(ranks),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=null,
-            stderr=null,
-            start_new_session=True,
-            cwd=job.control,  # never the job directory: nothing planted there is imported (pythonenv)
-            env=safe_environment(),
-        )
-    threading.Thread(target=started.wait, name=f"reap {started.pid}", daemon=True).start()  # no zombie
-    return processes.identity(started.pid)
-
-
-def alive_ids(fits: list[dict]) -> set[str]:
-    """The fits whose processes or Slurm job the records themselves (not the job's files) show alive."""
-    alive = {f["id"] for f in fits if processes.alive(json.loads(f.get("supervisor") or "null"))}
-    ids = {str(f["job_id"]): f["id"] for f in fits if f.get("job_id")}
-    if ids:
-        try:
-            listed = subprocess.run(
-                ["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True, timeout=60
-            ).stdout.split()
-        except (OSError, subprocess.TimeoutExpired):
-            listed = list(ids)  # Slurm cannot say: nothing ends on the files' word alone
-        alive |= {ids[i] for i in listed if i in ids}
-    return alive

@@ -38,6 +38,7 @@ from ..cluster.states import JobState
 from ..errors import BumpsMpiError, ModelCheckError, UsageError
 from ..jobdir import CANCEL_FILE, CHECKPOINT_FILE, JobDir, is_job_dir, write_atomic
 from . import files
+from .supervise import RecordedJob, alive_ids, launch
 
 LOGS_DIR = "logs"  # where a dispatched fit's Slurm log goes among its results (from the control directory)
 SKIP = {"model", "tmp", LOGS_DIR, CHECKPOINT_FILE}  # not sent as results (the checkpoint goes on its own)
@@ -312,8 +313,6 @@ class Attempt(threading.Thread):
 
     def _recorded(self, path: Path | str) -> JobDir:
         """The job, with the Slurm id this worker recorded (the model can rewrite job.json)."""
-        from .runner import RecordedJob
-
         return RecordedJob(path, {"job_id": self.record.get("slurm_id")})
 
     def _fetch(self) -> Path:
@@ -353,7 +352,6 @@ class Attempt(threading.Thread):
     def _submit(self, model_dir: Path) -> JobDir:
         from ..front import submission
         from .caches import user_cache
-        from .runner import launch
 
         asked = self.record["request"]
         resources: dict[str, Any] = {"sandbox": "require"}  # strangers' code: confined, or not at all
@@ -395,8 +393,6 @@ class Attempt(threading.Thread):
 
     def _status(self, job: JobDir) -> dict[str, Any]:
         """The job's status; its end only once the worker's own records say its processes are gone."""
-        from .runner import alive_ids
-
         record = jobstate.status([job])[0]
         mine = {"id": self.fit_id, "job_id": self.record.get("slurm_id"),
                 "supervisor": json.dumps(self.record.get("supervisor"))}  # fmt: skip
