@@ -16,7 +16,7 @@ LAYERS = {
     "bumps_mpi.sandbox": 1, "bumps_mpi.cluster": 1,
     "bumps_mpi.runtime": 2, "bumps_mpi.results": 3, "bumps_mpi.runtime.job": 4, "bumps_mpi.job": 4,
     "bumps_mpi.postmortem": 4,
-    "bumps_mpi.front": 5, "bumps_mpi.front.cli": 7,
+    "bumps_mpi.front": 5, "bumps_mpi.cli": 7,
     "bumps_mpi.service": 6, "bumps_mpi": 8, "bumps_mpi.__main__": 8,
 }  # fmt: skip
 

@@ -1,5 +1,5 @@
 """`python -m bumps_mpi` is bumps-submit."""
 
-from .front.cli import main
+from .cli import main
 
 main()

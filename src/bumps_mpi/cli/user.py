@@ -1,11 +1,5 @@
-"""bumps-submit: the command line. Parses options, calls bumps_mpi.api, prints.
-
-Errors from the API are one line on stderr and exit code 1, followed where
-there is one by what the user's code printed (a failed model check) or its
-traceback (a failed fit); click's own usage errors exit 2. Everything printed
-that a model controls (names, messages, tracebacks, output) is stripped of
-terminal control sequences.
-"""
+"""The user's commands: submit, status, watch, results, resume, plot, open, report, checkpoint, cancel,
+config. Each parses its options, calls the front (bumps_mpi.front), and prints (bumps_mpi.cli.output)."""
 
 from __future__ import annotations
 
@@ -16,50 +10,21 @@ from typing import Any
 import click
 
 from ..cluster.states import JobState
-from ..errors import BumpsMpiError, JobFailed, where
+from ..errors import BumpsMpiError
 from ..text import one_line, plain
-from ..version import __version__
+from .group import echo, emit_json, main, stderr
+from .output import (
+    counts_text,
+    print_campaign,
+    print_error,
+    print_results,
+    print_status,
+    print_table,
+    progress_text,
+    show_ended,
+)
 
 FIT_FLAGS = ("steps", "samples", "burn", "pop", "init", "thin")
-
-
-def echo(text: object = "", err: bool = False, nl: bool = True) -> None:
-    click.echo(plain(text), err=err, nl=nl)
-
-
-def _emit_json(obj: Any) -> None:
-    import json  # here, not at the top: `--help` and plain `status` start faster without it
-
-    click.echo(json.dumps(obj, indent=2, sort_keys=True, allow_nan=True))
-
-
-def _fail(message: str, details: str | None = None) -> None:
-    echo(f"bumps-submit: error: {one_line(message)}", err=True)
-    if details:
-        echo(details.rstrip(), err=True)
-    sys.exit(1)
-
-
-class _Group(click.Group):
-    """Turns every BumpsMpiError into a one-line message and exit code 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except JobFailed as exc:
-            _fail(str(exc), exc.error.get("traceback"))
-        except BumpsMpiError as exc:
-            details = None
-            if exc.output:
-                lines = "\n".join(f"  | {line}" for line in exc.output.splitlines())
-                details = f"what the model printed (last lines):\n{lines}"
-            _fail(str(exc), details)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="bumps-submit")
-def main() -> None:
-    """Submit Bumps fits to Slurm (or run them here under MPI) and follow them to their results."""
 
 
 def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -189,7 +154,7 @@ def submit(
     """
     from pathlib import Path
 
-    from . import submission
+    from ..front import submission
 
     fit_options = {k: flags.pop(k) for k in FIT_FLAGS if flags.get(k) is not None}
     for k in FIT_FLAGS:
@@ -219,22 +184,22 @@ def submit(
     if dry_run:
         prepared = submission.prepare(request)
         for note in prepared.notes:
-            _stderr(f"bumps-submit: warning: {note}")
+            stderr(f"bumps-submit: warning: {note}")
         if as_json:
-            _emit_json({"job_dir": str(prepared.target), "script": prepared.script, "spec": prepared.spec})
+            emit_json({"job_dir": str(prepared.target), "script": prepared.script, "spec": prepared.spec})
         else:
             click.echo(prepared.script, nl=False)
         return
     if local:
-        live = None if as_json else _stderr
-        record = submission.run_local(request, ranks, echo=live, warn=_stderr)
-        _show_ended(record, as_json, shown_live=live is not None)
+        live = None if as_json else stderr
+        record = submission.run_local(request, ranks, echo=live, warn=stderr)
+        show_ended(record, as_json, shown_live=live is not None)
         return
     submitted = submission.submit(request)
     for note in submitted.pop("notes", []):
-        _stderr(f"bumps-submit: warning: {note}")
+        stderr(f"bumps-submit: warning: {note}")
     if as_json:
-        _emit_json(submitted)
+        emit_json(submitted)
     else:
         echo(f"Submitted job {submitted['job_id']}\n  directory: {submitted['job_dir']}")
 
@@ -251,7 +216,7 @@ def _submit_campaign(
 ) -> None:
     from pathlib import Path
 
-    from . import campaign
+    from ..front import campaign
 
     if local:
         raise BumpsMpiError("a campaign runs as a Slurm job array: --local runs one fit (drop --each ...)")
@@ -268,13 +233,13 @@ def _submit_campaign(
     if dry_run:
         prepared = campaign.prepare(wanted)
         if as_json:
-            _emit_json({"campaign_dir": str(prepared.target), "script": prepared.script, **prepared.record})
+            emit_json({"campaign_dir": str(prepared.target), "script": prepared.script, **prepared.record})
         else:
             click.echo(prepared.script, nl=False)
         return
     submitted = campaign.submit(wanted)
     if as_json:
-        _emit_json(submitted)
+        emit_json(submitted)
     else:
         echo(
             f"Submitted campaign {submitted['campaign_id']}: {submitted['fits']} fits as one job array\n"
@@ -285,33 +250,14 @@ def _submit_campaign(
 
 def _campaign(ref: str) -> Any:
     """The Campaign *ref* names (its directory or its array's id), or None when it names a single job."""
-    from . import campaign
+    from ..front import campaign
 
     found = campaign.find(ref)
     if found is None:
         return None
-    from .jobs import Campaign
+    from ..front.jobs import Campaign
 
     return Campaign(found)
-
-
-def _stderr(line: str) -> None:
-    echo(line, err=True)
-
-
-def _show_ended(record: dict[str, Any], as_json: bool, shown_live: bool) -> None:
-    """A local run (or its resume) has ended: its status and results, or why it failed; exit 1 unless done."""
-    from . import api
-
-    if as_json:
-        _emit_json(record)
-    else:
-        _print_status([record])
-        if record["state"] == JobState.COMPLETED.value:
-            _print_results(api.results(record["job_dir"]))
-    if record["state"] != JobState.COMPLETED.value:
-        _print_error(record, traceback=not shown_live)  # a live run has shown its traceback already
-        sys.exit(1)
 
 
 def _since(text: str | None) -> float | None:
@@ -334,7 +280,7 @@ def _since(text: str | None) -> float | None:
 def _notices() -> None:
     """Fallbacks and skipped registry lines: said once per command, on stderr."""
     from ..cluster import slurm
-    from . import registry
+    from ..front import registry
 
     for line in dict.fromkeys(registry.SKIPPED):
         echo(f"bumps-submit: warning: skipped {line}", err=True)
@@ -368,7 +314,7 @@ def status(
     A campaign (its array's id or directory): one line of counts and progress,
     then the fits that need attention (--all: every fit).
     """
-    from . import api
+    from ..front import api
 
     found = _campaign(jobs[0]) if len(jobs) == 1 else None
     if found is not None:
@@ -377,9 +323,9 @@ def status(
         summary = found.status()
         _notices()
         if as_json:
-            _emit_json(summary)
+            emit_json(summary)
         else:
-            _print_campaign(summary, every)
+            print_campaign(summary, every)
         return
 
     records = api.status(list(jobs), limit=limit, state=state, since=_since(since))
@@ -389,14 +335,14 @@ def status(
         echo(f"bumps-submit: accounting {notice}, for the jobs it still knows", err=True)
     broken = [r for r in records if r.get("unreadable")]
     if as_json:
-        _emit_json(records)
+        emit_json(records)
     else:
         if not records and (state or since):
             echo("No jobs match: try without --state/--since.")
         else:
-            _print_status(records)
+            print_status(records)
         if len(jobs) == 1 and not broken:
-            _print_error(records[0])
+            print_error(records[0])
     for record in broken:
         echo(f"bumps-submit: {'error' if jobs else 'warning'}: {one_line(record['unreadable'])}", err=True)
     if jobs and broken:
@@ -416,7 +362,7 @@ def results(job: str, as_json: bool, as_csv: bool) -> None:
     writes the campaign's report.html: each parameter across the fits, their
     chi-square, the table and a link to each fit's report.
     """
-    from . import api
+    from ..front import api
 
     found_campaign = _campaign(job)
     if found_campaign is not None:
@@ -426,9 +372,9 @@ def results(job: str, as_json: bool, as_csv: bool) -> None:
         raise BumpsMpiError("--csv is for a campaign's table; use --json for one fit")
     found = api.results(job)
     if as_json:
-        _emit_json(found)
+        emit_json(found)
     else:
-        _print_results(found)
+        print_results(found)
 
 
 @main.command()
@@ -445,7 +391,7 @@ def watch(job: str, interval: float) -> None:
 
     Ctrl-C stops watching, not the job.
     """
-    from . import api
+    from ..front import api
 
     found = _campaign(job)
     if found is not None:
@@ -456,17 +402,17 @@ def watch(job: str, interval: float) -> None:
     except KeyboardInterrupt:
         echo(f"\nStopped watching; job {job} goes on.", err=True)
         sys.exit(130)
-    _print_status([record])
+    print_status([record])
     if record["state"] == JobState.COMPLETED.value:
-        _print_results(api.results(job))
+        print_results(api.results(job))
         return
-    _print_error(record)
+    print_error(record)
     sys.exit(1)
 
 
 def _follow(job: str, interval: float) -> dict[str, Any]:
     """Poll status with a bounded back-off; draw progress while the fit reports it."""
-    from . import api
+    from ..front import api
 
     bar: Any = None
     last: Any = None
@@ -489,7 +435,7 @@ def _follow(job: str, interval: float) -> dict[str, Any]:
                     )
                     bar.__enter__()
                 restarts = f"  restarts {record['restarts']}" if record.get("restarts") else ""
-                bar.label = one_line(f"job {job}  {_progress_text(progress)}{restarts}")
+                bar.label = one_line(f"job {job}  {progress_text(progress)}{restarts}")
                 bar.update(max(0, (progress["step"] or 0) - bar.pos))
             elif (record["state"], record.get("reason")) != last:
                 reason = f" ({one_line(record['reason'])})" if record.get("reason") else ""
@@ -514,8 +460,8 @@ def resume(job: str, ranks: int | None, failed: bool, as_json: bool) -> None:
     A campaign: `resume CAMPAIGN --failed` resubmits its fits that failed or timed
     out as one new job array, each from its checkpoint where it has one.
     """
-    from . import api
-    from .resume import resume as resume_fit
+    from ..front import api
+    from ..front.resume import resume as resume_fit
 
     found = _campaign(job)
     if found is not None:
@@ -523,7 +469,7 @@ def resume(job: str, ranks: int | None, failed: bool, as_json: bool) -> None:
             raise BumpsMpiError(f"{job} is a campaign: 'resume {job} --failed' runs its failed fits again")
         again = found.resume_failed()
         if as_json:
-            _emit_json([{"job_id": j.job_id, "job_dir": str(j.job_dir)} for j in again])
+            emit_json([{"job_id": j.job_id, "job_dir": str(j.job_dir)} for j in again])
         else:
             array = again[0].job_id.partition("_")[0] if again and again[0].job_id else "?"
             ids = ", ".join(str(j.job_id) for j in again)
@@ -533,15 +479,15 @@ def resume(job: str, ranks: int | None, failed: bool, as_json: bool) -> None:
         raise BumpsMpiError(f"--failed is for a campaign, and {job} is one fit: 'bumps-submit resume {job}'")
 
     jobdir = api.resolve(job)
-    live = None if as_json else _stderr
-    done = resume_fit(jobdir, ranks, live, warn=_stderr)
+    live = None if as_json else stderr
+    done = resume_fit(jobdir, ranks, live, warn=stderr)
     if done.get("resumed"):
         if as_json:
-            _emit_json(done)
+            emit_json(done)
         else:
             echo(f"Resubmitted as job {done['job_id']}\n  directory: {done['job_dir']}")
         return
-    _show_ended(done, as_json, shown_live=live is not None)
+    show_ended(done, as_json, shown_live=live is not None)
 
 
 @main.command()
@@ -565,24 +511,24 @@ def plot(job: str, out: str | None, fmt: str, as_json: bool) -> None:
     model's starting point), and its figures say so. A campaign: every fitted
     parameter across its fits, and their chi-square (its report's figures).
     """
-    from . import api
+    from ..front import api
 
     found_campaign = _campaign(job)
     if found_campaign is not None:
         from pathlib import Path
 
-        from . import campaign
+        from ..front import campaign
 
         rows = found_campaign.table()
         paths = campaign.plot(found_campaign.campaign_dir, rows, None if out is None else Path(out), fmt)
         if as_json:
-            _emit_json({"figures": [str(p) for p in paths]})
+            emit_json({"figures": [str(p) for p in paths]})
         for path in [] if as_json else paths:
             echo(str(path))
         return
     drawn = api.plot(job, out, fmt)
     if as_json:
-        _emit_json(drawn)
+        emit_json(drawn)
         return
     source = drawn["source"]
     if source["kind"] != "result":
@@ -605,7 +551,7 @@ def open_(job: str, port: int) -> None:
     port). Point your browser at the address it prints (from a laptop: ssh -L);
     Ctrl-C stops it.
     """
-    from . import api
+    from ..front import api
 
     found = api.resolve(job)
     viewer = api.viewer(found, port)
@@ -625,11 +571,11 @@ def report(job: str, as_json: bool) -> None:
 
     One self-contained file: copy it to a laptop and open it in a browser.
     """
-    from . import api
+    from ..front import api
 
     done = api.report(job)
     if as_json:
-        _emit_json(done)
+        emit_json(done)
         return
     if done["source"]["kind"] != "result":
         echo(f"bumps-submit: note: figures and values {done['source']['label']}", err=True)
@@ -641,11 +587,11 @@ def report(job: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def checkpoint(job: str, as_json: bool) -> None:
     """Ask a running DREAM or DE fit to save its checkpoint now (at its next boundary); it goes on."""
-    from . import api
+    from ..front import api
 
     done = api.request_checkpoint(job)
     if as_json:
-        _emit_json(done)
+        emit_json(done)
     else:
         echo(f"Asked {job} for a checkpoint: checkpoint.h5 in {done['job_dir']} within a few generations")
 
@@ -658,20 +604,20 @@ def cancel(job: str, as_json: bool) -> None:
 
     A campaign: every fit still pending or running.
     """
-    from . import api
+    from ..front import api
 
     found = _campaign(job)
     if found is not None:
         count = found.cancel()
         if as_json:
-            _emit_json({"campaign_dir": str(found.campaign_dir), "cancelled": count})
+            emit_json({"campaign_dir": str(found.campaign_dir), "cancelled": count})
         else:
             echo(f"Cancelled {count} fit(s) of campaign {found.campaign_dir}")
         return
 
     done = api.cancel(job)
     if as_json:
-        _emit_json(done)
+        emit_json(done)
     elif done["job_id"] is not None:
         echo(f"Cancelled job {done['job_id']}")
     else:
@@ -700,270 +646,25 @@ def config(profile: str | None, as_json: bool) -> None:
 
     settings = load_settings(profile)
     if as_json:
-        _emit_json({"profile": settings["profile"], "settings": dict(settings), "sources": settings.sources})
+        emit_json({"profile": settings["profile"], "settings": dict(settings), "sources": settings.sources})
         return
     echo(f"profile {settings['profile']} (site file: {user_config_path()})")
     for key in sorted(k for k in settings if k != "profile"):
         echo(f"  {key:<17} {settings[key]!r:<32} {settings.sources.get(key, '')}")
 
 
-@main.group(invoke_without_command=True)
-@click.option("--host", help="Address to listen on [127.0.0.1; beyond loopback only with authentication].")
-@click.option("--port", type=int, help="Port [8470].")
-@click.option(
-    "--data-dir", type=click.Path(file_okay=False), help="Where the service keeps its records and fits."
-)
-@click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), help="The service's TOML configuration."
-)
-@click.pass_context
-def serve(
-    ctx: click.Context, host: str | None, port: int | None, data_dir: str | None, config_path: str | None
-) -> None:
-    """Run the job controller: web pages and a JSON API through which a group submits and follows fits."""
-    ctx.obj = {"config": _service_config(config_path, host=host, port=port, data_dir=data_dir)}
-    if ctx.invoked_subcommand is not None:
-        return
-    try:
-        import uvicorn
-
-        from ..service import create_app
-    except ImportError as exc:
-        raise BumpsMpiError(
-            f"the job controller needs its extra: pip install 'bumps-mpi[service]' ({exc})"
-        ) from None
-    config = ctx.obj["config"]
-    echo(
-        f"bumps-mpi job controller on http://{config.host}:{config.port} (data in {config.data_dir})",
-        err=True,
-    )
-    # proxy_headers off: who a request comes from is the service's own business (auth.py), never a header's
-    uvicorn.run(
-        create_app(config), host=config.host, port=config.port, log_level="warning", proxy_headers=False
-    )
-
-
-def _service_config(path: str | None, **overrides: Any) -> Any:
-    from pathlib import Path
-
-    from ..service.settings import load
-
-    return load(Path(path) if path else None, **overrides)
-
-
-@serve.group()
-def token() -> None:
-    """The job controller's users and their tokens."""
-
-
-@token.command(name="add")
-@click.argument("name")
-@click.option("--admin", is_flag=True, help="An administrator: sees and cancels every fit.")
-@click.pass_context
-def token_add(ctx: click.Context, name: str, admin: bool) -> None:
-    """Make a token for NAME (made if new) and print it: it is shown this once, stored only as a hash."""
-    import re
-
-    from ..service.store import Store
-
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", name):
-        raise BumpsMpiError(f"user name {name!r} is not allowed: letters, digits and ._@- (at most 64)")
-    click.echo(Store.of(ctx.obj["config"]).add_token(name, admin))
-
-
-@token.command(name="revoke")
-@click.argument("name")
-@click.pass_context
-def token_revoke(ctx: click.Context, name: str) -> None:
-    """Revoke every token of NAME and end their sessions now."""
-    from ..service.store import Store
-
-    count = Store.of(ctx.obj["config"]).revoke(name)
-    echo(f"revoked {count} token(s) of {name}")
-
-
-@serve.command(name="worker-token")
-@click.pass_context
-def worker_token(ctx: click.Context) -> None:
-    """Make a one-time token with which one worker registers (dispatch mode); it is shown this once."""
-    from ..service.dispatch import Queue
-    from ..service.store import Store
-
-    config = ctx.obj["config"]
-    click.echo(Queue(config, Store.of(config)).registration_token())
-
-
-@serve.command(name="worker-list")
-@click.pass_context
-def worker_list(ctx: click.Context) -> None:
-    """The registered workers: name, id, labels, capacity, last heartbeat, fits in flight."""
-    from ..service.dispatch import Queue
-    from ..service.store import Store
-
-    config = ctx.obj["config"]
-    for row in Queue(config, Store.of(config)).workers():
-        seen = (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["last_seen"]))
-            if row["last_seen"]
-            else "never"
-        )
-        labels = ",".join(f"{k}={v}" for k, v in row["labels"].items()) or "-"
-        echo(f"{row['name']:<20} {row['id']:<11} {labels:<24} capacity {row['capacity']:<3} "
-             f"in flight {row['in_flight']:<3} last seen {seen}")  # fmt: skip
-
-
-@serve.command(name="worker-revoke")
-@click.argument("worker")
-@click.pass_context
-def worker_revoke(ctx: click.Context, worker: str) -> None:
-    """Revoke WORKER (name or id): its credential stops working, its fits go back to the queue."""
-    from ..service.dispatch import Queue
-    from ..service.store import Store
-
-    config = ctx.obj["config"]
-    count = Queue(config, Store.of(config)).revoke_worker(worker)
-    if not count:
-        raise BumpsMpiError(f"no worker {worker!r}: see 'bumps-submit serve worker-list'")
-    echo(f"revoked {count} worker(s) named {worker}; their fits go back to the queue")
-
-
-@main.command()
-@click.option("--controller", required=True, help="The job controller's URL (https://...).")
-@click.option("--capacity", type=int, default=1, show_default=True, help="Fits in flight here at most.")
-@click.option("--profile", help="Site profile the fits are submitted with (Slurm).")
-@click.option("--local", is_flag=True, help="Run the fits here under mpiexec instead of Slurm.")
-@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="What fits may ask for.")
-@click.option("--name", help="This worker's name [the host name].")
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False),
-    default="~/.local/share/bumps-mpi/worker",
-    show_default=True,
-    help="Its credential and its fits in flight.",
-)
-@click.option("--registration-token", envvar="BUMPS_MPI_REGISTRATION_TOKEN", help="To register, once.")
-def worker(
-    controller: str, capacity: int, profile: str | None, local: bool, labels: tuple[str, ...],
-    name: str | None, state_dir: str, registration_token: str | None,
-) -> None:  # fmt: skip
-    """Pull fits from a job controller in dispatch mode and run them on this cluster (or here)."""
-    from pathlib import Path
-
-    from ..service.worker import Worker
-
-    if capacity < 1:
-        raise BumpsMpiError(f"--capacity must be at least 1, got {capacity}")
-    found = {}
-    for label in labels:
-        key, sep, value = label.partition("=")
-        if not sep or not key:
-            raise BumpsMpiError(f"--label {label!r}: give KEY=VALUE")
-        found[key] = value
-    if not controller.startswith(("http://", "https://")):
-        raise BumpsMpiError(f"--controller {controller!r}: give the controller's http(s) URL")
-    runner = Worker(
-        controller, Path(state_dir).expanduser(), capacity, found, profile, local, name,
-        registration_token, say=lambda line: echo(f"bumps-submit worker: {line}", err=True),
-    )  # fmt: skip
-    echo(f"bumps-submit worker: pulling up to {capacity} fit(s) from {controller}", err=True)
-    runner.run()
-
-
-@token.command(name="list")
-@click.pass_context
-def token_list(ctx: click.Context) -> None:
-    """Every token's user, role and dates (never the token)."""
-    from ..service.store import Store
-
-    for row in Store.of(ctx.obj["config"]).tokens():
-        state = "revoked" if row["revoked"] else "active"
-        role = "admin" if row["admin"] else "user"
-        since = time.strftime("%Y-%m-%d", time.localtime(row["created"]))
-        echo(f"{row['user']:<24} {role:<6} {state:<8} since {since}")
-
-
-@main.group(name="sandbox")
-def sandbox_group() -> None:
-    """The sandbox that confines every model to its job: what this kernel enforces, an AppArmor profile."""
-
-
-@sandbox_group.command(name="status")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def sandbox_status(as_json: bool) -> None:
-    """What the sandbox can enforce on this machine's kernel (Landlock ABI), at each level."""
-    from ..config import load_settings
-    from ..sandbox import landlock
-
-    abi = landlock.abi_version()
-    level = load_settings()["sandbox"]
-    features = {
-        "files (read-only environment, read-write job directory)": 1,
-        "truncation": 3,
-        "TCP bind and connect": 4,
-        "signals and abstract Unix sockets": 6,
-    }
-    found = {"abi": abi, "level": level, "features": {name: abi >= need for name, need in features.items()}}
-    if as_json:
-        _emit_json(found)
-        return
-    echo(f"Landlock ABI {abi} on this kernel; sandbox level here: {level}")
-    for name, need in features.items():
-        echo(f"  {'yes' if abi >= need else 'no ':<4} {name} (ABI {need})")
-
-
-@sandbox_group.command(name="apparmor-profile")
-@click.option("--jobs-root", type=click.Path(), help="Where the account's job directories are [jobs_dir].")
-def sandbox_apparmor_profile(jobs_root: str | None) -> None:
-    """Print an AppArmor profile for the account that runs jobs (paths from this installation)."""
-    import os
-    from pathlib import Path
-
-    from ..config import load_settings
-    from ..sandbox.policy import apparmor_profile
-
-    root = jobs_root or os.path.expandvars(os.path.expanduser(load_settings()["jobs_dir"]))
-    click.echo(apparmor_profile(str(Path(root).absolute())), nl=False)
-
-
-def _counts_text(summary: dict[str, Any]) -> str:
-    counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items())
-    return f"{summary['fits']} fits: {counts}  ({summary['percent']:.0f}% done)"
-
-
-def _print_campaign(summary: dict[str, Any], every: bool) -> None:
-    """One line of counts and progress, then the fits that need attention (or, with *every*, all)."""
-    arrays = ", ".join(summary["array_ids"]) or "-"
-    echo(f"campaign {summary['name']}  {_counts_text(summary)}  array {arrays}")
-    echo(f"  directory: {summary['campaign_dir']}")
-    shown = summary["records"] if every else summary["attention"]
-    if shown:
-        echo("" if every else "needs attention:")
-        echo(f"{'FIT':>4}  {'JOB':>10}  {'STATE':<13} {'PROGRESS':>8}  {'CHISQ':>10}  ARGUMENT")
-    for r in shown:
-        percent = (r.get("progress") or {}).get("percent")
-        chisq = f"{r['chisq']:.4g}" if r.get("chisq") is not None else "-"
-        done = f"{percent:.0f}%" if percent is not None else "-"
-        job_id = r["job_id"] or "-"
-        label = one_line(r["label"])
-        echo(f"{r['index']:>4}  {job_id:>10}  {r['state']:<13} {done:>8}  {chisq:>10}  {label}")
-        why = (r.get("error") or {}).get("message") or r.get("unreadable") or r.get("reason")
-        if why and (not every or r in summary["attention"]):
-            hint = f": {r['hint']}" if r.get("hint") else ""
-            echo(f"{'':>6}{one_line(why)}{hint}")
-
-
 def _campaign_results(found: Any, as_json: bool, as_csv: bool) -> None:
     """The table on stdout (text, CSV or JSON); exit 1 after it when some fits have no results."""
-    from . import campaign
+    from ..front import campaign
 
     rows = found.table()
     written = campaign.write_report(found.campaign_dir, rows)
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
     elif as_csv:
         click.echo(plain(campaign.write_csv(found.campaign_dir, rows)), nl=False)
     else:
-        _print_table(rows)
+        print_table(rows)
         if written is not None:
             echo(f"report: {written}")
     missing = [r for r in rows if r["chisq"] is None]
@@ -974,29 +675,13 @@ def _campaign_results(found: Any, as_json: bool, as_csv: bool) -> None:
         sys.exit(1)
 
 
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    names = list(dict.fromkeys(n for row in rows for n in row["parameters"]))
-    head = "".join(f"  {one_line(n)[:14]:>14}" for n in names)
-    echo(f"{'FIT':>4}  {'STATE':<10} {'CHISQ':>10}{head}  ARGUMENT")
-    for row in rows:
-        chisq = f"{row['chisq']:.4g}" if row["chisq"] is not None else "-"
-        cells = ""
-        for n in names:
-            p = row["parameters"].get(n)
-            cell = f"{p['best']:.5g}±{p['std']:.2g}" if p else "-"
-            cells += f"  {cell:>14}"
-        echo(f"{row['index']:>4}  {row['state']:<10} {chisq:>10}{cells}  {one_line(row['label'])}")
-        if row["error"]:
-            echo(f"{'':>6}{one_line(row['error'])}")
-
-
 def _watch_campaign(found: Any, interval: float) -> None:
     """A line whenever the counts change, until every fit has ended; exit 1 unless all completed."""
     last, wait = None, interval
     try:
         while True:
             summary = found.status()
-            line = _counts_text(summary)
+            line = counts_text(summary)
             if line != last:
                 echo(f"campaign {summary['name']}: {line}", err=True)
             wait = interval if line != last else min(wait * 1.5, 30.0)
@@ -1007,94 +692,6 @@ def _watch_campaign(found: Any, interval: float) -> None:
     except KeyboardInterrupt:
         echo("\nStopped watching; the campaign goes on.", err=True)
         sys.exit(130)
-    _print_campaign(summary, every=False)
+    print_campaign(summary, every=False)
     if summary["counts"].get(JobState.COMPLETED.value, 0) != summary["fits"]:
         sys.exit(1)
-
-
-def _print_status(records: list[dict[str, Any]]) -> None:
-    if not records:
-        echo("No jobs yet: submit one with 'bumps-submit submit MODEL'.")
-        return
-    echo(f"{'JOB':>8}  {'STATE':<13} {'EXIT':<8} {'ELAPSED':>10}  {'NAME':<20} DIRECTORY")
-    for r in records:
-        job_id = r["job_id"] if r["job_id"] is not None else "local"
-        echo(
-            f"{job_id:>8}  {r['state']:<13} {_short_exit(r.get('exit')):<8} {r['elapsed'] or '-':>10}  "
-            f"{r['name'] or '-':<20} {r['job_dir']}"
-        )
-        if r.get("reason"):
-            hint = f": {r['hint']}" if r.get("hint") else ""
-            echo(f"{'':>10}{r['state'].lower()}: {one_line(r['reason'])}{hint}")
-        if r.get("warning"):
-            echo(f"{'':>10}warning: {one_line(r['warning'])}", err=True)
-        if r.get("progress") and r["state"] in (JobState.RUNNING.value, JobState.REQUEUED.value):
-            restarts = f"  restarts {r['restarts']}" if r.get("restarts") else ""
-            echo(f"{'':>10}{_progress_text(r['progress'])}{restarts}")
-
-
-def _short_exit(text: str | None) -> str:
-    """'exit 1' -> '1', 'killed by signal 9 (SIGKILL)' -> 'SIGKILL' (the whole text is in --json)."""
-    if not text:
-        return "-"
-    if text.startswith("killed by signal"):
-        return text.rpartition("(")[2].rstrip(")") if "(" in text else "sig " + text.split()[-1]
-    return text.removeprefix("exit ")
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
-def _progress_text(p: dict[str, Any]) -> str:
-    """45%  step 450/1000  chisq 1.23  ETA 3m12s"""
-    chisq = f"  chisq {p['chisq']:.4g}" if p.get("chisq") is not None else ""
-    failed = f"  failed evaluations {p['failed_evaluations']}" if p.get("failed_evaluations") else ""
-    eta = _duration(p.get("eta_s"))
-    return f"{p['percent']:.0f}%  step {p['step']}/{p['steps']}{chisq}  ETA {eta}{failed}"
-
-
-def _print_error(record: dict[str, Any], traceback: bool = True) -> None:
-    error = record.get("error")
-    if error:
-        echo(f"\nThe fit failed{where(error)}: {one_line(error.get('message'))}", err=True)
-        if error.get("point") is not None:
-            echo(f"at point {error['point']}", err=True)
-        if traceback:
-            echo((error.get("traceback") or "").rstrip(), err=True)
-
-
-def _print_results(found: dict[str, Any]) -> None:
-    from pathlib import Path
-
-    echo(
-        f"\nFit: {found['fitter']}   chisq = {found['chisq_str']}   "
-        f"({found['elapsed_s']:.1f} s on {found.get('ranks', '?')} ranks)"
-    )
-    names = [one_line(p["name"]) for p in found["parameters"]]
-    width = max([len(n) for n in names] + [9])
-    echo(f"{'parameter':<{width}}  {'best':>14}  {'mean':>14}  {'std':>12}")
-    for name, p in zip(names, found["parameters"], strict=True):
-        echo(f"{name:<{width}}  {p['best']:>14.6g}  {p['mean']:>14.6g}  {p['std']:>12.4g}")
-    if found.get("failed_evaluations"):
-        echo(
-            f"warning:   the model failed on {found['failed_evaluations']} of {found.get('evaluations')} "
-            "evaluations (Bumps scores them as impossible points; the job's log has the tracebacks)"
-        )
-    echo(f"directory: {found['job_dir']}")
-    if found.get("sandbox"):
-        from ..sandbox.policy import describe
-
-        echo(f"sandbox:   {describe(found['sandbox'])}")
-    if found.get("figures"):
-        echo(f"figures:   {len(found['figures'])} in {Path(found['figures'][0]).parent}")
-    if found.get("report"):
-        echo(f"report:    {found['report']}")
-    else:
-        echo(f"report:    bumps-submit report {found['job_dir']}")
-    if found.get("session"):
-        echo(f"viewer:    bumps-submit open {found['job_dir']}  (Bumps' webview on its session file)")
