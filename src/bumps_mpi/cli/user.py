@@ -37,6 +37,13 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
     return options
 
 
+def _paths(flag: str, dest: str, metavar: str, text: str) -> Any:
+    """A repeatable option that names paths."""
+    return click.option(
+        flag, dest, multiple=True, type=click.Path(), metavar=metavar, help=f"{text} (repeatable)"
+    )
+
+
 @main.command(context_settings={"ignore_unknown_options": False})
 @click.argument("model", type=click.Path())
 @click.argument("model_args", nargs=-1)
@@ -75,22 +82,8 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
     type=click.Choice(["best-effort", "require", "off"]),
     help="Confine the model to its job (Landlock) [site setting sandbox].",
 )
-@click.option(
-    "--read",
-    "read_paths",
-    multiple=True,
-    type=click.Path(),
-    metavar="PATH",
-    help="A path the confined model may read besides its own directory (repeatable).",
-)
-@click.option(
-    "--write",
-    "write_paths",
-    multiple=True,
-    type=click.Path(),
-    metavar="PATH",
-    help="A path the confined model may write besides its job and your library cache (repeatable).",
-)
+@_paths("--read", "read_paths", "PATH", "A path the confined model may read besides its own directory.")
+@_paths("--write", "write_paths", "PATH", "A path the confined model may write besides its job and cache.")
 @click.option("--profile", help="Site profile from your site.toml.")
 @click.option("--name", help="Job name [the model file's name].")
 @click.option("--jobs-dir", type=click.Path(), help="Where job directories are made [site setting jobs_dir].")
@@ -105,14 +98,7 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
     type=click.Path(dir_okay=False),
     help="A campaign: one fit per line of FILE, its words added to the model's arguments.",
 )
-@click.option(
-    "--model",
-    "more_models",
-    multiple=True,
-    type=click.Path(),
-    metavar="FILE",
-    help="A campaign: one fit per model file, MODEL and each --model (repeatable), same arguments.",
-)
+@_paths("--model", "more_models", "FILE", "A campaign: one fit per model file, MODEL and each --model.")
 @click.option(
     "--max-running", type=int, metavar="K", help="A campaign: at most K of its fits run at once (Slurm's %K)."
 )
