@@ -40,7 +40,7 @@ def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
 def _paths(flag: str, dest: str, metavar: str, text: str) -> Any:
     """A repeatable option that names paths."""
     return click.option(
-        flag, dest, multiple=True, type=click.Path(), metavar=metavar, help=f"{text} (repeatable)"
+        flag, dest, multiple=True, type=click.Path(), metavar=metavar, help=f"{text[:-1]} (repeatable)."
     )
 
 
