@@ -60,7 +60,7 @@ def unavailable(reason: str) -> None:
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """Own registry, no user site file, bit-reproducible fits (DESIGN.md section 2)."""
+    """Own registry, no user site file, bit-reproducible fits."""
     monkeypatch.setenv("BUMPS_MPI_REGISTRY", str(tmp_path / "registry.jsonl"))
     monkeypatch.setenv("BUMPS_MPI_CONFIG", str(tmp_path / "no-site.toml"))
     monkeypatch.setenv("NUMBA_DISABLE_JIT", "1")

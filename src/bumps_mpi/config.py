@@ -192,7 +192,7 @@ def load_settings(profile: str | None = None, cli: dict[str, Any] | None = None)
 
 # Environment variables read inside the job or by status, and the values each accepts.
 ENVIRONMENT_CHOICES = {
-    "BUMPS_MPI_BALANCE": ("auto", "always", "never"),  # the mapper's strategy (bumps_mpi.mapper)
+    "BUMPS_MPI_BALANCE": ("auto", "always", "never"),  # the mapper's strategy (bumps_mpi.runtime.mapper)
     "BUMPS_MPI_ACCOUNTING": ("auto", "sacct", "pyslurm"),  # where status reads accounting
 }
 

@@ -2,7 +2,7 @@
 
 Optional: pyslurm builds only against the Slurm it was compiled for, so it
 imports only where it matches the cluster (PyPI has 25.11 only; nothing fits
-Slurm 22.05). `bumps_mpi.slurm.sacct` uses it when it imports and falls back
+Slurm 22.05). `bumps_mpi.cluster.slurm.sacct` uses it when it imports and falls back
 to sacct when it is absent or fails. The records have sacct's fields and text.
 """
 

@@ -1,7 +1,7 @@
 """The Python API behind bumps-submit's status, results, watch, checkpoint and cancel.
 
 The click layer only parses and prints; a notebook can call these directly.
-Submitting lives in bumps_mpi.submission. Importing this module stays cheap:
+Submitting lives in bumps_mpi.front.submission. Importing this module stays cheap:
 no numpy, bumps or mpi4py, nothing only `submit` needs.
 """
 
@@ -57,7 +57,7 @@ def resolve(ref: str) -> JobDir:
 def status(
     refs: list[str] | None = None, limit: int = 20, state: str | None = None, since: float | None = None
 ) -> list[dict[str, Any]]:
-    """One record per job (see bumps_mpi.jobstate); no refs: my jobs, newest first, filtered.
+    """One record per job (see bumps_mpi.cluster.jobstate); no refs: my jobs, newest first, filtered.
 
     A job whose directory cannot be read is still listed, with `unreadable`
     saying why (a directory deleted by hand is left out of the listing).

@@ -1,4 +1,4 @@
-"""The login-node check of a model, in a child process with a time limit (bumps_mpi.child).
+"""The login-node check of a model, in a child process with a time limit (bumps_mpi.sandbox.child).
 
 None of what a model may do while loading (loop forever, os._exit(), print
 megabytes, crash) may hang `bumps-submit`, make it exit 0 having done nothing,

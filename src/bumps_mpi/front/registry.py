@@ -90,7 +90,7 @@ def _parse(path: Path) -> list[dict[str, Any]]:
 
 
 def find(job_id: str) -> dict[str, Any] | None:
-    """The newest entry of the job with this id (a campaign's own entries are bumps_mpi.campaign's)."""
+    """The newest entry of the job with this id (a campaign's own entries are bumps_mpi.front.campaign's)."""
     for entry in entries():
         if entry.get("job_id") is not None and str(entry["job_id"]) == job_id and not entry.get("campaign"):
             return entry

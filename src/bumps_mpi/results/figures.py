@@ -10,7 +10,7 @@ figures.json, lists them with where they came from.
 
 Where from: a completed fit draws from its final state at the job's end (rank
 0, after result.json is safe: a drawing failure never fails the fit). `plot`
-and `report` on the login node draw in a child process (bumps_mpi.child: the
+and `report` on the login node draw in a child process (bumps_mpi.sandbox.child: the
 model's plot code is the user's code) from the exports, or for a running,
 stopped or failed fit from its last checkpoint, or else at the model's starting
 point, and every such figure says so.

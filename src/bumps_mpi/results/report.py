@@ -157,7 +157,7 @@ def _error(error: dict | None) -> str:
 
 
 def build(job: JobDir, record: dict[str, Any]) -> str:
-    """The page's HTML for *job*, whose status is *record* (bumps_mpi.jobstate's, or the job's own)."""
+    """The page's HTML for *job*, whose status is *record* (cluster.jobstate's, or the job's own)."""
     spec, result = job.spec, job.result
     error = _read(job, ERROR_FILE)
     progress = _read(job, PROGRESS_FILE)

@@ -1,7 +1,7 @@
 """Bumps on both sides: check a model on the login node, run the fit in the job, summarise results.
 
 Uses only bumps.fitproblem, bumps.fitters and bumps.dream, whose API is the
-same in bumps 1.0.4 and 1.0.5 (DESIGN.md section 5).
+same in bumps 1.0.4 and 1.0.5 (refl1d 1.0.1 pins 1.0.4).
 """
 
 from __future__ import annotations

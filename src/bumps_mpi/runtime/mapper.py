@@ -1,6 +1,6 @@
 """MPI mapper for Bumps: rank 0 sends each rank its share of the points, evaluates its own, gathers.
 
-Why not bumps.mapper.MPIMapper (DESIGN.md section 2): it pickles the shape on
+Why not bumps.mapper.MPIMapper: it pickles the shape on
 every call, adds two barriers, gives wrong values for Fortran-ordered points,
 deadlocks on non-contiguous ones, and hangs the whole job when nllf raises on
 a worker.

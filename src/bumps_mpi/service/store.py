@@ -1,6 +1,6 @@
 """The job controller's records: users, their tokens and sessions, fits, in SQLite (one writer process).
 
-SQLite is the embedded store (DESIGN.md section 7): WAL, one connection guarded by
+SQLite is the embedded store: WAL, one connection guarded by
 a lock (the service is one process; its request threads take turns), and every
 write in a `BEGIN IMMEDIATE` transaction. Tokens and session ids are kept only as
 SHA-256 hashes: they are random 256-bit secrets, so a hash is all a lookup needs,
