@@ -16,9 +16,18 @@ from typing import Any
 from ..errors import BumpsMpiError, UnreadableFile
 
 SKIPPED: list[str] = []  # lines skipped by the last entries(), for the CLI to say once
+_CHOSEN: list[Path] = []  # the list this process keeps, when its owner chose one (use)
+
+
+def use(path: Path) -> None:
+    """Keep this process's list of jobs in *path*: the job controller keeps its own, in its data
+    directory, rather than in its account's (and nothing is set in the environment its children get)."""
+    _CHOSEN[:] = [Path(path)]
 
 
 def registry_path() -> Path:
+    if _CHOSEN:
+        return _CHOSEN[0]
     env = os.environ.get("BUMPS_MPI_REGISTRY")
     if env:
         return Path(env)

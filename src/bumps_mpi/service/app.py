@@ -28,6 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from ..errors import UsageError
+from ..front import registry
 from ..version import __version__
 from .api import api_router
 from .controller import Controller
@@ -66,7 +67,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     os.umask(0o077)  # the store, the secret and every fit's files: the service's own account only
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     owner_only(config.data_dir)
-    os.environ["BUMPS_MPI_REGISTRY"] = str(config.data_dir / "registry.jsonl")  # the service's own list
+    registry.use(config.data_dir / "registry.jsonl")  # the service's own list of the jobs it submits
     c = Controller.of(config)
 
     @asynccontextmanager
