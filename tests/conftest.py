@@ -228,6 +228,19 @@ def mpiexec():
     return str(exe)
 
 
+def wait_until(condition, what: str = "", timeout: float = 240, every: float = 0.2):
+    """Poll *condition* every *every* seconds until it returns something true, and return that; fail
+    naming *what* after *timeout* seconds. The one polling loop of the tests."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout} s for {what or condition}")
+        time.sleep(every)
+
+
 def wait_for_state(
     job: str, states: set[str] = TERMINAL, timeout: float = 240, exit_known: bool = True
 ) -> dict:

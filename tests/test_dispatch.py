@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import EXAMPLE, MODELS, serial_fit
+from conftest import EXAMPLE, MODELS, serial_fit, wait_until
 from service_helpers import Service, Worker, follow, submit
 
 pytestmark = pytest.mark.slurm
@@ -69,15 +69,6 @@ def rows(service: Service, query: str) -> list[dict]:
 def attempts(service: Service) -> list[dict]:
     """Every claim."""
     return rows(service, "SELECT * FROM attempts ORDER BY claimed")
-
-
-def wait(condition, what: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def test_two_workers_share_five_fits_within_their_capacity(controller):
@@ -153,7 +144,9 @@ def test_a_fit_whose_workers_vanish_fails_after_max_attempts_and_a_lost_workers_
         for attempt in (1, 2, 3):
             claim = claimed(vanishing)  # once its lease has run out, the fit comes back
             assert claim["fit"] == doomed["id"] and claim["attempt"] == attempt, claim
-        wait(lambda: alice.get(f"/api/v1/fits/{doomed['id']}").json()["state"] == "FAILED", "giving up", 60)
+        wait_until(
+            lambda: alice.get(f"/api/v1/fits/{doomed['id']}").json()["state"] == "FAILED", "giving up", 60
+        )
         shown = alice.get(f"/api/v1/fits/{doomed['id']}").json()
         assert "gave up after 3 attempts" in shown["message"], shown
         assert vanishing.post("/api/v1/dispatch/claim", json={}).status_code == 204  # never offered again
@@ -162,7 +155,9 @@ def test_a_fit_whose_workers_vanish_fails_after_max_attempts_and_a_lost_workers_
         claim = claimed(vanishing)
         assert claim["fit"] == lost["id"]
         assert alice.post(f"/api/v1/fits/{lost['id']}/cancel").status_code == 202
-        wait(lambda: alice.get(f"/api/v1/fits/{lost['id']}").json()["state"] == "CANCELLED", "cancelled", 60)
+        wait_until(
+            lambda: alice.get(f"/api/v1/fits/{lost['id']}").json()["state"] == "CANCELLED", "cancelled", 60
+        )
         assert "its worker was lost" in alice.get(f"/api/v1/fits/{lost['id']}").json()["message"]
         assert vanishing.post("/api/v1/dispatch/claim", json={}).status_code == 204
         assert [c["outcome"] for c in attempts(service)] == ["expired"] * 4
@@ -232,20 +227,24 @@ def test_a_killed_workers_fit_resumes_elsewhere_from_its_checkpoint(controller):
     doomed = Worker(controller, "doomed", "--capacity", "1").start()  # Slurm
     fit = submit(alice, SLOW, **LONG_FIT).json()
     checkpointed = controller.data / "fits" / fit["id"] / "checkpoints" / "1.h5"
-    wait(checkpointed.exists, "a checkpoint uploaded by the first worker", timeout=180)
+    wait_until(checkpointed.exists, "a checkpoint uploaded by the first worker", timeout=180)
     first_job = json.loads((doomed.state / "inflight" / f"{fit['id']}.json").read_text())["job_dir"]
     slurm_id = json.loads((Path(first_job) / "job.json").read_text())["slurm"]["job_id"]
     doomed.kill()  # SIGKILL: no goodbye; its Slurm job runs on
     died = time.monotonic()
     rescuer = Worker(controller, "rescuer", "--capacity", "1", "--local").start()
     try:
-        wait(
+        wait_until(
             lambda: "resuming from the checkpoint" in _local_out(rescuer, fit["id"], 2), "attempt 2 resuming"
         )
         moved_s = time.monotonic() - died
         doomed.start()  # restarted, it learns its lease is gone and cancels its Slurm job
-        wait(lambda: "letting it go" in doomed.said(), "the restarted worker letting the fit go", timeout=60)
-        wait(lambda: "CANCELLED" in _accounting(slurm_id), f"Slurm job {slurm_id} cancelled", timeout=60)
+        wait_until(
+            lambda: "letting it go" in doomed.said(), "the restarted worker letting the fit go", timeout=60
+        )
+        wait_until(
+            lambda: "CANCELLED" in _accounting(slurm_id), f"Slurm job {slurm_id} cancelled", timeout=60
+        )
         assert follow(alice, fit["id"], timeout=400)[-1]["state"] == "COMPLETED"
         done = alice.get(f"/api/v1/fits/{fit['id']}").json()
         assert done["attempt"] == 2 and done["worker"] != attempts(controller)[0]["worker"]
@@ -280,10 +279,12 @@ def test_a_worker_cut_off_longer_than_its_lease_cancels_its_fit(slurm_cluster):
     try:
         alice = service.client("alice")
         fit = submit(alice, SLOW, **LONG_FIT).json()
-        wait(lambda: alice.get(f"/api/v1/fits/{fit['id']}").json()["state"] == "RUNNING", "running")
+        wait_until(lambda: alice.get(f"/api/v1/fits/{fit['id']}").json()["state"] == "RUNNING", "running")
         service.stop(signal.SIGKILL)  # the controller is gone for longer than the lease
         state = here.state / "fits" / f"{fit['id']}-1" / ".bumps-control" / "job" / "local.json"
-        wait(lambda: json.loads(state.read_text())["state"] == "CANCELLED", "the cut-off worker cancelling")
+        wait_until(
+            lambda: json.loads(state.read_text())["state"] == "CANCELLED", "the cut-off worker cancelling"
+        )
         assert "cut off from the controller" in here.said()
         service.start()
         alice = service.client("alice")
@@ -302,7 +303,7 @@ def test_a_revoked_worker_stops_its_fits_and_they_go_back_to_the_queue(slurm_clu
     try:
         alice = service.client("alice")
         fit = submit(alice, SLOW, **LONG_FIT).json()
-        wait(lambda: alice.get(f"/api/v1/fits/{fit['id']}").json()["state"] == "RUNNING", "running")
+        wait_until(lambda: alice.get(f"/api/v1/fits/{fit['id']}").json()["state"] == "RUNNING", "running")
         listed = subprocess.run(
             service.command("worker-list"), capture_output=True, text=True, env=service.env()
         )
@@ -314,8 +315,8 @@ def test_a_revoked_worker_stops_its_fits_and_they_go_back_to_the_queue(slurm_clu
         assert here.proc.wait(timeout=120) == 1  # it stops, saying why
         assert "credential (revoked?)" in here.said()
         state = here.state / "fits" / f"{fit['id']}-1" / ".bumps-control" / "job" / "local.json"
-        wait(lambda: json.loads(state.read_text())["state"] == "CANCELLED", "its job stopped", 60)
-        wait(
+        wait_until(lambda: json.loads(state.read_text())["state"] == "CANCELLED", "its job stopped", 60)
+        wait_until(
             lambda: alice.get(f"/api/v1/fits/{fit['id']}").json()["phase"] == "queued",
             "back in the queue",
             60,
@@ -348,7 +349,7 @@ def test_the_controller_killed_mid_claim_heartbeat_and_upload_loses_nothing(slur
             print(f"controller killed {when}")
 
         crash("while the workers claim")  # the first claims are in flight (long polling)
-        wait(lambda: any(c["outcome"] is None for c in attempts(service)), "a fit running")
+        wait_until(lambda: any(c["outcome"] is None for c in attempts(service)), "a fit running")
         claimed = {r["id"]: r["lease_expires"] for r in rows(service, leases)}
 
         def beat() -> bool:
@@ -356,10 +357,10 @@ def test_the_controller_killed_mid_claim_heartbeat_and_upload_loses_nothing(slur
                 claimed.get(r["id"], r["lease_expires"]) != r["lease_expires"] for r in rows(service, leases)
             )
 
-        wait(beat, "a heartbeat after a claim")  # the kill lands after one heartbeat, before the next
+        wait_until(beat, "a heartbeat after a claim")  # the kill lands after one heartbeat, before the next
         crash("between heartbeats")
         fits_dir = service.data / "fits"
-        wait(lambda: any(fits_dir.glob("*/attempts/*/notes/*")), "result files arriving", timeout=300)
+        wait_until(lambda: any(fits_dir.glob("*/attempts/*/notes/*")), "result files arriving", timeout=300)
         crash("while results were being uploaded")
         alice = service.client("alice")
         ended = [follow(alice, f["id"], timeout=400)[-1]["state"] for f in fits]

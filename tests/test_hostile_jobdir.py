@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MODELS, ParsedPage, as_user, cli, fake_job
+from conftest import MODELS, ParsedPage, as_user, cli, fake_job, wait_until
 
 from bumps_mpi.jobdir import JobDir, control_dir
 from bumps_mpi.results import figures
@@ -290,13 +290,6 @@ def _rank0(job: Path) -> int:
 def _running(job: Path) -> bool:
     found = subprocess.run(["pgrep", "-f", f"bumps_mpi.job {job}"], capture_output=True, text=True)
     return bool(found.stdout.split())
-
-
-def wait_until(condition, what: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
-        time.sleep(0.3)
 
 
 def test_the_report_escapes_everything_the_model_wrote(isolated):

@@ -13,11 +13,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, FAILING_FIT, MODELS, cli, cli_json, fake_job, fill, one_line_error
+from conftest import EXAMPLE, FAILING_FIT, MODELS, cli, cli_json, fake_job, fill, one_line_error, wait_until
 
 from bumps_mpi.cluster import processes
 from bumps_mpi.jobdir import control_dir
@@ -43,14 +42,6 @@ def step(job_dir: Path) -> int:
         return json.loads((job_dir / "progress.json").read_text())["step"]
     except (OSError, ValueError):
         return 0
-
-
-def wait_until(done, timeout: float = 120, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def rank_processes(job_dir: Path) -> list[dict]:

@@ -13,11 +13,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SMALL_DREAM, ParsedPage, as_user, cli, one_line_error
+from conftest import ROOT, SMALL_DREAM, ParsedPage, as_user, cli, one_line_error, wait_until
 
 from bumps_mpi.sandbox.policy import mpi_environment
 
@@ -189,13 +188,14 @@ def test_a_sasmodels_campaign_over_five_files_on_slurm_from_a_fresh_account(acco
     assert done.returncode == 0, done.stderr
     campaign = json.loads(done.stdout)
     assert campaign["fits"] == 5
-    deadline = time.monotonic() + 400
-    while True:
+
+    def ended() -> dict | None:
         summary = json.loads(account.cli("status", campaign["campaign_id"], "--json").stdout)
-        if summary["ended"] and all(r["exit"] is not None for r in summary["records"]):
-            break
-        assert time.monotonic() < deadline, summary["counts"]
-        time.sleep(1)
+        return (
+            summary if summary["ended"] and all(r["exit"] is not None for r in summary["records"]) else None
+        )
+
+    summary = wait_until(ended, "the campaign's five fits to end", timeout=400, every=1)
     assert summary["counts"] == {"COMPLETED": 5}, summary
     table = json.loads(account.cli("results", campaign["campaign_dir"], "--json").stdout)
     found = [row["parameters"]["radius_equatorial"]["best"] for row in table]

@@ -8,13 +8,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import EXAMPLE, SMALL_DREAM, cli, cli_json, fake_job, one_line_error
+from conftest import EXAMPLE, SMALL_DREAM, cli, cli_json, fake_job, one_line_error, wait_until
 from service_helpers import free_port
 
 
@@ -53,15 +52,15 @@ def test_open_serves_bumps_viewer_confined_on_loopback(finished, landlock_abi):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
+
+        def serving() -> bool:
+            assert viewer.poll() is None, viewer.stderr.read()
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200:
-                    break
+                return httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
             except httpx.TransportError:
-                pass
-            assert viewer.poll() is None and time.monotonic() < deadline, viewer.stderr.read()
-            time.sleep(0.5)
+                return False
+
+        wait_until(serving, "Bumps' viewer to answer", timeout=120, every=0.5)
         listening = subprocess.run(
             ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True
         ).stdout
