@@ -368,3 +368,14 @@ def test_a_dispatched_fit_moved_to_another_worker_runs_nothing_planted(landlock_
             if worker is not None:
                 worker.kill(signal.SIGTERM)
         service.close()
+
+
+def test_a_forged_sandbox_record_is_described_as_unreadable_not_an_error():
+    """result.json is the job's, so the model's: its sandbox record may be anything."""
+    from bumps_mpi.sandbox import policy
+
+    for forged in ({"level": "best-effort", "abi": 6}, {"level": "x", "abi": 1, "opened": 5}, "text", [1]):
+        assert policy.describe(forged) == "unknown: the job's record of its sandbox is not readable"
+    record = {"level": "require", "abi": 6, "rlimits": {"file_size_mb": 1}, "opened": [1, "/c"]}
+    shown = policy.describe(record)
+    assert shown.endswith("writable besides the job: 1, /c")

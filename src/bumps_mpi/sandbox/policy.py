@@ -233,20 +233,32 @@ def mpi_environment(nodes: int) -> dict[str, str]:
 
 
 def describe(enforced: dict[str, Any] | None) -> str:
-    """One line for `results` and the report: what the sandbox enforced."""
+    """One line for `results` and the report: what the sandbox enforced. The record is the job's (so the
+    model's to write): anything that is not what the job writes reads as unreadable, never an error."""
+    try:
+        return _describe(enforced)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return "unknown: the job's record of its sandbox is not readable"
+
+
+def _describe(enforced: dict[str, Any] | None) -> str:
     if not enforced or enforced.get("level") == "off":
         return "off"
     if not enforced.get("abi"):
         return f"{enforced['level']}: nothing enforced (the kernel has no Landlock)"
+
+    def listed(key: str, sep: str = ", ") -> str:
+        return sep.join(map(str, enforced[key]))
+
     parts = [
         f"Landlock ABI {enforced['abi']}",
         f"files: write {len(enforced.get('write', []))} paths, read {len(enforced.get('read', []))}",
-        enforced.get("network", ""),
-        ("scoped: " + ", ".join(enforced["scopes"])) if enforced.get("scopes") else "",
+        str(enforced.get("network", "")),
+        ("scoped: " + listed("scopes")) if enforced.get("scopes") else "",
         f"max file {enforced['rlimits']['file_size_mb']} MB, no core dumps",
     ]
-    missing = f"; not enforced: {'; '.join(enforced['missing'])}" if enforced.get("missing") else ""
-    opened = f"; writable besides the job: {', '.join(enforced['opened'])}" if enforced.get("opened") else ""
+    missing = f"; not enforced: {listed('missing', '; ')}" if enforced.get("missing") else ""
+    opened = f"; writable besides the job: {listed('opened')}" if enforced.get("opened") else ""
     cache = f"; {enforced['cache_problem']}" if enforced.get("cache_problem") else ""
     return f"{enforced['level']}: " + ", ".join(p for p in parts if p) + opened + cache + missing
 
