@@ -1,0 +1,223 @@
+"""`bumps-submit submit`: one fit, or a campaign of many as one job array (--each, --args-from,
+--model); checked before anything is written, then submitted or run here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..errors import BumpsMpiError
+from .group import echo, emit_json, main, stderr
+from .output import (
+    show_ended,
+)
+
+FIT_FLAGS = ("steps", "samples", "burn", "pop", "init", "thin")
+
+
+def _parse_fit_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--fit-option")
+        options[key] = value
+    return options
+
+
+def _paths(flag: str, dest: str, metavar: str, text: str) -> Any:
+    """A repeatable option that names paths."""
+    return click.option(
+        flag, dest, multiple=True, type=click.Path(), metavar=metavar, help=f"{text[:-1]} (repeatable)."
+    )
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("model", type=click.Path())
+@click.argument("model_args", nargs=-1)
+@click.option("--fit", "fit", help="Bumps fitter id: dream (the default), de, amoeba, lm, ...")
+@click.option("--steps", type=int, help="Fit steps (generations for DREAM and DE).")
+@click.option("--samples", type=int, help="DREAM: number of draws.")
+@click.option("--burn", type=int, help="DREAM: burn-in generations.")
+@click.option("--pop", type=float, help="Population size per parameter (DREAM: negative for a total).")
+@click.option("--init", help="DREAM: population initializer (eps, lhs, cov, random).")
+@click.option("--thin", type=int, help="DREAM: thinning.")
+@click.option(
+    "--fit-option", "fit_option", multiple=True, metavar="KEY=VALUE", help="Any other fitter setting."
+)
+@click.option("--seed", type=int, help="Random seed, for a reproducible fit.")
+@click.option("--nodes", type=int, help="Slurm nodes.")
+@click.option("--ntasks", type=int, help="MPI ranks (Slurm tasks).")
+@click.option("--time", "time_", help="Slurm time limit, e.g. 02:00:00.")
+@click.option("--partition", help="Slurm partition.")
+@click.option("--account", help="Slurm account.")
+@click.option("--qos", help="Slurm QOS.")
+@click.option("--mem", help="Memory per node, e.g. 8G.")
+@click.option("--gpus", type=int, help="GPUs per fit (per node, or per task: site setting gpu_directive).")
+@click.option(
+    "--mail-type", help="Slurm mails you when the job does this: END, FAIL, BEGIN, ALL, ... (comma-separated)"
+)
+@click.option("--mail-user", help="Where Slurm's mail goes [you, on the cluster].")
+@click.option("--threads", type=int, help="Numeric-library threads per rank.")
+@click.option("--checkpoint-every", type=int, metavar="SECONDS", help="DREAM/DE checkpoint interval.")
+@click.option(
+    "--signal-grace", type=int, metavar="SECONDS", help="Checkpoint and requeue this long before the limit."
+)
+@click.option("--max-requeues", type=int, help="Time limits to requeue through before stopping.")
+@click.option("--check-timeout", type=int, metavar="SECONDS", help="Time limit of the model check here.")
+@click.option(
+    "--sandbox",
+    type=click.Choice(["best-effort", "require", "off"]),
+    help="Confine the model to its job (Landlock) [site setting sandbox].",
+)
+@_paths("--read", "read_paths", "PATH", "A path the confined model may read besides its own directory.")
+@_paths("--write", "write_paths", "PATH", "A path the confined model may write besides its job and cache.")
+@click.option("--profile", help="Site profile from your site.toml.")
+@click.option("--name", help="Job name [the model file's name].")
+@click.option("--jobs-dir", type=click.Path(), help="Where job directories are made [site setting jobs_dir].")
+@click.option("--job-dir", type=click.Path(), help="Exact job directory (must not exist).")
+@click.option(
+    "--each",
+    metavar="GLOB",
+    help="A campaign: one fit per matching file, given to the model in place of {} (else last).",
+)
+@click.option(
+    "--args-from",
+    type=click.Path(dir_okay=False),
+    help="A campaign: one fit per line of FILE, its words added to the model's arguments.",
+)
+@_paths("--model", "more_models", "FILE", "A campaign: one fit per model file, MODEL and each --model.")
+@click.option(
+    "--max-running", type=int, metavar="K", help="A campaign: at most K of its fits run at once (Slurm's %K)."
+)
+@click.option("--dry-run", is_flag=True, help="Check and print the sbatch script; write and submit nothing.")
+@click.option("--local", is_flag=True, help="Run now under mpiexec here, without Slurm.")
+@click.option("-n", "ranks", type=int, help="With --local: number of MPI ranks [site setting local_ranks].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def submit(
+    model: str,
+    model_args: tuple[str, ...],
+    fit: str | None,
+    fit_option: tuple[str, ...],
+    seed: int | None,
+    time_: str | None,
+    profile: str | None,
+    name: str | None,
+    jobs_dir: str | None,
+    job_dir: str | None,
+    dry_run: bool,
+    local: bool,
+    ranks: int | None,
+    as_json: bool,
+    read_paths: tuple[str, ...],
+    write_paths: tuple[str, ...],
+    each: str | None,
+    args_from: str | None,
+    more_models: tuple[str, ...],
+    max_running: int | None,
+    **flags: Any,
+) -> None:
+    """Check MODEL, then submit it to Slurm (or run it here with --local).
+
+    MODEL_ARGS are passed to the model file (put them after `--`). Defaults come
+    from your site profile and the packaged defaults: `bumps-submit config`.
+
+    With --each, --args-from or --model it is a campaign: many fits as one Slurm
+    job array, each checked before anything is submitted; follow it with
+    `status`, `watch`, `results`, `cancel` and `resume --failed` on its id.
+    """
+    from pathlib import Path
+
+    from ..front import submission
+
+    fit_options = {k: flags.pop(k) for k in FIT_FLAGS if flags.get(k) is not None}
+    for k in FIT_FLAGS:
+        flags.pop(k, None)
+    fit_options.update(_parse_fit_options(fit_option))
+    resources = {k: v for k, v in flags.items() if v is not None}
+    if time_ is not None:
+        resources["time"] = time_
+    request = submission.JobRequest(
+        model=Path(model),
+        model_args=list(model_args),
+        **({} if fit is None else {"fit": fit}),  # the default fitter is JobRequest's
+        fit_options=fit_options,
+        seed=seed,
+        name=name,
+        jobs_dir=None if jobs_dir is None else Path(jobs_dir),
+        job_dir=None if job_dir is None else Path(job_dir),
+        profile=profile,
+        resources=resources,
+        read=[Path(p).absolute() for p in read_paths],
+        write=[Path(p).absolute() for p in write_paths],
+        own_files=True,
+    )
+    if each is not None or args_from is not None or more_models or max_running is not None:
+        _submit_campaign(request, each, args_from, more_models, max_running, local, dry_run, as_json)
+        return
+    if dry_run:
+        prepared = submission.prepare(request)
+        for note in prepared.notes:
+            stderr(f"bumps-submit: warning: {note}")
+        if as_json:
+            emit_json({"job_dir": str(prepared.target), "script": prepared.script, "spec": prepared.spec})
+        else:
+            click.echo(prepared.script, nl=False)
+        return
+    if local:
+        live = None if as_json else stderr
+        record = submission.run_local(request, ranks, echo=live, warn=stderr)
+        show_ended(record, as_json, shown_live=live is not None)
+        return
+    submitted = submission.submit(request)
+    for note in submitted.pop("notes", []):
+        stderr(f"bumps-submit: warning: {note}")
+    if as_json:
+        emit_json(submitted)
+    else:
+        echo(f"Submitted job {submitted['job_id']}\n  directory: {submitted['job_dir']}")
+
+
+def _submit_campaign(
+    request: Any,
+    each: str | None,
+    args_from: str | None,
+    more_models: tuple[str, ...],
+    max_running: int | None,
+    local: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    from pathlib import Path
+
+    from ..front import campaign
+
+    if local:
+        raise BumpsMpiError("a campaign runs as a Slurm job array: --local runs one fit (drop --each ...)")
+    if each is None and args_from is None and not more_models:
+        raise BumpsMpiError("--max-running is for a campaign: add --each, --args-from or --model")
+    fits, labels, reads = campaign.fits_from(
+        request.model,
+        request.model_args,
+        each=each,
+        args_from=None if args_from is None else Path(args_from),
+        models=[Path(m) for m in more_models] or None,
+    )
+    wanted = campaign.CampaignRequest(fits, request, max_running, labels, reads)
+    if dry_run:
+        prepared = campaign.prepare(wanted)
+        if as_json:
+            emit_json({"campaign_dir": str(prepared.target), "script": prepared.script, **prepared.record})
+        else:
+            click.echo(prepared.script, nl=False)
+        return
+    submitted = campaign.submit(wanted)
+    if as_json:
+        emit_json(submitted)
+    else:
+        echo(
+            f"Submitted campaign {submitted['campaign_id']}: {submitted['fits']} fits as one job array\n"
+            f"  directory: {submitted['campaign_dir']}\n"
+            f"  follow it: bumps-submit status {submitted['campaign_id']}"
+        )
