@@ -1,6 +1,7 @@
 """The package's layers, from its source (issue 23): the import graph, drawn with `ast` from every
-import (at the top of a module or inside a function alike), has no cycle, and no module imports a layer
-above its own. docs/architecture.md explains the layers; this test keeps them so.
+import that runs (at the top of a module or inside a function alike; not `if TYPE_CHECKING:`), has no
+cycle, and no module imports a layer above its own. docs/architecture.md explains the layers; this test
+keeps them so.
 """
 
 from __future__ import annotations
@@ -33,8 +34,17 @@ def modules() -> dict[str, Path]:
 def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     """The package's modules *name* imports: `from . import x` names the submodule x, not the package."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    typing_only = {  # `if TYPE_CHECKING:` imports are for annotations: nothing imports them at run time
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        for inner in ast.walk(node)
+    }
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name in known)
         elif isinstance(node, ast.ImportFrom):
