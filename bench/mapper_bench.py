@@ -81,6 +81,16 @@ def main() -> None:
                 + "".join(f"{us['ours'][p] / us['minimal'][p]:>12.2f}" for p in POPS)
                 + "   (target <= 1.05)"
             )
+            each = data["rounds_us"]  # the same round's ratio: interleaved, so the same machine noise
+            spread = {
+                p: sorted(o / m for o, m in zip(each["ours"][str(p)], each["minimal"][str(p)], strict=True))
+                for p in POPS
+            }
+            print(
+                f"    per round ({rounds})"
+                + "".join(f"{s[0]:>6.2f}-{s[-1]:<5.2f}" for s in spread.values())
+                + "   (lowest-highest)"
+            )
         if "bumps" in us:
             print("  bumps/ours  " + "".join(f"{us['bumps'][p] / us['ours'][p]:>12.2f}" for p in POPS))
         for label, eff in data["efficiency"].items():

@@ -136,7 +136,13 @@ def main() -> None:
             }
     if rank == 0:
         per_call = {k: {p: float(np.median(v)) * 1e6 for p, v in d.items()} for k, d in times.items()}
-        print(json.dumps({"ranks": size, "per_call_us": per_call, "efficiency": efficiency}), flush=True)
+        rounds_us = {k: {p: [t * 1e6 for t in v] for p, v in d.items()} for k, d in times.items()}
+        print(
+            json.dumps(
+                {"ranks": size, "per_call_us": per_call, "rounds_us": rounds_us, "efficiency": efficiency}
+            ),
+            flush=True,
+        )
 
 
 main()
