@@ -241,6 +241,23 @@ def wait_until(condition, what: str = "", timeout: float = 240, every: float = 0
         time.sleep(every)
 
 
+@pytest.fixture
+def services():
+    """Start job controllers for one test: services(backend, extra, ...) is a started
+    service_helpers.Service, closed (its processes killed, its files removed) when the test ends."""
+    from service_helpers import Service
+
+    started: list = []
+
+    def start(*args, **kwargs):
+        started.append(Service(*args, **kwargs).start())
+        return started[-1]
+
+    yield start
+    for service in started:
+        service.close()
+
+
 def wait_for_state(
     job: str, states: set[str] = TERMINAL, timeout: float = 240, exit_known: bool = True
 ) -> dict:

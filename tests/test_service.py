@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import EXAMPLE, MODELS, as_user, chromium, cli, cli_json, one_line_error
+from conftest import EXAMPLE, MODELS, as_user, chromium, cli, cli_json, one_line_error, wait_until
 from service_helpers import Service, follow, free_port, submit, wait_for
 
 from bumps_mpi.jobdir import control_dir
@@ -577,9 +577,9 @@ def _fit_row(service: Service, fit_id: str) -> tuple:
         db.close()
 
 
-def test_a_model_that_forges_its_records_and_plants_links_gains_nothing(mpiexec, tmp_path):
+def test_a_model_that_forges_its_records_and_plants_links_gains_nothing(mpiexec, tmp_path, services):
     """Its job directory is the model's to write: the service acts on its own records and serves no link."""
-    local = Service("local", "[limits]\nmax_ranks = 2\n").start()
+    local = services("local", "[limits]\nmax_ranks = 2\n")
     victim = subprocess.Popen([*as_user(local.user.pw_uid, local.user.pw_gid), "sleep", "600"])
     try:
         alice = local.client("alice")
@@ -593,10 +593,7 @@ def test_a_model_that_forges_its_records_and_plants_links_gains_nothing(mpiexec,
             "/api/v1/fits", files=files, data={"samples": "400000", "args": "0.005 forge.json"}
         ).json()
         job = job_dir_of(local, fit["id"])
-        deadline = time.monotonic() + 120
-        while not (job / "export" / "evil.js").exists():
-            assert time.monotonic() < deadline, "the model never planted its files"
-            time.sleep(0.2)
+        wait_until((job / "export" / "evil.js").exists, "the model to plant its files", timeout=120)
         for _ in range(5):  # monitor rounds after the forgery: the forged state.json and local.json are in
             time.sleep(1)  # the job directory, where nothing reads them (the run's records are in its
             assert _fit_row(local, fit["id"]) == ("RUNNING", None)  # control directory): still RUNNING
@@ -621,74 +618,69 @@ def test_a_model_that_forges_its_records_and_plants_links_gains_nothing(mpiexec,
         assert not _zombies(local.proc.pid)  # the ended supervisor was waited for
     finally:
         victim.kill()
-        local.close()
 
 
-def test_without_authentication_only_loopback_by_name_and_no_webhook_inside(mpiexec):
-    open_one = Service("local", settings='auth = "none"\n').start()
-    try:
-        me = httpx.get(f"{open_one.url}/api/v1/me")
-        assert me.status_code == 200 and me.json()["name"] == "local"
-        rebound = httpx.get(f"{open_one.url}/api/v1/me", headers={"Host": "attacker.example"})
-        assert rebound.status_code == 401  # a page elsewhere whose name resolves here gets nothing
-        client = httpx.Client(base_url=open_one.url)
-        assert submit(client, EXAMPLE).status_code == 403  # a page elsewhere cannot post here either
-        client.headers["X-CSRF-Token"] = me.json()["csrf"]
-        for inside in ("http://127.0.0.1:9/hook", "http://169.254.169.254/latest", "http://10.1.2.3/"):
-            answer = submit(client, EXAMPLE, notify_webhook=inside)
-            assert answer.status_code == 422 and "own network" in answer.json()["detail"], answer.text
-    finally:
-        open_one.close()
+def test_without_authentication_only_loopback_by_name_and_no_webhook_inside(mpiexec, services):
+    open_one = services("local", settings='auth = "none"\n')
+    me = httpx.get(f"{open_one.url}/api/v1/me")
+    assert me.status_code == 200 and me.json()["name"] == "local"
+    rebound = httpx.get(f"{open_one.url}/api/v1/me", headers={"Host": "attacker.example"})
+    assert rebound.status_code == 401  # a page elsewhere whose name resolves here gets nothing
+    client = httpx.Client(base_url=open_one.url)
+    assert submit(client, EXAMPLE).status_code == 403  # a page elsewhere cannot post here either
+    client.headers["X-CSRF-Token"] = me.json()["csrf"]
+    for inside in ("http://127.0.0.1:9/hook", "http://169.254.169.254/latest", "http://10.1.2.3/"):
+        answer = submit(client, EXAMPLE, notify_webhook=inside)
+        assert answer.status_code == 422 and "own network" in answer.json()["detail"], answer.text
 
 
 # --- restarts, idempotency, and a service that must not listen openly --------------------------------------
 
 
 def test_a_restart_while_fits_run_and_one_is_being_submitted_loses_and_duplicates_nothing(
-    slurm_cluster, tmp_path
+    slurm_cluster, tmp_path, services
 ):
-    restarted = Service("slurm", '[limits]\nmax_ranks = 2\nmax_time = "00:10:00"\n').start()
-    try:
-        alice = restarted.client("alice")
-        running = submit(alice, SLOW, **SLOW_FIT, idempotency_key="run-1").json()
-        wait_for(alice, running["id"], {"RUNNING"})
-        slow_check = tmp_path / "slow_check.py"  # its model check takes 4 s: time to stop the service
-        slow_check.write_text("import time\ntime.sleep(4)\n" + EXAMPLE.read_text())
-        posting = threading.Thread(
-            target=lambda: _quietly(
-                lambda: submit(restarted.client("alice"), slow_check, **SMALL, idempotency_key="k-2")
-            )
+    restarted = services("slurm", '[limits]\nmax_ranks = 2\nmax_time = "00:10:00"\n')
+    alice = restarted.client("alice")
+    running = submit(alice, SLOW, **SLOW_FIT, idempotency_key="run-1").json()
+    wait_for(alice, running["id"], {"RUNNING"})
+    slow_check = tmp_path / "slow_check.py"  # its model check takes 4 s: time to stop the service
+    slow_check.write_text("import time\ntime.sleep(4)\n" + EXAMPLE.read_text())
+    posting = threading.Thread(
+        target=lambda: _quietly(
+            lambda: submit(restarted.client("alice"), slow_check, **SMALL, idempotency_key="k-2")
         )
-        posting.start()
-        deadline = time.monotonic() + 60
-        while not any(f["phase"] == "submitting" for f in alice.get("/api/v1/fits").json()):
-            assert time.monotonic() < deadline, "the submission never showed"
-            time.sleep(0.1)
-        restarted.stop(signal_kill())  # the worst moment: mid-check, mid-fit, no goodbye
-        posting.join()
-        restarted.start()
+    )
+    posting.start()
+    wait_until(
+        lambda: any(f["phase"] == "submitting" for f in alice.get("/api/v1/fits").json()),
+        "the submission to show",
+        timeout=60,
+        every=0.1,
+    )
+    restarted.stop(signal_kill())  # the worst moment: mid-check, mid-fit, no goodbye
+    posting.join()
+    restarted.start()
 
-        alice = restarted.client("alice")
-        fits = alice.get("/api/v1/fits").json()
-        assert len(fits) == 2, fits
-        caught = [f for f in fits if f["id"] != running["id"]][0]
-        assert caught["phase"] == "interrupted"
-        again = submit(alice, slow_check, **SMALL, idempotency_key="k-2")  # the client retries, as told
-        assert again.status_code == 201 and again.json()["id"] == caught["id"]
-        twice = submit(alice, slow_check, **SMALL, idempotency_key="k-2")
-        assert twice.status_code == 200 and twice.json()["id"] == caught["id"]
-        assert submit(alice, SLOW, **SLOW_FIT, idempotency_key="run-1").json()["id"] == running["id"]
-        assert follow(alice, running["id"])[-1]["state"] == "COMPLETED"
-        assert follow(alice, caught["id"])[-1]["state"] == "COMPLETED"
-        assert len(alice.get("/api/v1/fits").json()) == 2
-        accounting = subprocess.run(
-            ["sacct", "-a", "-n", "-X", "-o", "WorkDir%300", "-S", "now-1hour"],
-            capture_output=True,
-            text=True,
-        )
-        assert accounting.stdout.count(str(restarted.data / "fits" / caught["id"])) == 1  # sbatch'ed once
-    finally:
-        restarted.close()
+    alice = restarted.client("alice")
+    fits = alice.get("/api/v1/fits").json()
+    assert len(fits) == 2, fits
+    caught = [f for f in fits if f["id"] != running["id"]][0]
+    assert caught["phase"] == "interrupted"
+    again = submit(alice, slow_check, **SMALL, idempotency_key="k-2")  # the client retries, as told
+    assert again.status_code == 201 and again.json()["id"] == caught["id"]
+    twice = submit(alice, slow_check, **SMALL, idempotency_key="k-2")
+    assert twice.status_code == 200 and twice.json()["id"] == caught["id"]
+    assert submit(alice, SLOW, **SLOW_FIT, idempotency_key="run-1").json()["id"] == running["id"]
+    assert follow(alice, running["id"])[-1]["state"] == "COMPLETED"
+    assert follow(alice, caught["id"])[-1]["state"] == "COMPLETED"
+    assert len(alice.get("/api/v1/fits").json()) == 2
+    accounting = subprocess.run(
+        ["sacct", "-a", "-n", "-X", "-o", "WorkDir%300", "-S", "now-1hour"],
+        capture_output=True,
+        text=True,
+    )
+    assert accounting.stdout.count(str(restarted.data / "fits" / caught["id"])) == 1  # sbatch'ed once
 
 
 def _quietly(call) -> None:
@@ -704,50 +696,39 @@ def signal_kill() -> int:
     return signal.SIGKILL
 
 
-def test_a_local_run_outlives_a_restart_of_the_service(mpiexec):
-    local = Service("local", "[limits]\nmax_ranks = 2\n").start()
-    try:
-        alice = local.client("alice")
-        fit = submit(alice, SLOW, **SLOW_FIT).json()
-        wait_for(alice, fit["id"], {"RUNNING"})
-        local.stop(signal_kill())
-        local.start()
-        assert follow(local.client("alice"), fit["id"])[-1]["state"] == "COMPLETED"
-        assert len(local.client("alice").get("/api/v1/fits").json()) == 1
-    finally:
-        local.close()
+def test_a_local_run_outlives_a_restart_of_the_service(mpiexec, services):
+    local = services("local", "[limits]\nmax_ranks = 2\n")
+    alice = local.client("alice")
+    fit = submit(alice, SLOW, **SLOW_FIT).json()
+    wait_for(alice, fit["id"], {"RUNNING"})
+    local.stop(signal_kill())
+    local.start()
+    assert follow(local.client("alice"), fit["id"])[-1]["state"] == "COMPLETED"
+    assert len(local.client("alice").get("/api/v1/fits").json()) == 1
 
 
-def test_failed_logins_are_rate_limited():
-    limited = Service("local").start()
-    try:
-        codes = [
-            httpx.post(f"{limited.url}/login", data={"token": f"guess-{i}"}).status_code for i in range(11)
-        ]
-        assert codes[:10] == [401] * 10 and codes[10] == 429
-        right = httpx.post(f"{limited.url}/login", data={"token": limited.tokens["alice"]})
-        assert right.status_code == 429  # even the right token waits: a guesser learns nothing
-    finally:
-        limited.close()
+def test_failed_logins_are_rate_limited(services):
+    limited = services("local")
+    codes = [httpx.post(f"{limited.url}/login", data={"token": f"guess-{i}"}).status_code for i in range(11)]
+    assert codes[:10] == [401] * 10 and codes[10] == 429
+    right = httpx.post(f"{limited.url}/login", data={"token": limited.tokens["alice"]})
+    assert right.status_code == 429  # even the right token waits: a guesser learns nothing
 
 
-def test_a_trusted_proxy_names_the_user_and_no_one_else_can():
+def test_a_trusted_proxy_names_the_user_and_no_one_else_can(services):
     """auth = "proxy": the user name from the proxy's header, believed only from the proxy's address."""
-    proxied = Service(
+    proxied = services(
         "local", settings='auth = "proxy"\ntrusted_proxies = ["127.0.0.2"]\nadmins = ["boss"]\n'
-    ).start()
-    try:
-        proxy = httpx.Client(base_url=proxied.url, transport=httpx.HTTPTransport(local_address="127.0.0.2"))
-        me = proxy.get("/api/v1/me", headers={"X-Remote-User": "dana"})
-        assert me.status_code == 200 and (me.json()["name"], me.json()["admin"]) == ("dana", False)
-        assert proxy.get("/api/v1/me", headers={"X-Remote-User": "boss"}).json()["admin"] is True
-        assert proxy.get("/api/v1/me").status_code == 401  # the proxy named no one
-        spoofed = {"X-Remote-User": "boss", "X-Forwarded-For": "127.0.0.2", "X-Real-IP": "127.0.0.2"}
-        assert httpx.get(f"{proxied.url}/api/v1/me", headers=spoofed).status_code == 401  # not the proxy
-        token = {"Authorization": f"Bearer {proxied.tokens['alice']}"}
-        assert httpx.get(f"{proxied.url}/api/v1/me", headers=token).status_code == 401  # proxy mode only
-    finally:
-        proxied.close()
+    )
+    proxy = httpx.Client(base_url=proxied.url, transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+    me = proxy.get("/api/v1/me", headers={"X-Remote-User": "dana"})
+    assert me.status_code == 200 and (me.json()["name"], me.json()["admin"]) == ("dana", False)
+    assert proxy.get("/api/v1/me", headers={"X-Remote-User": "boss"}).json()["admin"] is True
+    assert proxy.get("/api/v1/me").status_code == 401  # the proxy named no one
+    spoofed = {"X-Remote-User": "boss", "X-Forwarded-For": "127.0.0.2", "X-Real-IP": "127.0.0.2"}
+    assert httpx.get(f"{proxied.url}/api/v1/me", headers=spoofed).status_code == 401  # not the proxy
+    token = {"Authorization": f"Bearer {proxied.tokens['alice']}"}
+    assert httpx.get(f"{proxied.url}/api/v1/me", headers=token).status_code == 401  # proxy mode only
 
 
 def test_the_service_refuses_to_listen_openly_without_authentication(tmp_path):
@@ -760,23 +741,20 @@ def test_the_service_refuses_to_listen_openly_without_authentication(tmp_path):
     one_line_error(cli("serve", "--config", bad, timeout=60), "backend='cloud'")
 
 
-def test_a_limit_answers_429_with_retry_after_and_a_bad_request_422(mpiexec):
+def test_a_limit_answers_429_with_retry_after_and_a_bad_request_422(mpiexec, services):
     """A request refused only by a user's limit is fine in itself: 429 and when to try again (before: 422,
     like a broken model). The OpenAPI description says what is sent."""
-    local = Service("local", "[limits]\nmax_ranks = 2\nmax_fits = 1\n").start()
-    try:
-        alice = local.client("alice")
-        first = submit(alice, SLOW, **SLOW_FIT).json()
-        second = submit(alice, EXAMPLE, **SMALL)
-        assert second.status_code == 429 and int(second.headers["retry-after"]) > 0, second.text
-        assert "the most this service allows" in second.json()["detail"]
-        assert submit(alice, EXAMPLE, ntasks="3").status_code == 422
-        schema = httpx.get(f"{local.url}/api/v1/openapi.json").json()
-        described = schema["paths"]["/api/v1/fits"]["post"]["responses"]
-        assert {"200", "201", "422", "429"} <= set(described), described
-        assert alice.post(f"/api/v1/fits/{first['id']}/cancel").status_code == 202
-    finally:
-        local.close()
+    local = services("local", "[limits]\nmax_ranks = 2\nmax_fits = 1\n")
+    alice = local.client("alice")
+    first = submit(alice, SLOW, **SLOW_FIT).json()
+    second = submit(alice, EXAMPLE, **SMALL)
+    assert second.status_code == 429 and int(second.headers["retry-after"]) > 0, second.text
+    assert "the most this service allows" in second.json()["detail"]
+    assert submit(alice, EXAMPLE, ntasks="3").status_code == 422
+    schema = httpx.get(f"{local.url}/api/v1/openapi.json").json()
+    described = schema["paths"]["/api/v1/fits"]["post"]["responses"]
+    assert {"200", "201", "422", "429"} <= set(described), described
+    assert alice.post(f"/api/v1/fits/{first['id']}/cancel").status_code == 202
 
 
 def test_a_webhook_is_posted_to_the_address_it_was_checked_at(monkeypatch, tmp_path):
@@ -808,27 +786,24 @@ def test_a_webhook_is_posted_to_the_address_it_was_checked_at(monkeypatch, tmp_p
     assert hooks.wait("f1") and hooks.hosts == [f"hooks.example:{port}"] and asked == ["hooks.example"]
 
 
-def test_a_users_quota_of_kept_fits_is_a_clear_refusal(mpiexec):
-    local = Service("local", "[limits]\nmax_ranks = 2\nmax_kept = 1\n").start()
-    try:
-        alice = local.client("alice")
-        first = submit(alice, EXAMPLE, **SMALL).json()
-        assert follow(alice, first["id"])[-1]["state"] == "COMPLETED"
-        refused = submit(alice, EXAMPLE, **SMALL)
-        assert refused.status_code == 422 and "you keep 1 fits" in refused.json()["detail"], refused.text
-        assert "delete some" in refused.json()["detail"]
-        bob = local.client("bob")
-        running = submit(bob, SLOW, **SLOW_FIT)  # bob's quota is his own
-        assert running.status_code == 201, running.text
-        wait_for(bob, running.json()["id"], {"RUNNING"})
-        assert bob.delete(f"/api/v1/fits/{running.json()['id']}").status_code == 409  # a running local fit
-        browser = httpx.Client(base_url=local.url, follow_redirects=False)  # deleted from its page
-        assert browser.post("/login", data={"token": local.tokens["alice"]}).status_code == 303
-        csrf = browser.get("/api/v1/me").json()["csrf"]
-        assert browser.post(f"/fits/{first['id']}/delete", data={"csrf": csrf}).status_code == 303
-        assert alice.get(f"/api/v1/fits/{first['id']}").status_code == 404
-        assert not (local.data / "fits" / first["id"]).exists()
-        assert submit(alice, EXAMPLE, **SMALL).status_code == 201
-        assert bob.post(f"/api/v1/fits/{running.json()['id']}/cancel").status_code == 202
-    finally:
-        local.close()
+def test_a_users_quota_of_kept_fits_is_a_clear_refusal(mpiexec, services):
+    local = services("local", "[limits]\nmax_ranks = 2\nmax_kept = 1\n")
+    alice = local.client("alice")
+    first = submit(alice, EXAMPLE, **SMALL).json()
+    assert follow(alice, first["id"])[-1]["state"] == "COMPLETED"
+    refused = submit(alice, EXAMPLE, **SMALL)
+    assert refused.status_code == 422 and "you keep 1 fits" in refused.json()["detail"], refused.text
+    assert "delete some" in refused.json()["detail"]
+    bob = local.client("bob")
+    running = submit(bob, SLOW, **SLOW_FIT)  # bob's quota is his own
+    assert running.status_code == 201, running.text
+    wait_for(bob, running.json()["id"], {"RUNNING"})
+    assert bob.delete(f"/api/v1/fits/{running.json()['id']}").status_code == 409  # a running local fit
+    browser = httpx.Client(base_url=local.url, follow_redirects=False)  # deleted from its page
+    assert browser.post("/login", data={"token": local.tokens["alice"]}).status_code == 303
+    csrf = browser.get("/api/v1/me").json()["csrf"]
+    assert browser.post(f"/fits/{first['id']}/delete", data={"csrf": csrf}).status_code == 303
+    assert alice.get(f"/api/v1/fits/{first['id']}").status_code == 404
+    assert not (local.data / "fits" / first["id"]).exists()
+    assert submit(alice, EXAMPLE, **SMALL).status_code == 201
+    assert bob.post(f"/api/v1/fits/{running.json()['id']}/cancel").status_code == 202
