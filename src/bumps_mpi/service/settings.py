@@ -141,61 +141,73 @@ def _limits(values: dict[str, Any], base: Limits, where: str) -> Limits:
 
 def load(path: Path | None = None, **overrides: Any) -> ServiceConfig:
     """The configuration from *path* (if any) with command-line *overrides* (those not None) on top."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-
     config = ServiceConfig()
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise UsageError(f"service configuration {path} not found") from None
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise UsageError(f"service configuration {path}: {exc}") from None
-        for key in data:
-            if key not in SECTIONS:
-                raise UsageError(f"{path}: unknown section [{key}]; known: {', '.join(SECTIONS)}")
-    service = _table(data, "service", Path(str(path)))
-    simple = {
-        "host": str, "port": int, "backend": str, "profile": str, "auth": str, "proxy_header": str,
-        "trusted_proxies": list, "admins": list, "base_url": str, "secure_cookies": bool,
-        "local_ranks": int, "poll_s": float, "lease_s": float, "max_attempts": int, "claim_wait_s": float,
-        "database": str, "max_running": int, "max_checks": int, "nice": int,
-    }  # fmt: skip
-    for key, value in service.items():
-        if key == "data_dir":
-            config.data_dir = Path(os.path.expandvars(os.path.expanduser(str(value))))
-        elif key in simple:
-            want = simple[key]
-            if want is float and isinstance(value, int):
-                value = float(value)
-            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-                raise UsageError(f"{path} [service]: {key} must be a {want.__name__}")
-            setattr(config, key, value)
-        else:
-            raise UsageError(f"{path} [service]: unknown setting {key!r}")
-    uploads = _table(data, "uploads", Path(str(path)))
-    for key, value in uploads.items():
+    data = _read(path)
+    where = Path(str(path))
+    _service(config, _table(data, "service", where), path)
+    for key, value in _table(data, "uploads", where).items():
         if key not in ("max_mb", "max_files", "max_unzipped_mb") or not isinstance(value, int):
             raise UsageError(
                 f"{path} [uploads]: {key} must be one of max_mb, max_files, max_unzipped_mb (a number)"
             )
         setattr(config, f"upload_{key}", value)
-    config.limits = _limits(_table(data, "limits", Path(str(path))), Limits(), f"{path} [limits]")
-    for user, values in _table(data, "users", Path(str(path))).items():
+    config.limits = _limits(_table(data, "limits", where), Limits(), f"{path} [limits]")
+    for user, values in _table(data, "users", where).items():
         if not isinstance(values, dict):
             raise UsageError(f"{path}: [users.{user}] must be a table")
         config.users[user] = _limits(values, config.limits, f"{path} [users.{user}]")
-    mail = _table(data, "mail", Path(str(path)))
+    mail = _table(data, "mail", where)
     config.mail_host = str(mail.get("host", config.mail_host))
     config.mail_port = int(mail.get("port", config.mail_port))
     config.mail_sender = str(mail.get("sender", config.mail_sender))
-    config.webhook_hosts = list(_table(data, "webhooks", Path(str(path))).get("allowed_hosts", []))
+    config.webhook_hosts = list(_table(data, "webhooks", where).get("allowed_hosts", []))
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, Path(value).expanduser() if key == "data_dir" else value)
     return config.check()
+
+
+def _read(path: Path | None) -> dict[str, Any]:
+    """The TOML file's tables (none without a file); a clear error for a missing file or section."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"service configuration {path} not found") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"service configuration {path}: {exc}") from None
+    for key in data:
+        if key not in SECTIONS:
+            raise UsageError(f"{path}: unknown section [{key}]; known: {', '.join(SECTIONS)}")
+    return data
+
+
+SERVICE_SETTINGS = {
+    "host": str, "port": int, "backend": str, "profile": str, "auth": str, "proxy_header": str,
+    "trusted_proxies": list, "admins": list, "base_url": str, "secure_cookies": bool,
+    "local_ranks": int, "poll_s": float, "lease_s": float, "max_attempts": int, "claim_wait_s": float,
+    "database": str, "max_running": int, "max_checks": int, "nice": int,
+}  # fmt: skip
+
+
+def _service(config: ServiceConfig, service: dict[str, Any], path: Path | None) -> None:
+    """[service] into *config*, each value of its type."""
+    for key, value in service.items():
+        if key == "data_dir":
+            config.data_dir = Path(os.path.expandvars(os.path.expanduser(str(value))))
+            continue
+        want = SERVICE_SETTINGS.get(key)
+        if want is None:
+            raise UsageError(f"{path} [service]: unknown setting {key!r}")
+        if want is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise UsageError(f"{path} [service]: {key} must be a {want.__name__}")
+        setattr(config, key, value)
