@@ -179,9 +179,8 @@ def _run_root(
     confinement: dict,
     gpus: dict[str, dict[str, str]],
 ) -> int:
-    from ..errors import RemoteError
     from . import checkpoint, session
-    from .fit import Failures, fitter_class, run_fit, write_exports
+    from .fit import Failures, fitter_class, run_fit
     from .mapper import Mapper
     from .progress import ProgressMonitor
 
@@ -243,18 +242,7 @@ def _run_root(
             abort_test=(lambda: checkpointer.stopped) if checkpointer else None,
         )
     except BaseException as exc:  # noqa: B036 - report it, stop the workers, exit non-zero
-        count, evaluations = failed()
-        every = count and count >= evaluations
-        why = failures.verdict(count, evaluations, math.inf if every else 0.0) if count else None
-        if isinstance(exc, RemoteError):
-            report = {"host": exc.host, "traceback": exc.remote_traceback, "message": str(exc)}
-            _write_error(jobdir, "fit", exc.rank, report, point=exc.point)
-        elif why is not None:  # the fitter broke on a model that failed (Bumps went on with inf values)
-            report = _report(exc)
-            report.update(message=why, traceback=f"{failures.first or ''}\n{report['traceback']}".strip())
-            _write_error(jobdir, "fit", 0, report, failed_evaluations=count, evaluations=evaluations)
-        else:
-            _write_error(jobdir, "fit", 0, _report(exc))
+        _fit_failed(jobdir, exc, failures, *failed())
         mapper.stop()
         return 1
     mapper.stop()
@@ -282,16 +270,7 @@ def _run_root(
         evaluations=evaluations,
         **({"gpus": gpus} if gpus else {}),  # each rank's GPUs, as its runtime and Slurm named them
     )
-    try:
-        result["exports"] = write_exports(driver, spec["fit"], jobdir.file(EXPORT_DIR))
-    except Exception as exc:  # the fit's result must not be lost to a failed export
-        result["export_error"] = _report(exc)["message"]
-    try:  # for Bumps' own viewer (bumps-submit open); the result stands without it
-        best = [p["best"] for p in result["parameters"]]
-        session.write(jobdir.file(SESSION_FILE), driver, fit_id, options, convergence, best, result["nllf"])
-        result["session"] = SESSION_FILE
-    except Exception as exc:
-        result["session_error"] = _report(exc)["message"]
+    _bumps_files(jobdir, driver, fit_id, options, convergence, result)
     try:
         write_json(jobdir.file(RESULT_FILE), result)
     except OSError as exc:  # a full disk: say so where we can, with the numbers, and fail visibly
@@ -306,6 +285,42 @@ def _run_root(
     if not stop.poll():  # near the time limit, the figures wait for `bumps-submit plot` or `report`
         _figures_and_report(jobdir, driver, fit_id, result)
     return 0
+
+
+def _fit_failed(jobdir: JobDir, exc: BaseException, failures: Any, count: int, evaluations: int) -> None:
+    """error.json for a fit that raised: a rank's failure, a fitter broken by a failing model, or else."""
+    from ..errors import RemoteError
+
+    every = count and count >= evaluations
+    why = failures.verdict(count, evaluations, math.inf if every else 0.0) if count else None
+    if isinstance(exc, RemoteError):
+        report = {"host": exc.host, "traceback": exc.remote_traceback, "message": str(exc)}
+        _write_error(jobdir, "fit", exc.rank, report, point=exc.point)
+    elif why is not None:  # the fitter broke on a model that failed (Bumps went on with inf values)
+        report = _report(exc)
+        report.update(message=why, traceback=f"{failures.first or ''}\n{report['traceback']}".strip())
+        _write_error(jobdir, "fit", 0, report, failed_evaluations=count, evaluations=evaluations)
+    else:
+        _write_error(jobdir, "fit", 0, _report(exc))
+
+
+def _bumps_files(
+    jobdir: JobDir, driver: Any, fit_id: str, options: dict, convergence: Any, result: dict[str, Any]
+) -> None:
+    """Bumps' own exports and its session file, beside the result; the result stands without them."""
+    from . import session
+    from .fit import write_exports
+
+    try:
+        result["exports"] = write_exports(driver, fit_id, jobdir.file(EXPORT_DIR))
+    except Exception as exc:  # the fit's result must not be lost to a failed export
+        result["export_error"] = _report(exc)["message"]
+    try:  # for Bumps' own viewer (bumps-submit open)
+        best = [p["best"] for p in result["parameters"]]
+        session.write(jobdir.file(SESSION_FILE), driver, fit_id, options, convergence, best, result["nllf"])
+        result["session"] = SESSION_FILE
+    except Exception as exc:
+        result["session_error"] = _report(exc)["message"]
 
 
 FIGURES_BUDGET_S = 300  # drawing at the job's end stops here; `bumps-submit plot` can always draw later
