@@ -34,35 +34,7 @@ def pages_router(c: Controller, templates: Jinja2Templates) -> APIRouter:
             request, name, {"user": user, "csrf": csrf, "version": __version__, **context}, status_code=status
         )
 
-    @routes.get("/login", response_class=HTMLResponse)
-    def login_page(request: Request) -> HTMLResponse:
-        return page(request, "login.html", None, auth_mode=config.auth)
-
-    @routes.post("/login")
-    def login(request: Request, token: str = Form("")) -> Any:
-        client = auth.client_address(dict(request.headers), request.client.host if request.client else None)
-        try:
-            found = auth.login(token, client)
-        except PermissionError as exc:
-            return page(request, "login.html", None, status=429, error=str(exc), auth_mode=config.auth)
-        if found is None:
-            error = "that token is not valid"
-            return page(request, "login.html", None, status=401, error=error, auth_mode=config.auth)
-        session, _ = found
-        response = RedirectResponse("/", status_code=303)
-        response.set_cookie(
-            COOKIE, session, httponly=True, samesite="strict", secure=config.secure_cookies, max_age=12 * 3600
-        )
-        return response
-
-    @routes.post("/logout")
-    def logout(request: Request, csrf: str = Form(""), user: User = Depends(c.page_user)) -> Any:
-        c.changing(request, user, csrf)
-        if user.session:
-            c.store.end_session(user.session)
-        response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(COOKIE)
-        return response
+    _login_routes(routes, c, page)
 
     @routes.get("/", response_class=HTMLResponse)
     def home(request: Request, user: User = Depends(c.page_user)) -> HTMLResponse:
@@ -126,3 +98,38 @@ def pages_router(c: Controller, templates: Jinja2Templates) -> APIRouter:
         return RedirectResponse("/", status_code=303)
 
     return routes
+
+
+def _login_routes(routes: APIRouter, c: Controller, page: Any) -> None:
+    """Log in (a token, or the proxy's word) and out."""
+    config, auth = c.config, c.auth
+
+    @routes.get("/login", response_class=HTMLResponse)
+    def login_page(request: Request) -> HTMLResponse:
+        return page(request, "login.html", None, auth_mode=config.auth)
+
+    @routes.post("/login")
+    def login(request: Request, token: str = Form("")) -> Any:
+        client = auth.client_address(dict(request.headers), request.client.host if request.client else None)
+        try:
+            found = auth.login(token, client)
+        except PermissionError as exc:
+            return page(request, "login.html", None, status=429, error=str(exc), auth_mode=config.auth)
+        if found is None:
+            error = "that token is not valid"
+            return page(request, "login.html", None, status=401, error=error, auth_mode=config.auth)
+        session, _ = found
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(
+            COOKIE, session, httponly=True, samesite="strict", secure=config.secure_cookies, max_age=12 * 3600
+        )
+        return response
+
+    @routes.post("/logout")
+    def logout(request: Request, csrf: str = Form(""), user: User = Depends(c.page_user)) -> Any:
+        c.changing(request, user, csrf)
+        if user.session:
+            c.store.end_session(user.session)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
