@@ -98,6 +98,14 @@ def router(queue: Queue, admin_user: Any, on_end: Any) -> APIRouter:
             "cache_key": cache_key(fit["owner"]),  # the owner's library cache on the worker, not their name
         }  # fmt: skip
 
+    _fit_routes(routes, queue, worker, fenced, on_end)
+    _upload_routes(routes, queue, worker, fenced)
+    return routes
+
+
+def _fit_routes(routes: APIRouter, queue: Queue, worker: Any, fenced: Any, on_end: Any) -> None:
+    """A claimed fit's own: its bundle, its last checkpoint, heartbeats, its end."""
+
     @routes.get("/api/v1/dispatch/fits/{fit_id}/bundle")
     def bundle(fit_id: str, lease: str, who: dict = Depends(worker)) -> Response:
         fenced(fit_id, lease, who)
@@ -123,6 +131,22 @@ def router(queue: Queue, admin_user: Any, on_end: Any) -> APIRouter:
             return queue.heartbeat(fit_id, body.lease, who, report)
         except Fenced as exc:
             raise HTTPException(409, str(exc)) from None
+
+    @routes.post("/api/v1/dispatch/fits/{fit_id}/complete")
+    def complete(fit_id: str, body: Completion, who: dict = Depends(worker)) -> dict[str, Any]:
+        try:
+            accepted = queue.complete(fit_id, body.lease, who, body.state, body.message)
+        except Fenced as exc:
+            raise HTTPException(409, str(exc)) from None
+        except (Refused, ValueError) as exc:
+            raise HTTPException(422, str(exc)) from None
+        if accepted:
+            on_end(fit_id)
+        return {"fit": fit_id, "accepted": accepted}
+
+
+def _upload_routes(routes: APIRouter, queue: Queue, worker: Any, fenced: Any) -> None:
+    """A claimed fit's files and checkpoints, streamed up with their SHA-256, each whole or not at all."""
 
     async def _body(request: Request) -> Any:
         """The request's body in a temporary file (in memory while small), up to FILE_LIMIT."""
@@ -168,17 +192,3 @@ def router(queue: Queue, admin_user: Any, on_end: Any) -> APIRouter:
         except Fenced as exc:
             raise HTTPException(409, str(exc)) from None
         return JSONResponse({"stored": "checkpoint.h5", "new": new}, status_code=201 if new else 200)
-
-    @routes.post("/api/v1/dispatch/fits/{fit_id}/complete")
-    def complete(fit_id: str, body: Completion, who: dict = Depends(worker)) -> dict[str, Any]:
-        try:
-            accepted = queue.complete(fit_id, body.lease, who, body.state, body.message)
-        except Fenced as exc:
-            raise HTTPException(409, str(exc)) from None
-        except (Refused, ValueError) as exc:
-            raise HTTPException(422, str(exc)) from None
-        if accepted:
-            on_end(fit_id)
-        return {"fit": fit_id, "accepted": accepted}
-
-    return routes
