@@ -33,14 +33,14 @@ def campaign_of(ref: str) -> Any:
 
 def campaign_results(found: Any, as_json: bool, as_csv: bool) -> None:
     """The table on stdout (text, CSV or JSON); exit 1 after it when some fits have no results."""
-    from ..front import campaign
+    from ..front import campaign_table
 
     rows = found.table()
-    written = campaign.write_report(found.campaign_dir, rows)
+    written = campaign_table.write_report(found.campaign_dir, rows)
     if as_json:
         emit_json(rows)
     elif as_csv:
-        click.echo(plain(campaign.write_csv(found.campaign_dir, rows)), nl=False)
+        click.echo(plain(campaign_table.write_csv(found.campaign_dir, rows)), nl=False)
     else:
         print_table(rows)
         if written is not None:

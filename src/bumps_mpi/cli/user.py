@@ -212,10 +212,11 @@ def plot(job: str, out: str | None, fmt: str, as_json: bool) -> None:
     if found_campaign is not None:
         from pathlib import Path
 
-        from ..front import campaign
+        from ..front import campaign_table
 
         rows = found_campaign.table()
-        paths = campaign.plot(found_campaign.campaign_dir, rows, None if out is None else Path(out), fmt)
+        where = None if out is None else Path(out)
+        paths = campaign_table.plot(found_campaign.campaign_dir, rows, where, fmt)
         if as_json:
             emit_json({"figures": [str(p) for p in paths]})
         for path in [] if as_json else paths:

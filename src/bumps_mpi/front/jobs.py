@@ -21,6 +21,7 @@ from ..errors import BumpsMpiError, JobNotFound, UsageError
 from ..jobdir import JobDir
 from . import api
 from . import campaign as campaigns
+from . import campaign_table as tables
 
 
 class WaitTimeout(BumpsMpiError, TimeoutError):
@@ -207,28 +208,28 @@ class Campaign:
     def table(self, dataframe: bool = False) -> Any:
         """One row per fit (index, label, job_id, state, chisq, parameters, error, job_dir); with
         *dataframe*, a pandas DataFrame of the CSV's columns (pandas must be installed)."""
-        rows = campaigns.table(self.campaign_dir)
+        rows = tables.table(self.campaign_dir)
         if not dataframe:
             return rows
         try:
             import pandas
         except ImportError:
             raise UsageError("table(dataframe=True) needs pandas: pip install pandas") from None
-        columns, flat = campaigns.flat(rows)
+        columns, flat = tables.flat(rows)
         return pandas.DataFrame(flat, columns=columns)
 
     def report(self) -> Path:
         """Write the campaign's report.html (each parameter across the fits, their chi-square, the table,
         links to each fit's report) and return its path."""
-        written = campaigns.write_report(self.campaign_dir, campaigns.table(self.campaign_dir))
+        written = tables.write_report(self.campaign_dir, tables.table(self.campaign_dir))
         if written is None:
             raise UsageError(f"cannot write the report in {self.campaign_dir}: is it read-only?")
         return written
 
     def plot(self, out: str | Path | None = None, fmt: str = "png") -> list[Path]:
         """The report's figures as files (in the campaign's figures/, or *out*); their paths."""
-        rows = campaigns.table(self.campaign_dir)
-        return campaigns.plot(self.campaign_dir, rows, None if out is None else Path(out), fmt)
+        rows = tables.table(self.campaign_dir)
+        return tables.plot(self.campaign_dir, rows, None if out is None else Path(out), fmt)
 
     def results(self) -> list[Results | None]:
         """Each fit's Results, None for a fit without them (its row in table() says why)."""

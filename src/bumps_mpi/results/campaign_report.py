@@ -64,7 +64,7 @@ def _finite(value: Any) -> float | None:
 
 
 def series(rows: list[dict[str, Any]]) -> Series:
-    """The campaign table (bumps_mpi.front.campaign.table) as the figures' points."""
+    """The campaign table (bumps_mpi.front.campaign_table.table) as the figures' points."""
     labels = [str(row.get("label")) for row in rows]
     numbers = [label_number(label) for label in labels]
     numeric = len(rows) > 1 and None not in numbers and len(set(numbers)) == len(numbers)
