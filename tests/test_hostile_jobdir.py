@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MODELS, ParsedPage, as_user, cli, fake_job, wait_until
+from conftest import EXAMPLE, MODELS, ParsedPage, as_user, cli, fake_job, wait_until
 
 from bumps_mpi.jobdir import JobDir, control_dir
 from bumps_mpi.results import figures
@@ -379,3 +379,37 @@ def test_a_forged_sandbox_record_is_described_as_unreadable_not_an_error():
     record = {"level": "require", "abi": 6, "rlimits": {"file_size_mb": 1}, "opened": [1, "/c"]}
     shown = policy.describe(record)
     assert shown.endswith("writable besides the job: 1, /c")
+
+
+def test_plot_draws_outside_the_job_and_installs_only_the_figures_it_drew(isolated, tmp_path):
+    """`plot` runs the model in a child: that child confines itself to a private scratch directory
+    outside the job (a running model could swap one inside the job for a link to the home directory),
+    and only the figures its manifest names, regular files, leave it: not the numpy.py, the
+    sitecustomize.py or the link to a secret that the model left beside them."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET")
+    seen = tmp_path / "seen.txt"
+    model = tmp_path / "models" / "leaves_things.py"
+    model.parent.mkdir()
+    model.write_text(  # where the drawing child draws: its request, on its command line
+        "import json, os\nfrom pathlib import Path\n"
+        "words = open('/proc/self/cmdline', 'rb').read().split(b'\\0')\n"
+        "asked = [json.loads(w) for w in words if w.startswith(b'{')]\n"
+        "if asked and 'out' in asked[0]:\n"
+        "    here = Path(asked[0]['out'])\n"
+        f"    open({str(seen)!r}, 'a').write(str(here))\n"
+        "    for name in ('numpy.py', 'sitecustomize.py'):\n"
+        "        (here / name).write_text('raise SystemExit(\"planted\")')\n"
+        f"    os.symlink({str(secret)!r}, here / 'model.png')\n" + EXAMPLE.read_text()
+    )
+    job = fake_job(isolated / "jobs" / "leaver", model=str(model))
+    out = tmp_path / "out"
+    drawn = cli("plot", job, "--out", out, "--json")
+    assert drawn.returncode == 0, drawn.stderr
+    where = seen.read_text() if seen.exists() else ""
+    assert where and not where.startswith(str(job)), where  # the child's own directory: not in the job
+    names = sorted(p.name for p in out.iterdir())
+    assert "numpy.py" not in names and "sitecustomize.py" not in names, names
+    assert all(p.is_file() and not p.is_symlink() for p in out.iterdir())
+    assert not any(b"TOP-SECRET" in p.read_bytes() for p in out.iterdir())
+    assert "figures.json" in names and any(n.endswith(".png") for n in names), names

@@ -34,10 +34,12 @@ from ..jobdir import (
     FIGURES_MANIFEST,
     RESULT_FILE,
     JobDir,
+    read_regular,
     write_json,
 )
 
 FORMATS = ("png", "svg", "pdf")
+FIGURE_MAX_BYTES = 32 << 20  # a figure larger than this is not taken (Bumps' PNGs are tens of KB)
 TITLES = {  # what each of Bumps' figures shows, for captions
     "vars": "Posterior distribution of each parameter",
     "corr": "Correlations between parameters",
@@ -289,7 +291,11 @@ def main(argv: list[str]) -> None:
 
 
 def plot(job: JobDir, out: Path | None, fmt: str, state_word: str | None, timeout: float) -> dict[str, Any]:
-    """Draw a job's figures in a child process into *out* (default: the job's figures/); the manifest."""
+    """Draw a job's figures in a child process into *out* (default: the job's figures/); the manifest.
+
+    The child runs the model, confined, in a private scratch directory outside the job (which a running
+    model could otherwise replace by a link, and the child would confine itself to the link's target);
+    only the figures its manifest names, regular files with plain names, are then copied into place."""
     import tempfile
 
     from ..errors import BumpsMpiError, UsageError
@@ -299,51 +305,98 @@ def plot(job: JobDir, out: Path | None, fmt: str, state_word: str | None, timeou
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     destination = Path(out).absolute() if out is not None else job.file(FIGURES_DIR)
-    try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(dir=destination.parent, prefix=".figures-", suffix=".tmp"))
-    except OSError as exc:
-        raise BumpsMpiError(
-            f"cannot write figures under {destination.parent}: {exc.strerror or exc}"
-        ) from None
+    scratch = Path(tempfile.mkdtemp(prefix="bumps-mpi-figures-"))  # the user's own, 0700
     try:
         env = {**dict.fromkeys(THREAD_VARIABLES, "1"), "MPLBACKEND": "Agg"}
         request = {"job_dir": str(job.path), "out": str(scratch), "format": fmt, "state": state_word}
         done = child.run("bumps_mpi.results.figures", request, timeout, env=env)
         answer = done.answer if isinstance(done.answer, dict) else {}
-        if not answer.get("ok"):
+        if not answer.get("ok") or not isinstance(answer.get("manifest"), dict):
             why = answer.get("message") or (
                 f"did not finish in {timeout:g} s"
                 if done.timed_out
                 else done.crash() or "ended without an answer"
             )
             raise BumpsMpiError(f"drawing the figures of {job.path} failed: {why}", output=done.output)
-        install(scratch, destination)
+        manifest = _sane(answer["manifest"])
+        try:
+            install(_drawn(scratch, manifest), destination)
+        except OSError as exc:
+            raise BumpsMpiError(f"cannot write figures in {destination}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    manifest = answer["manifest"]
     manifest["directory"] = str(destination)
     return manifest
 
 
-def install(drawn: Path, destination: Path) -> None:
-    """Put freshly drawn figures in place: a reader sees the old set or the new one, never a mix."""
+def _drawn(scratch: Path, manifest: dict[str, Any]) -> dict[str, bytes]:
+    """What the child drew, by name: the figures its (sane) manifest names, each a regular file (no link
+    followed, size capped), and the manifest itself. Anything else the model left there stays there."""
+    found = {}
+    for figure in manifest["figures"]:
+        try:
+            found[figure["file"]] = read_regular(scratch / figure["file"], FIGURE_MAX_BYTES)
+        except OSError:
+            continue
+    manifest["figures"] = [f for f in manifest["figures"] if f["file"] in found]
+    found[FIGURES_MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    return found
+
+
+def install(drawn: Path | dict[str, bytes], destination: Path) -> None:
+    """Put freshly drawn figures in place: a reader sees the old set or the new one, never a mix.
+
+    *drawn* is the figures by name (or a directory of them, drawn by this process). Into the job's own
+    figures/ they go as a whole new set, staged beside it and written through the staging directory's
+    descriptor (never through a link the model put in its place); into a directory the user named, our
+    files are added or replaced, nothing else."""
     import os
+    import tempfile
 
     from ..jobdir import current_umask
 
-    os.chmod(drawn, 0o777 & ~current_umask())  # mkdtemp made it 0700
-    if destination.is_dir() and destination.name == FIGURES_DIR:  # ours: replace the whole set
+    if isinstance(drawn, Path):
+        drawn = {p.name: p.read_bytes() for p in drawn.iterdir() if p.is_file() and not p.is_symlink()}
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    ours = destination.name == FIGURES_DIR and (destination.is_dir() or not destination.exists())
+    staging = None
+    if ours:
+        staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=".figures-", suffix=".tmp"))
+    target = staging if staging is not None else destination
+    target.mkdir(parents=True, exist_ok=True)
+    no_link = os.O_NOFOLLOW if staging is not None else 0  # the user's own directory may be a link
+    fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | no_link | os.O_CLOEXEC)
+    try:
+        if staging is not None:
+            os.fchmod(fd, 0o777 & ~current_umask())  # mkdtemp made it 0700; never chmod through a link
+        for name, data in drawn.items():
+            _write_beneath(fd, name, data)
+    finally:
+        os.close(fd)
+    if staging is None:
+        return
+    if destination.is_dir() and not destination.is_symlink():  # ours: replace the whole set
         old = destination.with_name(f".{FIGURES_DIR}-old-{os.getpid()}")
         os.rename(destination, old)
-        os.rename(drawn, destination)
+        os.rename(staging, destination)
         shutil.rmtree(old, ignore_errors=True)
         return
-    if not destination.exists():
-        os.rename(drawn, destination)
-        return
-    for path in drawn.iterdir():  # a directory the user named: add (and replace) our files only
-        os.replace(path, destination / path.name)
+    if destination.is_symlink():  # the model's link in place of figures/: never followed, replaced
+        destination.unlink()
+    os.rename(staging, destination)
+
+
+def _write_beneath(directory: int, name: str, data: bytes) -> None:
+    """One file in the directory open as *directory*, by a plain name, replaced whole, no link followed."""
+    import os
+
+    if "/" in name or name in ("", ".", ".."):
+        raise OSError(22, f"not a plain file name: {name!r}")
+    partial = f".{name}.{os.getpid()}.partial"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(partial, flags, 0o666, dir_fd=directory), "wb") as handle:
+        handle.write(data)
+    os.replace(partial, name, src_dir_fd=directory, dst_dir_fd=directory)
 
 
 def in_job(jobdir: JobDir, problem: Any, best: Any, state: Any) -> dict[str, Any]:

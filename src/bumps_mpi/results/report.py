@@ -30,9 +30,8 @@ from ..jobdir import (
     write_atomic,
 )
 from ..version import __version__
-from .figures import manifest_of
+from .figures import FIGURE_MAX_BYTES, manifest_of
 
-FIGURE_MAX_BYTES = 32 << 20  # a figure larger than this is not embedded (Bumps' PNGs are tens of KB)
 FIGURES_MAX_BYTES = 128 << 20  # all figures of one report together
 
 STYLE = """
