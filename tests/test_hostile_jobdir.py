@@ -413,3 +413,23 @@ def test_plot_draws_outside_the_job_and_installs_only_the_figures_it_drew(isolat
     assert all(p.is_file() and not p.is_symlink() for p in out.iterdir())
     assert not any(b"TOP-SECRET" in p.read_bytes() for p in out.iterdir())
     assert "figures.json" in names and any(n.endswith(".png") for n in names), names
+
+
+def test_a_link_in_place_of_the_private_directory_is_replaced_not_followed(landlock_abi, tmp_path):
+    """A job directory from an earlier run is the model's: its tmp/ may be a link to the user's files.
+    Confining a rank, a viewer or a child there removes the link and makes a real directory."""
+    from bumps_mpi.sandbox import policy
+
+    own, elsewhere = tmp_path / "job", tmp_path / "elsewhere"
+    own.mkdir()
+    elsewhere.mkdir()
+    (own / "tmp").symlink_to(elsewhere)
+    code = (
+        "import json, sys; from pathlib import Path; from bumps_mpi.sandbox import policy as p; "
+        "p.apply(p.Policy(level='best-effort', read=[*p.python_paths(), *p.SYSTEM_READ]), Path(sys.argv[1]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(own)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (own / "tmp").is_dir() and not (own / "tmp").is_symlink()
+    assert sorted(elsewhere.iterdir()) == []  # nothing was made through the link
+    assert policy.TMP_DIR == "tmp"

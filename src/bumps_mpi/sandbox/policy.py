@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import resource
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,8 +131,7 @@ def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
             f"sandbox=require: this kernel ({os.uname().release}) offers Landlock ABI {abi}, and the sandbox "
             f"needs ABI {policy.needed_abi()}; missing: {'; '.join(missing)}"
         )
-    private = own_dir / TMP_DIR
-    private.mkdir(exist_ok=True)
+    private = _private_dir(own_dir / TMP_DIR)
     cache = Path(policy.cache) if policy.cache else None
     cache_problem = None
     if cache is not None:
@@ -141,7 +141,6 @@ def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
             cache_problem = f"library cache {cache}: {exc.strerror or exc}; kernels compiled per job"
             cache = None
     os.environ.update(libraries.environment(private, cache))
-    _seed_numba_cache(private / "numba")
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     limit = policy.max_file_mb << 20
     hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
@@ -157,6 +156,7 @@ def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
         **({"cache_problem": cache_problem} if cache_problem else {}),
     }
     if abi < 1:
+        _seed_numba_cache(private / "numba")
         return enforced
     scopes = landlock.SCOPE_SIGNAL | landlock.SCOPE_ABSTRACT_UNIX_SOCKET
     ruleset = landlock.Ruleset(abi, handle_net=policy.restrict_network, scopes=scopes)
@@ -166,6 +166,7 @@ def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
     for port in policy.bind_ports:
         ruleset.allow_port(port, landlock.NET_BIND_TCP)
     ruleset.restrict_self()
+    _seed_numba_cache(private / "numba")  # confined: a link the model left there leads nowhere
     enforced.update(
         read=read,
         write=write,
@@ -181,6 +182,21 @@ def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
         opened=[p for p in write if p not in (str(own_dir), *SYSTEM_WRITE)],
     )
     return enforced
+
+
+def _private_dir(path: Path) -> Path:
+    """The process's private directory in its own (a job's, possibly written by its model before): a
+    real directory, never a link or a file the model left there, which unconfined code would follow."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        path.mkdir()
+        return path
+    if stat.S_ISDIR(info.st_mode):
+        return path
+    path.unlink()  # a link or a file in its place: removed, not followed
+    path.mkdir()
+    return path
 
 
 def _seed_numba_cache(cache: Path) -> None:
