@@ -242,10 +242,11 @@ def open_(job: str, port: int) -> None:
     """Open a finished fit in Bumps' own viewer (its webview), on this machine's loopback only.
 
     The viewer loads the fit's session.h5, which the job wrote, so which your
-    model could have written: open only your own fits. It runs confined as the
-    job's ranks did (it writes only the job directory and listens only on its
-    port). Point your browser at the address it prints (from a laptop: ssh -L);
-    Ctrl-C stops it.
+    model could have written: open only your own fits. It runs confined (the
+    full sandbox, required): it writes only the job directory and your library
+    cache, connects nowhere, and may listen only on its port. Bumps' webview has
+    no login: other accounts on this machine can reach it while it runs. Point
+    your browser at the address it prints (from a laptop: ssh -L); Ctrl-C stops it.
     """
     from ..front import api
 

@@ -214,6 +214,16 @@ def viewer(job: JobDir, port: int = 0) -> dict[str, Any]:
             f"{job.path} has no Bumps session ({SESSION_FILE}): a fit writes one when it completes "
             "(DREAM and the other fitters, from this version on); `bumps-submit report` shows the others"
         )
+    if (job.spec.get("sandbox") or {}).get("level") != "off":
+        from ..sandbox import landlock
+        from ..sandbox.policy import Policy
+
+        if landlock.abi_version() < Policy().needed_abi():
+            raise UsageError(
+                f"open loads the fit's session file, which its model could write, so the viewer runs "
+                f"confined, and this machine's kernel offers Landlock ABI {landlock.abi_version()} (the "
+                f"sandbox needs {Policy().needed_abi()}): open it where the sandbox works"
+            )
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port}: give a TCP port, 1 to 65535 (0: a free one)")
     if port == 0:

@@ -6,7 +6,12 @@ user's own act on their own fit, and the viewer runs confined as the job's
 ranks were (the request's sandbox, from the control directory): it reads the
 Python environment, the system and the model's place, writes only the job
 directory (Bumps saves the session back there) and the user's library cache,
-and may listen on its one loopback port and connect nowhere.
+and may listen on its one port and connect nowhere. Landlock limits the port, not
+the address: Bumps listens on 127.0.0.1, but code in the session could listen on
+that port on every address; and Bumps' webview has no login of its own, so other
+accounts on this machine can reach it while it runs. Hence: your own fits only.
+The viewer always requires the full sandbox (unless the fit itself ran with the
+sandbox off): on a machine without it, `open` refuses.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ def main(argv: list[str]) -> None:
     model_read, _ = sandbox.model_paths(job.spec["model"])
     confined = sandbox.apply(
         sandbox.Policy(
-            level=asked.get("level", "best-effort"),
+            level="off" if asked.get("level") == "off" else "require",  # a pickle from the job: confined
             read=[*sandbox.python_paths(), *sandbox.SYSTEM_READ, *model_read, *asked.get("read", [])],
             write=[*sandbox.SYSTEM_WRITE, *asked.get("write", [])],
             restrict_network=True,
