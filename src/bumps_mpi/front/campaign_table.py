@@ -97,12 +97,20 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> str:
 
     columns, lines = flat(rows)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(lines)
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([_inert(c) for c in columns])
+    writer.writerows([[_inert(line[c]) for c in columns] for line in lines])
     text = buffer.getvalue()
     try:
         write_atomic(path / "results.csv", text)
     except OSError:
         pass  # a read-only campaign directory: the table is still printed
     return text
+
+
+def _inert(value: Any) -> Any:
+    """A cell a spreadsheet will not run: text that starts like a formula (a parameter's name or an
+    error is the model's to choose) gets a leading quote; numbers and empty cells are left as they are."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value

@@ -29,6 +29,8 @@ from .figures import manifest_of
 from .report import POLICY, STYLE
 
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+MAX_PARAMETERS = 50  # figures at most: more names than this are not a model's parameters but a flood
+MAX_NAME = 200  # characters of a parameter's name or a label shown
 FAILED_COLOUR = "tab:red"
 
 
@@ -65,12 +67,13 @@ def _finite(value: Any) -> float | None:
 
 def series(rows: list[dict[str, Any]]) -> Series:
     """The campaign table (bumps_mpi.front.campaign_table.table) as the figures' points."""
-    labels = [str(row.get("label")) for row in rows]
+    labels = [str(row.get("label"))[:MAX_NAME] for row in rows]
     numbers = [label_number(label) for label in labels]
     numeric = len(rows) > 1 and None not in numbers and len(set(numbers)) == len(numbers)
     positions = [float(n or 0.0) for n in numbers] if numeric else [float(i) for i in range(len(rows))]
     out = Series(labels, positions, numeric, [_finite(row.get("chisq")) for row in rows])
-    names = list(dict.fromkeys(n for row in rows for n in row.get("parameters", {})))
+    names = list(dict.fromkeys(str(n)[:MAX_NAME] for row in rows for n in row.get("parameters", {})))
+    names = names[:MAX_PARAMETERS]  # the fits' result files are their models' to write
     for i, row in enumerate(rows):
         if row.get("chisq") is None:
             out.failed.append(i)
@@ -115,6 +118,13 @@ def draw(points: Series, fmt: str = "png") -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
+    with matplotlib.rc_context():  # Matplotlib's own defaults: no matplotlibrc from here, no TeX
+        matplotlib.rcdefaults()
+        matplotlib.rcParams["text.usetex"] = False
+        return _draw(points, fmt)
+
+
+def _draw(points: Series, fmt: str) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     out: dict[str, bytes] = {}
