@@ -140,6 +140,12 @@ def test_a_refused_write_is_named_with_the_option_that_opens_it(account):
     assert opened.returncode == 0, opened.stderr
     assert json.loads(opened.stdout)["spec"]["sandbox"]["write"] == [str(wanted)]
     assert (wanted / "state").read_text() == "x"
+    for unsafe in (account.home, account.home / ".config"):  # what unconfined programs read: refused
+        (account.home / ".config").mkdir(exist_ok=True)
+        refused = account.cli(
+            "submit", models / "writes_home.py", "--dry-run", "--jobs-dir", account.jobs, "--write", unsafe
+        )
+        one_line_error(refused, str(unsafe), "a directory of its own")
 
 
 def test_four_ranks_compiling_the_same_kernel_into_a_cold_cache_at_once(mpiexec, landlock_abi, tmp_path):

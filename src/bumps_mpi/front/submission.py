@@ -308,6 +308,9 @@ def _sandbox_request(settings: Settings, more_read: list[str], more_write: list[
     read = [str(Path(os.path.expanduser(p)).resolve()) for p in settings["sandbox_read"]]
     write = [str(Path(os.path.expanduser(p)).resolve()) for p in settings.get("sandbox_write") or []]
     cache = settings.get("sandbox_cache") or ""
+    for path in [*write, *more_write]:
+        _writable_enough("--write/sandbox_write", path)
+    _writable_enough("sandbox_cache", cache)
     return {
         "level": level,
         "read": [*read, *more_read],
@@ -316,6 +319,30 @@ def _sandbox_request(settings: Settings, more_read: list[str], more_write: list[
         "gpus": int(settings.get("gpus") or 0),  # their device files are opened read-write
         "max_file_mb": settings["sandbox_max_file_mb"],
     }
+
+
+def _writable_enough(where: str, path: str) -> None:
+    """A path the sandbox opens for writing must be a place of its own: never the home directory or
+    above it, nor a directory unconfined programs read code or settings from (the Python environment,
+    ~/.local, ~/.config, ~/.cache itself), where what a model wrote would run outside its sandbox."""
+    if not path:
+        return
+    from ..sandbox.policy import python_paths
+
+    chosen = Path(os.path.expanduser(os.path.expandvars(path))).absolute()
+    home = Path.home().absolute()
+    shared = [home / ".local", home / ".config", home / ".cache", home]
+    code = [Path(p) for p in python_paths() if p.startswith("/")]
+    if (
+        chosen in shared
+        or chosen in home.parents
+        or chosen == Path("/")
+        or any(chosen == p or p.is_relative_to(chosen) or chosen.is_relative_to(p) for p in code)
+    ):
+        raise UsageError(
+            f"{where} {path}: a model could write there what unconfined programs of yours read or run "
+            "(your home, its settings, your Python): give a directory of its own"
+        )
 
 
 def submit(request: JobRequest) -> dict[str, Any]:
