@@ -39,6 +39,8 @@ def test_the_gpu_device_files_a_job_may_open(tmp_path):
         (tmp_path / name).touch()
     (tmp_path / "dri").mkdir()
     (tmp_path / "dri" / "renderD128").touch()
+    (tmp_path / "dri" / "card0").touch()  # a display: not a GPU job's business
+    (tmp_path / "nvidia-caps").mkdir()  # a directory: every right beneath it, so never opened
     every = [tmp_path / n for n in ("nvidia-uvm", "nvidia0", "nvidia1", "nvidiactl")] + [
         tmp_path / "dri" / "renderD128"
     ]

@@ -9,7 +9,9 @@ file. The real compiler is $BUMPS_MPI_CC (the user's CC, or cc).
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
+import socket
 import subprocess
 import sys
 
@@ -21,7 +23,8 @@ def main(argv: list[str]) -> int:
     if "-o" in args[:-1]:
         where = args.index("-o") + 1
         target = args[where]
-        args[where] = f"{target}.{os.getpid()}.partial"
+        # unique across the nodes sharing the cache (a pid is unique on one host only)
+        args[where] = f"{target}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.partial"
     done = subprocess.run([*compiler, *args], check=False).returncode
     if target is not None:
         partial = args[args.index("-o") + 1]

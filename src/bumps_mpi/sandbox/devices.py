@@ -29,11 +29,23 @@ def gpu_device_files(dev: str = "/dev", env: Mapping[str, str] | None = None) ->
     found = []
     for path in sorted(glob.glob(os.path.join(dev, "nvidia*"))):
         name = os.path.basename(path)
+        if not os.path.isfile(path) and not _is_device(path):  # a directory (nvidia-caps): not opened
+            continue
         if re.fullmatch(r"nvidia\d+", name) and wanted and name not in wanted:
             continue
-        found.append(path)
-    found += sorted(glob.glob(os.path.join(dev, "dri", "*")))
-    return found
+        if re.fullmatch(r"nvidia(\d+|ctl|-uvm|-uvm-tools|-modeset)", name):
+            found.append(path)
+    found += sorted(glob.glob(os.path.join(dev, "dri", "renderD*")))  # render nodes: compute, no display
+    return [p for p in found if os.path.isfile(p) or _is_device(p)]
+
+
+def _is_device(path: str) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def visible_gpus(env: Mapping[str, str] | None = None) -> dict[str, str]:
