@@ -25,15 +25,16 @@ MANY = MODELS / "many_files.py"  # slow_peak's fit, with 300 more files to uploa
 LONG_FIT = {"samples": "20000", "burn": "100", "seed": "5", "args": "0.005"}  # about 80 s on 2 ranks
 
 
-def dispatcher(lease_s: float = LEASE_S, database: str = "") -> Service:
-    service = Service(
+def dispatcher(services, lease_s: float = LEASE_S, database: str = "") -> Service:
+    """A controller in dispatch mode, started by the test's services fixture (closed at the test's end)."""
+    service = services(
         "dispatch",
         "[limits]\nmax_fits = 20\nmax_ranks = 2\n",
         settings=f'lease_s = {lease_s}\nmax_attempts = 3\nclaim_wait_s = 5\ndatabase = "{database}"\n',
         site="checkpoint_every = 2\n",
     )
     service.database = database
-    return service.start()
+    return service
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -43,10 +44,9 @@ def database(request):
 
 
 @pytest.fixture
-def controller(slurm_cluster, database):
-    service = dispatcher(database=database)
+def controller(slurm_cluster, database, services):
+    service = dispatcher(services, database=database)
     yield service
-    service.close()
     subprocess.run(["scancel", "--user", service.user.pw_name], check=False)
 
 
@@ -131,95 +131,81 @@ def claimed(worker: httpx.Client, timeout: float = 60) -> dict:
 
 
 def test_a_fit_whose_workers_vanish_fails_after_max_attempts_and_a_lost_workers_fit_can_be_cancelled(
-    slurm_cluster,
+    slurm_cluster, services
 ):
     """Workers that claim a fit and are never heard of again: the fit goes back to the queue after each
     lease, and ends FAILED after max_attempts (3) saying why; a fit cancelled while its worker is lost
     ends CANCELLED when the lease runs out, never queued again."""
-    service = dispatcher(lease_s=3)
-    try:
-        alice = service.client("alice")
-        doomed = submit(alice, EXAMPLE, samples="2000").json()
-        vanishing = registered(service, "vanishing", {})
-        for attempt in (1, 2, 3):
-            claim = claimed(vanishing)  # once its lease has run out, the fit comes back
-            assert claim["fit"] == doomed["id"] and claim["attempt"] == attempt, claim
-        wait_until(
-            lambda: alice.get(f"/api/v1/fits/{doomed['id']}").json()["state"] == "FAILED", "giving up", 60
-        )
-        shown = alice.get(f"/api/v1/fits/{doomed['id']}").json()
-        assert "gave up after 3 attempts" in shown["message"], shown
-        assert vanishing.post("/api/v1/dispatch/claim", json={}).status_code == 204  # never offered again
+    service = dispatcher(services, lease_s=3)
+    alice = service.client("alice")
+    doomed = submit(alice, EXAMPLE, samples="2000").json()
+    vanishing = registered(service, "vanishing", {})
+    for attempt in (1, 2, 3):
+        claim = claimed(vanishing)  # once its lease has run out, the fit comes back
+        assert claim["fit"] == doomed["id"] and claim["attempt"] == attempt, claim
+    wait_until(lambda: alice.get(f"/api/v1/fits/{doomed['id']}").json()["state"] == "FAILED", "giving up", 60)
+    shown = alice.get(f"/api/v1/fits/{doomed['id']}").json()
+    assert "gave up after 3 attempts" in shown["message"], shown
+    assert vanishing.post("/api/v1/dispatch/claim", json={}).status_code == 204  # never offered again
 
-        lost = submit(alice, EXAMPLE, samples="2000").json()
-        claim = claimed(vanishing)
-        assert claim["fit"] == lost["id"]
-        assert alice.post(f"/api/v1/fits/{lost['id']}/cancel").status_code == 202
-        wait_until(
-            lambda: alice.get(f"/api/v1/fits/{lost['id']}").json()["state"] == "CANCELLED", "cancelled", 60
-        )
-        assert "its worker was lost" in alice.get(f"/api/v1/fits/{lost['id']}").json()["message"]
-        assert vanishing.post("/api/v1/dispatch/claim", json={}).status_code == 204
-        assert [c["outcome"] for c in attempts(service)] == ["expired"] * 4
-    finally:
-        service.close()
+    lost = submit(alice, EXAMPLE, samples="2000").json()
+    claim = claimed(vanishing)
+    assert claim["fit"] == lost["id"]
+    assert alice.post(f"/api/v1/fits/{lost['id']}/cancel").status_code == 202
+    wait_until(
+        lambda: alice.get(f"/api/v1/fits/{lost['id']}").json()["state"] == "CANCELLED", "cancelled", 60
+    )
+    assert "its worker was lost" in alice.get(f"/api/v1/fits/{lost['id']}").json()["message"]
+    assert vanishing.post("/api/v1/dispatch/claim", json={}).status_code == 204
+    assert [c["outcome"] for c in attempts(service)] == ["expired"] * 4
 
 
-def test_the_workers_api_refuses_what_an_attacker_would_try(slurm_cluster):
+def test_the_workers_api_refuses_what_an_attacker_would_try(slurm_cluster, services):
     """Over the real server: no credential, a user's token, a reused registration token, a claim for labels
     the worker never registered with, a stale lease, another worker's lease, a path out of the fit, a
     wrong hash. Nothing of it is stored."""
-    service = dispatcher()
-    try:
-        url = service.url
-        token = Worker(service, "unused").token  # a one-time registration token, made for real
+    service = dispatcher(services)
+    url = service.url
+    token = Worker(service, "unused").token  # a one-time registration token, made for real
 
-        def register(name: str, labels: dict) -> httpx.Client:
-            return registered(service, name, labels)
+    def register(name: str, labels: dict) -> httpx.Client:
+        return registered(service, name, labels)
 
-        assert (
-            httpx.post(f"{url}/api/v1/workers/register", json={"token": token, "name": "a"}).status_code
-            == 201
-        )
-        assert (
-            httpx.post(f"{url}/api/v1/workers/register", json={"token": token, "name": "b"}).status_code
-            == 403
-        )
-        for headers in ({}, {"Authorization": f"Bearer {service.tokens['admin']}"}):
-            assert httpx.post(f"{url}/api/v1/dispatch/claim", json={}, headers=headers).status_code == 401
+    assert httpx.post(f"{url}/api/v1/workers/register", json={"token": token, "name": "a"}).status_code == 201
+    assert httpx.post(f"{url}/api/v1/workers/register", json={"token": token, "name": "b"}).status_code == 403
+    for headers in ({}, {"Authorization": f"Bearer {service.tokens['admin']}"}):
+        assert httpx.post(f"{url}/api/v1/dispatch/claim", json={}, headers=headers).status_code == 401
 
-        alice = service.client("alice")
-        wanted = submit(alice, EXAMPLE, labels="cluster=hpc1").json()
-        laptop = register("laptop", {"cluster": "laptop"})
-        asked = laptop.post("/api/v1/dispatch/claim", json={"labels": {"cluster": "hpc1"}, "capacity": 99})
-        assert asked.status_code == 204  # a claim cannot raise what the worker registered with
-        hpc = register("hpc", {"cluster": "hpc1"})
-        claim = hpc.post("/api/v1/dispatch/claim", json={}).json()
-        assert claim["fit"] == wanted["id"] and claim["attempt"] == 1
-        fit = f"/api/v1/dispatch/fits/{claim['fit']}"
-        body, sha = b"{}", hashlib.sha256(b"{}").hexdigest()
-        for who, lease in ((hpc, "lease-forged"), (laptop, claim["lease"])):  # stale or not its own: fenced
-            assert who.post(f"{fit}/heartbeat", json={"lease": lease}).status_code == 409
-            put = who.put(f"{fit}/files/result.json", params={"lease": lease}, content=body,
-                          headers={"X-Content-SHA256": sha})  # fmt: skip
-            assert put.status_code == 409
-            assert who.post(f"{fit}/complete", json={"lease": lease, "state": "COMPLETED"}).status_code == 409
-        for name in ("..%2F..%2Fsecret", "%2Fetc%2Fpasswd", "a%5C..%5Cb"):
-            put = hpc.put(f"{fit}/files/{name}", params={"lease": claim["lease"]}, content=body,
-                          headers={"X-Content-SHA256": sha})  # fmt: skip
-            assert put.status_code in (404, 422), (name, put.status_code)
-        wrong = hpc.put(f"{fit}/files/result.json", params={"lease": claim["lease"]}, content=body,
-                        headers={"X-Content-SHA256": "0" * 64})  # fmt: skip
-        assert wrong.status_code == 422
-        wrong = hpc.put(f"{fit}/checkpoint", params={"lease": claim["lease"]}, content=body,
-                        headers={"X-Content-SHA256": "0" * 64})  # fmt: skip
-        assert wrong.status_code == 422, wrong.text  # a checkpoint is checked the same way
-        assert not list((service.data / "fits" / claim["fit"]).rglob("*.h5"))
-        assert not list((service.data / "fits" / claim["fit"]).rglob("result.json"))
-        assert not list(service.base.rglob("*.part"))
-        assert [p.name for p in service.data.rglob("secret*")] == ["secret"]  # its own, nothing beside it
-    finally:
-        service.close()
+    alice = service.client("alice")
+    wanted = submit(alice, EXAMPLE, labels="cluster=hpc1").json()
+    laptop = register("laptop", {"cluster": "laptop"})
+    asked = laptop.post("/api/v1/dispatch/claim", json={"labels": {"cluster": "hpc1"}, "capacity": 99})
+    assert asked.status_code == 204  # a claim cannot raise what the worker registered with
+    hpc = register("hpc", {"cluster": "hpc1"})
+    claim = hpc.post("/api/v1/dispatch/claim", json={}).json()
+    assert claim["fit"] == wanted["id"] and claim["attempt"] == 1
+    fit = f"/api/v1/dispatch/fits/{claim['fit']}"
+    body, sha = b"{}", hashlib.sha256(b"{}").hexdigest()
+    for who, lease in ((hpc, "lease-forged"), (laptop, claim["lease"])):  # stale or not its own: fenced
+        assert who.post(f"{fit}/heartbeat", json={"lease": lease}).status_code == 409
+        put = who.put(f"{fit}/files/result.json", params={"lease": lease}, content=body,
+                      headers={"X-Content-SHA256": sha})  # fmt: skip
+        assert put.status_code == 409
+        assert who.post(f"{fit}/complete", json={"lease": lease, "state": "COMPLETED"}).status_code == 409
+    for name in ("..%2F..%2Fsecret", "%2Fetc%2Fpasswd", "a%5C..%5Cb"):
+        put = hpc.put(f"{fit}/files/{name}", params={"lease": claim["lease"]}, content=body,
+                      headers={"X-Content-SHA256": sha})  # fmt: skip
+        assert put.status_code in (404, 422), (name, put.status_code)
+    wrong = hpc.put(f"{fit}/files/result.json", params={"lease": claim["lease"]}, content=body,
+                    headers={"X-Content-SHA256": "0" * 64})  # fmt: skip
+    assert wrong.status_code == 422
+    wrong = hpc.put(f"{fit}/checkpoint", params={"lease": claim["lease"]}, content=body,
+                    headers={"X-Content-SHA256": "0" * 64})  # fmt: skip
+    assert wrong.status_code == 422, wrong.text  # a checkpoint is checked the same way
+    assert not list((service.data / "fits" / claim["fit"]).rglob("*.h5"))
+    assert not list((service.data / "fits" / claim["fit"]).rglob("result.json"))
+    assert not list(service.base.rglob("*.part"))
+    assert [p.name for p in service.data.rglob("secret*")] == ["secret"]  # its own, nothing beside it
 
 
 def test_a_killed_workers_fit_resumes_elsewhere_from_its_checkpoint(controller):
@@ -273,8 +259,8 @@ def _local_out(worker: Worker, fit_id: str, attempt: int) -> str:
     return log.read_text() if log.exists() else ""
 
 
-def test_a_worker_cut_off_longer_than_its_lease_cancels_its_fit(slurm_cluster):
-    service = dispatcher()
+def test_a_worker_cut_off_longer_than_its_lease_cancels_its_fit(slurm_cluster, services):
+    service = dispatcher(services)
     here = Worker(service, "island", "--capacity", "1", "--local").start()
     try:
         alice = service.client("alice")
@@ -294,11 +280,10 @@ def test_a_worker_cut_off_longer_than_its_lease_cancels_its_fit(slurm_cluster):
         assert (service.data / "fits" / fit["id"] / "job" / ".attempt").read_text() == "2"
     finally:
         here.kill(signal.SIGTERM)
-        service.close()
 
 
-def test_a_revoked_worker_stops_its_fits_and_they_go_back_to_the_queue(slurm_cluster):
-    service = dispatcher()
+def test_a_revoked_worker_stops_its_fits_and_they_go_back_to_the_queue(slurm_cluster, services):
+    service = dispatcher(services)
     here = Worker(service, "lost-laptop", "--capacity", "1", "--local").start()
     try:
         alice = service.client("alice")
@@ -326,11 +311,12 @@ def test_a_revoked_worker_stops_its_fits_and_they_go_back_to_the_queue(slurm_clu
         assert again.returncode == 1 and "no worker 'lost-laptop'" in again.stderr
     finally:
         here.kill(signal.SIGTERM)
-        service.close()
 
 
-def test_the_controller_killed_mid_claim_heartbeat_and_upload_loses_nothing(slurm_cluster, database):
-    service = dispatcher(lease_s=15, database=database)
+def test_the_controller_killed_mid_claim_heartbeat_and_upload_loses_nothing(
+    slurm_cluster, database, services
+):
+    service = dispatcher(services, lease_s=15, database=database)
     workers = [
         Worker(service, "w1", "--capacity", "1", "--local").start(),
         Worker(service, "w2", "--capacity", "1", "--local").start(),
@@ -380,4 +366,3 @@ def test_the_controller_killed_mid_claim_heartbeat_and_upload_loses_nothing(slur
     finally:
         for worker in workers:
             worker.kill(signal.SIGTERM)
-        service.close()
