@@ -186,16 +186,24 @@ def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
 
 def _private_dir(path: Path) -> Path:
     """The process's private directory in its own (a job's, possibly written by its model before): a
-    real directory, never a link or a file the model left there, which unconfined code would follow."""
+    real directory, never a link or a file the model left there, which unconfined code would follow.
+    The ranks of a job make it at the same moment: each step tolerates another rank's."""
     try:
-        info = os.lstat(path)
-    except FileNotFoundError:
         path.mkdir()
+    except FileExistsError:  # made by another rank, or left by the model: looked at, not followed
+        pass
+    if stat.S_ISDIR(os.lstat(path).st_mode):
         return path
-    if stat.S_ISDIR(info.st_mode):
-        return path
-    path.unlink()  # a link or a file in its place: removed, not followed
-    path.mkdir()
+    try:
+        path.unlink()  # a link or a file in its place: removed, not followed
+    except FileNotFoundError:
+        pass  # another rank removed it first
+    try:
+        path.mkdir()
+    except FileExistsError:
+        pass
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise OSError(17, f"{path} is not a directory")
     return path
 
 
