@@ -343,10 +343,10 @@ def _drawn(scratch: Path, manifest: dict[str, Any]) -> dict[str, bytes]:
     return found
 
 
-def install(drawn: Path | dict[str, bytes], destination: Path) -> None:
+def install(drawn: dict[str, bytes], destination: Path) -> None:
     """Put freshly drawn figures in place: a reader sees the old set or the new one, never a mix.
 
-    *drawn* is the figures by name (or a directory of them, drawn by this process). Into the job's own
+    *drawn* is the figures by name. Into the job's own
     figures/ they go as a whole new set, staged beside it and written through the staging directory's
     descriptor (never through a link the model put in its place); into a directory the user named, our
     files are added or replaced, nothing else."""
@@ -355,8 +355,6 @@ def install(drawn: Path | dict[str, bytes], destination: Path) -> None:
 
     from ..jobdir import current_umask
 
-    if isinstance(drawn, Path):
-        drawn = {p.name: p.read_bytes() for p in drawn.iterdir() if p.is_file() and not p.is_symlink()}
     destination.parent.mkdir(parents=True, exist_ok=True)
     ours = destination.name == FIGURES_DIR and (destination.is_dir() or not destination.exists())
     staging = None
@@ -407,7 +405,8 @@ def in_job(jobdir: JobDir, problem: Any, best: Any, state: Any) -> dict[str, Any
     try:
         manifest = draw(problem, best, state, scratch, "png", {"kind": "result", "label": "the fit's result"})
         write_json(scratch / FIGURES_MANIFEST, manifest)
-        install(scratch, jobdir.file(FIGURES_DIR))
+        drawn = {p.name: p.read_bytes() for p in scratch.iterdir() if p.is_file() and not p.is_symlink()}
+        install(drawn, jobdir.file(FIGURES_DIR))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return manifest

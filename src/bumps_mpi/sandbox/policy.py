@@ -33,6 +33,7 @@ what it could not; "off" applies nothing. What was enforced is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import stat
@@ -188,22 +189,15 @@ def _private_dir(path: Path) -> Path:
     """The process's private directory in its own (a job's, possibly written by its model before): a
     real directory, never a link or a file the model left there, which unconfined code would follow.
     The ranks of a job make it at the same moment: each step tolerates another rank's."""
-    try:
+    with contextlib.suppress(FileExistsError):
         path.mkdir()
-    except FileExistsError:  # made by another rank, or left by the model: looked at, not followed
-        pass
-    if stat.S_ISDIR(os.lstat(path).st_mode):
-        return path
-    try:
-        path.unlink()  # a link or a file in its place: removed, not followed
-    except FileNotFoundError:
-        pass  # another rank removed it first
-    try:
-        path.mkdir()
-    except FileExistsError:
-        pass
-    if not stat.S_ISDIR(os.lstat(path).st_mode):
-        raise OSError(17, f"{path} is not a directory")
+    if not stat.S_ISDIR(os.lstat(path).st_mode):  # a link or a file in its place: removed, not followed
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        with contextlib.suppress(FileExistsError):
+            path.mkdir()
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise OSError(17, f"{path} is not a directory")
     return path
 
 
