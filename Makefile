@@ -63,6 +63,7 @@ bench: venv
 lint: venv
 	$(BIN)/ruff check src tests examples bench
 	$(BIN)/ruff format --check src tests examples bench
+	$(BIN)/mypy
 
 cluster:
 	scripts/slurm-cluster start

@@ -13,7 +13,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "bumps_mpi"
 # lowest first; a module may import its own layer and those below. The most specific prefix wins.
 LAYERS = {
     "bumps_mpi.version": 0, "bumps_mpi.errors": 0, "bumps_mpi.text": 0, "bumps_mpi.pythonenv": 0,
-    "bumps_mpi.config": 0, "bumps_mpi.jobdir": 0,
+    "bumps_mpi.config": 0, "bumps_mpi.jobdir": 0, "bumps_mpi.records": 0,
     "bumps_mpi.sandbox": 1, "bumps_mpi.cluster": 1,
     "bumps_mpi.runtime": 2, "bumps_mpi.results": 3, "bumps_mpi.runtime.job": 4, "bumps_mpi.job": 4,
     "bumps_mpi.postmortem": 4,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class BumpsMpiError(Exception):
     """Base class; the CLI prints str(error) on one line and exits non-zero.
@@ -59,7 +62,7 @@ class RemoteError(BumpsMpiError):
         super().__init__(f"rank {rank} on {host} failed at point {point}: {last}")
 
 
-def where(error: dict) -> str:
+def where(error: Mapping[str, Any]) -> str:
     """' on rank 1 (node7)', ' on node7', or '' when the launcher could not say which rank died."""
     rank, host = error.get("rank"), error.get("host")
     if rank is not None:

@@ -28,9 +28,10 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from .errors import UnreadableFile, UsageError
+from .records import Request, Result
 
 JOB_FILE = "job.json"  # a copy of the request, for the record (the model can change it: never read back)
 REQUEST_FILE = (
@@ -86,8 +87,8 @@ FITS_DIR = "fits"  # in a campaign's directory: one job directory per fit, named
 RESUMABLE_FITTERS = ("dream", "de")  # the fitters whose state Bumps can save and resume
 
 
-NUMBER = (int, float)
-OPTIONAL_NUMBER = (int, float, type(None))
+NUMBER: tuple[type, ...] = (int, float)
+OPTIONAL_NUMBER: tuple[type, ...] = (int, float, type(None))
 # the fields each file must have, with their types: what bumps-mpi reads from it (a file that has other
 # types was not written by bumps-mpi, or was damaged: it is unreadable, named as such, never a traceback)
 SHAPES: dict[str, dict[str, tuple[type, ...]]] = {
@@ -102,11 +103,31 @@ SHAPES: dict[str, dict[str, tuple[type, ...]]] = {
         "supervisor": (dict, type(None)),
     },
 }
-PARAMETER_SHAPE = {"name": (str,), "best": NUMBER, "mean": NUMBER, "std": NUMBER}
+PARAMETER_SHAPE: dict[str, tuple[type, ...]] = {"name": (str,), "best": NUMBER, "mean": NUMBER, "std": NUMBER}
+# the request's keys that decide anything, each checked where it is present (records.Request lists them all)
+REQUEST_SHAPE: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "model": (str,),
+    "model_args": (list,),
+    "fit": (str,),
+    "fit_options": (dict,),
+    "max_requeues": (int,),
+    "created": NUMBER,
+    "resources": (dict,),
+    "sandbox": (dict,),
+    "slurm": (dict,),
+    "local": (dict,),
+    "campaign": (dict,),
+}
 
 
-def _check_shape(data: Any, path: Path, shape: dict[str, tuple[type, ...]]) -> Any:
+def _check_shape(
+    data: Any, path: Path, shape: dict[str, tuple[type, ...]], present_only: bool = False
+) -> Any:
+    """*data* with the shape asked (with *present_only*, of the keys it has), else UnreadableFile."""
     for key, types in shape.items():
+        if present_only and key not in data:
+            continue
         value = data.get(key)
         if not isinstance(value, types) or isinstance(value, bool):
             raise UnreadableFile(path, f"its {key!r} is {type(value).__name__}, not what bumps-mpi writes")
@@ -283,7 +304,7 @@ class JobDir:
     def __init__(self, path: Path | str):
         self.path = Path(path).resolve()
         self.control = control_dir(self.path)
-        self._spec: dict[str, Any] | None = None
+        self._spec: Request | None = None
 
     def __repr__(self) -> str:
         return f"JobDir({str(self.path)!r})"
@@ -293,9 +314,9 @@ class JobDir:
         return (self.control if is_control_name(name) else self.path) / name
 
     @property
-    def spec(self) -> dict[str, Any]:
-        """The request (request.json in the control directory), read once: it changes only through
-        update_spec. Never job.json, which the model can write."""
+    def spec(self) -> Request:
+        """The request (request.json in the control directory), read once and shape-checked: it changes
+        only through update_spec. Never job.json, which the model can write."""
         if self._spec is None:
             if not self.path.is_dir():
                 raise UnreadableFile(self.path, "the job directory no longer exists (deleted or moved?)")
@@ -306,12 +327,12 @@ class JobDir:
                     "missing: not a job directory of this bumps-mpi (an older version kept its request "
                     "where the model could change it: submit the model again)",
                 )
-            self._spec = spec
+            self._spec = _check_shape(spec, self.file(REQUEST_FILE), REQUEST_SHAPE, present_only=True)
         return self._spec
 
     def update_spec(self, **fields: Any) -> None:
         """Change the request; job.json in the job directory gets a copy, for the record."""
-        spec = {**self.spec, **fields}
+        spec = cast(Request, {**self.spec, **fields})
         write_json(self.file(REQUEST_FILE), spec)
         self._spec = spec
         try:
@@ -344,13 +365,13 @@ class JobDir:
         return None if data is None else _check_shape(data, self.file(name), SHAPES[name])
 
     @property
-    def result(self) -> dict[str, Any] | None:
+    def result(self) -> Result | None:
         result = self._shaped(RESULT_FILE)
         for parameter in (result or {}).get("parameters", []):
             if not isinstance(parameter, dict):
                 raise UnreadableFile(self.file(RESULT_FILE), "a parameter that is not a record")
             _check_shape(parameter, self.file(RESULT_FILE), PARAMETER_SHAPE)
-        return result
+        return cast("Result | None", result)
 
     @property
     def error(self) -> dict[str, Any] | None:

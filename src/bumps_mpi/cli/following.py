@@ -11,6 +11,7 @@ import click
 
 from ..cluster.states import JobState
 from ..errors import BumpsMpiError
+from ..records import Status
 from ..text import one_line
 from .group import echo
 from .output import (
@@ -46,7 +47,7 @@ def notices() -> None:
         echo(f"bumps-submit: warning: {line}", err=True)
 
 
-def follow(job: str, interval: float) -> dict[str, Any]:
+def follow(job: str, interval: float) -> Status:
     """Poll status with a bounded back-off; draw progress while the fit reports it."""
     from ..front import api
 

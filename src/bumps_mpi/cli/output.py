@@ -7,11 +7,12 @@ from typing import Any
 
 from ..cluster.states import JobState
 from ..errors import where
+from ..records import ProgressView, Status
 from ..text import one_line
 from .group import echo, emit_json
 
 
-def show_ended(record: dict[str, Any], as_json: bool, shown_live: bool) -> None:
+def show_ended(record: Status, as_json: bool, shown_live: bool) -> None:
     """A local run (or its resume) has ended: its status and results, or why it failed; exit 1 unless done."""
     from ..front import api
 
@@ -69,7 +70,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             echo(f"{'':>6}{one_line(row['error'])}")
 
 
-def print_status(records: list[dict[str, Any]]) -> None:
+def print_status(records: list[Status]) -> None:
     if not records:
         echo("No jobs yet: submit one with 'bumps-submit submit MODEL'.")
         return
@@ -85,9 +86,10 @@ def print_status(records: list[dict[str, Any]]) -> None:
             echo(f"{'':>10}{r['state'].lower()}: {one_line(r['reason'])}{hint}")
         if r.get("warning"):
             echo(f"{'':>10}warning: {one_line(r['warning'])}", err=True)
-        if r.get("progress") and r["state"] in (JobState.RUNNING.value, JobState.REQUEUED.value):
+        progress = r.get("progress")
+        if progress and r["state"] in (JobState.RUNNING.value, JobState.REQUEUED.value):
             restarts = f"  restarts {r['restarts']}" if r.get("restarts") else ""
-            echo(f"{'':>10}{progress_text(r['progress'])}{restarts}")
+            echo(f"{'':>10}{progress_text(progress)}{restarts}")
 
 
 def short_exit(text: str | None) -> str:
@@ -107,7 +109,7 @@ def duration(seconds: float | None) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def progress_text(p: dict[str, Any]) -> str:
+def progress_text(p: ProgressView) -> str:
     """45%  step 450/1000  chisq 1.23  ETA 3m12s"""
     chisq = f"  chisq {p['chisq']:.4g}" if p.get("chisq") is not None else ""
     failed = f"  failed evaluations {p['failed_evaluations']}" if p.get("failed_evaluations") else ""
@@ -115,7 +117,7 @@ def progress_text(p: dict[str, Any]) -> str:
     return f"{p['percent']:.0f}%  step {p['step']}/{p['steps']}{chisq}  ETA {eta}{failed}"
 
 
-def print_error(record: dict[str, Any], traceback: bool = True) -> None:
+def print_error(record: Status, traceback: bool = True) -> None:
     error = record.get("error")
     if error:
         echo(f"\nThe fit failed{where(error)}: {one_line(error.get('message'))}", err=True)

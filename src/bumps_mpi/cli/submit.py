@@ -138,10 +138,11 @@ def submit(
     resources = {k: v for k, v in flags.items() if v is not None}
     if time_ is not None:
         resources["time"] = time_
+    fitter: dict[str, Any] = {} if fit is None else {"fit": fit}  # the default fitter is JobRequest's
     request = submission.JobRequest(
         model=Path(model),
         model_args=list(model_args),
-        **({} if fit is None else {"fit": fit}),  # the default fitter is JobRequest's
+        **fitter,
         fit_options=fit_options,
         seed=seed,
         name=name,

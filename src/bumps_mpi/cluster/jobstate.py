@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import Any, cast
 
 from ..errors import BumpsMpiError
 from ..jobdir import (
@@ -25,6 +25,7 @@ from ..jobdir import (
     read_regular,
     write_json,
 )
+from ..records import ErrorView, ProgressView, Result, Status
 from . import slurm
 from .states import JobState, describe_exit, pending_hint
 
@@ -56,7 +57,7 @@ def elapsed_seconds(text: str | None) -> int | None:
     return int((int(days) if days.isdigit() else 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2])
 
 
-def _cached(job: JobDir) -> dict | None:
+def _cached(job: JobDir) -> Status | None:
     """A Slurm job's final record, kept to spare accounting; a local run's local.json is as cheap to read
     and is written last, by its supervisor, after the ranks have ended (the model may write state.json)."""
     if _id_or_none(job) is None:
@@ -67,7 +68,7 @@ def _cached(job: JobDir) -> dict | None:
         return None
     if not isinstance(cached, dict) or cached.get("state") not in {s.value for s in JobState}:
         return None
-    return cached
+    return cast(Status, cached)
 
 
 def _id_or_none(job: JobDir) -> str | None:
@@ -77,7 +78,7 @@ def _id_or_none(job: JobDir) -> str | None:
         return None
 
 
-def ended_for_good(record: dict[str, Any]) -> bool:
+def ended_for_good(record: Status) -> bool:
     """A final state that Slurm will not requeue, and the job's processes gone (a state is final only
     then: the fit's own files, which the model can write, never end it)."""
     state = JobState(record["state"])
@@ -88,7 +89,7 @@ def ended_for_good(record: dict[str, Any]) -> bool:
     return True
 
 
-def status(jobs: list[JobDir]) -> list[dict[str, Any]]:
+def status(jobs: list[JobDir]) -> list[Status]:
     """One record per job; at most one sacct call per 50 uncached jobs and one squeue call.
 
     A job directory that cannot be read gives a record with state UNKNOWN and
@@ -115,7 +116,7 @@ def status(jobs: list[JobDir]) -> list[dict[str, Any]]:
         unreachable="; ".join(problems) if problems and queue is None else None,
         queue_ok=queue is not None,
     )
-    records = []
+    records: list[Status] = []
     for job in jobs:
         try:
             records.append(_record(job, cached[job.path], view))
@@ -129,7 +130,7 @@ def status(jobs: list[JobDir]) -> list[dict[str, Any]]:
     return records
 
 
-def _unreadable(job: JobDir, exc: BumpsMpiError) -> dict[str, Any]:
+def _unreadable(job: JobDir, exc: BumpsMpiError) -> Status:
     return {
         "job_id": None,
         "job_dir": str(job.path),
@@ -153,7 +154,7 @@ class _SlurmView:
         self.accounting_ok, self.unreachable, self.queue_ok = accounting_ok, unreachable, queue_ok
 
 
-def _read(job: JobDir, name: str, warnings: list[str]) -> dict | None:
+def _read(job: JobDir, name: str, warnings: list[str]) -> Any:
     """progress, error or result: what JobDir reads (shape-checked), or None with a warning saying why."""
     try:
         return getattr(job, name)
@@ -162,12 +163,12 @@ def _read(job: JobDir, name: str, warnings: list[str]) -> dict | None:
         return None
 
 
-def _record(job: JobDir, cached: dict | None, view: _SlurmView) -> dict[str, Any]:
+def _record(job: JobDir, cached: Status | None, view: _SlurmView) -> Status:
     spec = job.spec
     job_id = job_id_of(job)
     warnings: list[str] = []
     progress, error, result = (_read(job, name, warnings) for name in ("progress", "error", "result"))
-    record: dict[str, Any] = {
+    record: Status = {
         "job_id": job_id,
         "job_dir": str(job.path),
         "name": spec.get("name"),
@@ -219,13 +220,13 @@ def _record(job: JobDir, cached: dict | None, view: _SlurmView) -> dict[str, Any
 
 def _slurm_state(
     job: JobDir, job_id: str, view: _SlurmView, error: dict | None, submitted: float | None
-) -> dict[str, Any]:
+) -> Status:
     """State from the controller while it knows the job (it is ahead of accounting), else accounting."""
     row = view.accounting.get(job_id)
     live = view.queue.get(job_id)
     if live is not None:
         state = JobState.from_slurm(live["State"])
-        found: dict[str, Any] = {
+        found: Status = {
             "state": state.value,
             "slurm_state": live["State"],
             "reason": None if live["Reason"] in ("None", "") else live["Reason"],
@@ -296,24 +297,27 @@ def _full(job: JobDir) -> str | None:
     return f"no space left on the file system of {job.path} ({free} bytes free): the fit cannot save there"
 
 
-def _join_job_dir(
-    record: dict[str, Any], progress: dict | None, error: dict | None, result: dict | None
-) -> None:
+def _join_job_dir(record: Status, progress: dict | None, error: dict | None, result: Result | None) -> None:
     """The fit's own view: progress while it runs, the error or the chi-square at the end."""
     if progress is not None:
         steps = max(int(progress.get("steps") or 1), 1)
-        record["progress"] = {
-            "step": progress.get("step"),
-            "steps": steps,
-            "percent": round(100.0 * (progress.get("step") or 0) / steps, 1),
-            "chisq": progress.get("chisq"),
-            "eta_s": progress.get("eta_s"),
-            "failed_evaluations": progress.get("failed_evaluations"),
-            "done": progress.get("done"),
-        }
+        record["progress"] = ProgressView(
+            step=progress.get("step"),
+            steps=steps,
+            percent=round(100.0 * (progress.get("step") or 0) / steps, 1),
+            chisq=progress.get("chisq"),
+            eta_s=progress.get("eta_s"),
+            failed_evaluations=progress.get("failed_evaluations"),
+            done=progress.get("done"),
+        )
     if error is not None:
-        record["error"] = {
-            k: error.get(k) for k in ("message", "rank", "host", "point", "phase", "traceback")
-        }
+        record["error"] = ErrorView(
+            message=error.get("message"),
+            rank=error.get("rank"),
+            host=error.get("host"),
+            point=error.get("point"),
+            phase=error.get("phase"),
+            traceback=error.get("traceback"),
+        )
     if result is not None:
         record["chisq"] = result.get("chisq")

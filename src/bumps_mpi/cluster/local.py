@@ -37,6 +37,7 @@ from ..jobdir import (
     write_json,
 )
 from ..pythonenv import safe_environment
+from ..records import Status
 from . import processes
 
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")  # how a local run can end, as local.json records it
@@ -179,7 +180,7 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
         if resumable and rank0 is not None and len(timed_out) == 1:
             try:
                 os.kill(int(rank0["pid"]), signal.SIGUSR1)
-                after(min(TIME_LIMIT_GRACE_S, max(limit / 2, 5)))
+                after(min(TIME_LIMIT_GRACE_S, max(float(limit or 0) / 2, 5)))
                 return
             except ProcessLookupError:
                 pass
@@ -278,16 +279,16 @@ def liveness(job: JobDir, local: dict[str, Any]) -> bool | None:
     return None
 
 
-def state(job: JobDir, finished: bool) -> dict[str, Any]:
+def state(job: JobDir, finished: bool) -> Status:
     """The run's state for `status`: as recorded, or for a run recorded as RUNNING, checked."""
     import datetime
 
     local = job.local_state
     if local is None:  # the directory was made but the run never started (or an old layout)
         return {"state": "UNKNOWN", "reason": "no record of a local run in this directory"}
-    ended = local["finished"] if isinstance(local.get("finished"), (int, float)) else time.time()
-    seconds = max(int(ended - local["started"]), 0)
-    found: dict[str, Any] = {"elapsed": str(datetime.timedelta(seconds=seconds)), "elapsed_s": seconds}
+    until = local["finished"] if isinstance(local.get("finished"), (int, float)) else time.time()
+    seconds = max(int(until - local["started"]), 0)
+    found: Status = {"elapsed": str(datetime.timedelta(seconds=seconds)), "elapsed_s": seconds}
     if local.get("state") != "RUNNING":
         if local.get("state") not in ENDED:
             raise UnreadableFile(job.file(LOCAL_STATE_FILE), f"unknown state {local.get('state')!r}")
@@ -295,7 +296,7 @@ def state(job: JobDir, finished: bool) -> dict[str, Any]:
         exit_code = None
         if isinstance(code, int):  # mpiexec's status; negative: it was killed by that signal
             exit_code = f"{code}:0" if code >= 0 else f"0:{-code}"
-        ended = {**found, "state": local["state"], "exit_code": exit_code}
+        ended: Status = {**found, "state": local["state"], "exit_code": exit_code}
         if isinstance(local.get("reason"), str):
             ended["reason"] = local["reason"]
         return ended
@@ -361,7 +362,7 @@ def cancel(job: JobDir, wait_s: float = STOP_WAIT_S) -> dict[str, Any]:
 
 def _launcher_pid(job: JobDir, local: dict[str, Any]) -> int | None:
     launcher = local.get("launcher")
-    return int(launcher["pid"]) if processes.runs_job(launcher, job.path) else None
+    return int(launcher["pid"]) if launcher and processes.runs_job(launcher, job.path) else None
 
 
 def _append(path: Path) -> Any:
@@ -387,7 +388,9 @@ def _supervisor(job: JobDir, local: dict[str, Any]) -> dict[str, Any] | None:
     """The run's supervisor, if alive and truly the parent of the job's own mpiexec (local.json is in
     the job directory, where the model writes: its word alone names no process to signal)."""
     supervisor, launcher = local.get("supervisor"), local.get("launcher")
-    if not processes.alive(supervisor) or not processes.runs_job(launcher, job.path):
+    if supervisor is None or launcher is None or not processes.alive(supervisor):
+        return None
+    if not processes.runs_job(launcher, job.path):
         return None
     return supervisor if processes.parent_of(int(launcher["pid"])) == supervisor["pid"] else None
 

@@ -27,6 +27,7 @@ from ..jobdir import (
     slurm_log,
     write_atomic,
 )
+from ..records import Status
 from . import registry
 
 
@@ -56,7 +57,7 @@ def resolve(ref: str) -> JobDir:
 
 def status(
     refs: list[str] | None = None, limit: int = 20, state: str | None = None, since: float | None = None
-) -> list[dict[str, Any]]:
+) -> list[Status]:
     """One record per job (see bumps_mpi.cluster.jobstate); no refs: my jobs, newest first, filtered.
 
     A job whose directory cannot be read is still listed, with `unreadable`
@@ -69,13 +70,15 @@ def status(
         for e in registry.entries()
         if not e.get("campaign") and (since is None or _number(e.get("submitted")) >= since)
     ]  # a campaign is listed by its fits
-    seen: set[str] = set()  # a resumed job has one entry per submission: list its directory once
-    unique = [e for e in entries if not (e["job_dir"] in seen or seen.add(e["job_dir"]))]
+    firsts: dict[str, dict[str, Any]] = {}  # a resumed job has one entry per submission: list it once
+    for entry in entries:
+        firsts.setdefault(entry["job_dir"], entry)
+    unique = list(firsts.values())
     present = [e for e in unique if Path(e["job_dir"]).is_dir()]
     jobs = [JobDir(e["job_dir"]) for e in present]
     ids = {str(JobDir(e["job_dir"]).path): e.get("job_id") for e in present}
 
-    def look(chunk: list[JobDir]) -> list[dict[str, Any]]:
+    def look(chunk: list[JobDir]) -> list[Status]:
         found = jobstate.status(chunk)
         for record in found:  # a broken job.json: the registry still knows its id
             if record["job_id"] is None and record.get("unreadable"):
@@ -85,7 +88,7 @@ def status(
     if state is None:
         return look(jobs[:limit]) if limit else look(jobs)
     wanted = state.upper()
-    found: list[dict[str, Any]] = []
+    found: list[Status] = []
     for start in range(0, len(jobs), 50):  # a state filter may need to look further back than limit
         found += [r for r in look(jobs[start : start + 50]) if r["state"] == wanted]
         if limit and len(found) >= limit:
@@ -111,7 +114,7 @@ def results(ref: str) -> dict[str, Any]:
     if state in (JobState.PENDING.value, JobState.REQUEUED.value):
         raise JobNotFound(f"job {ref} has no results yet: it is {state}")
     if state == JobState.RUNNING.value:
-        done = (record.get("progress") or {}).get("percent")
+        done = progress["percent"] if (progress := record.get("progress")) else None
         raise JobNotFound(
             f"job {ref} has no results yet: it is RUNNING" + (f" ({done:.0f}%)" if done else "")
         )
@@ -189,7 +192,7 @@ def report(ref: str) -> dict[str, Any]:
     job = resolve(ref)
     record = jobstate.status([job])[0]
     manifest = figures.manifest_of(job)
-    if not figures.is_final(job, manifest):
+    if manifest is None or not figures.is_final(job, manifest):
         manifest = plot(ref)
     path = page.write(job, record)
     return {

@@ -37,6 +37,7 @@ from ..jobdir import (
     read_json,
     write_atomic,
 )
+from ..records import Request, Status
 from . import registry, submission
 
 PLACEHOLDER = "{}"  # in the model's arguments, where --each puts each file (else it goes last)
@@ -129,7 +130,7 @@ class PreparedCampaign:
     target: Path
     record: dict[str, Any]
     script: str
-    specs: list[dict[str, Any]]
+    specs: list[Request]
 
 
 def prepare(request: CampaignRequest) -> PreparedCampaign:
@@ -180,10 +181,10 @@ def _check_all(
     settings: Any,
     name: str,
     target: Path,
-) -> list[dict[str, Any]]:
+) -> list[Request]:
     """The model check of every fit, a few at a time; the first failure (in the fits' order) names its fit."""
 
-    def check(i: int) -> dict[str, Any]:
+    def check(i: int) -> Request:
         model, args = request.fits[i]
         more = request.reads[i] if request.reads else []
         one = replace(request.common, model=model, model_args=args, read=[*request.common.read, *more])
@@ -197,7 +198,7 @@ def _check_all(
 
     pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
     futures = {pool.submit(check, i): i for i in range(len(request.fits))}
-    specs: dict[int, dict[str, Any]] = {}
+    specs: dict[int, Request] = {}
     try:
         for future in as_completed(futures):
             i = futures[future]
@@ -215,7 +216,7 @@ def _create(
     target: Path,
     record: dict[str, Any],
     script: str,
-    specs: list[dict[str, Any]],
+    specs: list[Request],
     request: CampaignRequest,
 ) -> None:
     """Build the whole campaign under a temporary name, then rename: it is complete or absent."""
@@ -336,13 +337,14 @@ def status(path: Path) -> dict[str, Any]:
     }
 
 
-def _percent(record: dict[str, Any]) -> float:
+def _percent(record: Status) -> float:
     if record["state"] == JobState.COMPLETED.value:
         return 100.0
-    return float((record.get("progress") or {}).get("percent") or 0.0)
+    progress = record.get("progress")
+    return float(progress["percent"] or 0.0) if progress else 0.0
 
 
-def lost(record: dict[str, Any]) -> bool:
+def lost(record: Status) -> bool:
     """A fit that will never say more: its directory unreadable, or a job Slurm has no record of
     (not one that Slurm cannot be asked about now): waiting for it would never end."""
     gone = record["state"] == JobState.UNKNOWN.value and str(record.get("reason")).startswith(
@@ -351,7 +353,7 @@ def lost(record: dict[str, Any]) -> bool:
     return gone or bool(record.get("unreadable"))
 
 
-def needs_attention(record: dict[str, Any]) -> bool:
+def needs_attention(record: Status) -> bool:
     """Ended without results, pending for a reason that will never clear, lost, or UNKNOWN."""
     state = JobState(record["state"])
     failed = state.terminal and state is not JobState.COMPLETED

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 from ..errors import UsageError
+from ..records import SandboxRequest
 from ..sandbox import child
 
 TIMEOUT_S = 120.0  # per call: loading a large DREAM state takes seconds
 
 
 def check_checkpoints(
-    paths: list[Path], sandbox: dict[str, Any], model: str, fit: str | None = None
+    paths: list[Path], sandbox: SandboxRequest, model: str, fit: str | None = None
 ) -> dict[str, int]:
     """{path: the step it holds} for every checkpoint in *paths* (of a *fit* fit); UsageError naming the
     first that does not load (nothing is changed)."""

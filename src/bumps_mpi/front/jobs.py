@@ -19,6 +19,7 @@ from typing import Any
 from ..cluster import jobstate
 from ..errors import BumpsMpiError, JobNotFound, UsageError
 from ..jobdir import JobDir
+from ..records import ProgressView, Status
 from . import api
 from . import campaign as campaigns
 from . import campaign_table as tables
@@ -97,7 +98,7 @@ class Job:
         """The Slurm id (the newest, after a resume); None for a local run."""
         return jobstate.job_id_of(JobDir(self.job_dir))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         """The full status record, as `bumps-submit status --json` prints it."""
         record = jobstate.status([JobDir(self.job_dir)])[0]
         if record.get("unreadable"):
@@ -110,7 +111,7 @@ class Job:
         return str(self.status()["state"])
 
     @property
-    def progress(self) -> dict[str, Any] | None:
+    def progress(self) -> ProgressView | None:
         """step, steps, percent, chisq, eta_s while the fit reports them; None before."""
         return self.status().get("progress")
 
@@ -121,8 +122,9 @@ class Job:
         """Until the job has ended (its files written, its processes gone); its final state.
         WaitTimeout after *timeout* seconds."""
 
-        def change(record: dict[str, Any]) -> Any:
-            return record["state"], (record.get("progress") or {}).get("step")
+        def change(record: Status) -> Any:
+            progress = record.get("progress")
+            return record["state"], progress["step"] if progress else None
 
         what = f"job {self.job_id or self.job_dir}"
         record = _wait(self.status, jobstate.ended_for_good, change, timeout, poll, what)
@@ -335,7 +337,7 @@ def submit_campaign(
             raise UsageError("give exactly one of each, args_list or models")
         lines = [[str(a) for a in line] for line in args_list]
         fits = [(Path(model), [*common.model_args, *line]) for line in lines]
-        labels, reads = [shlex.join(line) for line in lines], [[] for _ in lines]
+        labels, reads = [shlex.join(line) for line in lines], [list[Path]() for _ in lines]
     else:
         fits, labels, reads = campaigns.fits_from(
             Path(model), common.model_args, each=each, models=[Path(m) for m in models] if models else None

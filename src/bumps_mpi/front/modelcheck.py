@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelCheckError, UsageError
+from ..records import SandboxRequest
 from ..sandbox import child
 
 
@@ -26,7 +27,7 @@ def run_check(
     fit: str,
     fit_options: dict[str, Any],
     timeout: float,
-    sandbox: dict[str, Any] | None = None,
+    sandbox: SandboxRequest | None = None,
     nice: int = 0,
 ) -> dict[str, Any]:
     """Check options and model in a child, confined as the job's ranks will be (*sandbox*: level, read,

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..cluster import jobstate, local, slurm
 from ..config import packaged_defaults
 from ..errors import UsageError
 from ..jobdir import RESUMABLE_FITTERS, RESUME_LOCK, SCRIPT_FILE, JobDir, exclusive
+from ..records import Status
 from . import campaign, submission
 
 
 def resume(
     job: JobDir, ranks: int | None = None, echo: Any = None, warn: Any = None, launch: Any = None
-) -> dict[str, Any]:
+) -> Status:
     """Continue a stopped fit from its checkpoint: here if it ran here, else as a new Slurm job.
 
     Every check comes first (the checkpoint loads, the job is not running);
@@ -34,7 +35,7 @@ def resume(
         return _resume(JobDir(job.path), ranks, echo, warn, launch)  # read again, under the locks
 
 
-def _resume(job: JobDir, ranks: int | None, echo: Any, warn: Any, launch: Any) -> dict[str, Any]:
+def _resume(job: JobDir, ranks: int | None, echo: Any, warn: Any, launch: Any) -> Status:
     spec = job.spec
     if job.result is not None:
         raise UsageError(f"{job.path} already completed: see 'bumps-submit results {job.path}'")
@@ -59,7 +60,7 @@ def _resume(job: JobDir, ranks: int | None, echo: Any, warn: Any, launch: Any) -
         slurm.require("sbatch")
     submission.check_checkpoint(job)
     if isinstance(spec.get("campaign"), dict):  # one fit of a campaign: a new array of this one task
-        return campaign.resubmit(Path(spec["campaign"]["dir"]), [job])[0]
+        return cast(Status, campaign.resubmit(Path(spec["campaign"]["dir"]), [job])[0])
     submission.set_aside(job)
     if is_local:
         assert ranks is not None

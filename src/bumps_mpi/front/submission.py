@@ -43,6 +43,7 @@ from ..jobdir import (
     is_control_name,
     write_atomic,
 )
+from ..records import Request, SandboxRequest, SlurmSubmission, Status
 from ..runtime.fit import check_model_file
 from ..version import __version__
 from . import registry
@@ -98,7 +99,7 @@ class Prepared:
     """A request that passed every check: where it goes, what job.json says, the script to submit."""
 
     target: Path
-    spec: dict[str, Any]
+    spec: Request
     script: str
     settings: Settings
     notes: list[str] = field(default_factory=list)  # warnings for the user (the sandbox's, say)
@@ -155,8 +156,8 @@ def _target_dir(request: JobRequest, name: str, settings: Settings) -> Path:
 
 
 def spec_of(
-    request: JobRequest, name: str, checked: dict[str, Any], settings: Settings, sandbox: dict[str, Any]
-) -> dict[str, Any]:
+    request: JobRequest, name: str, checked: dict[str, Any], settings: Settings, sandbox: SandboxRequest
+) -> Request:
     """job.json's content for a request that passed its checks."""
     from importlib.metadata import version
 
@@ -265,7 +266,7 @@ def render(settings: Settings, name: str, target: Path, array: str | None = None
     )
 
 
-def sandbox_for(request: JobRequest, settings: Settings) -> dict[str, Any]:
+def sandbox_for(request: JobRequest, settings: Settings) -> SandboxRequest:
     """The sandbox job.json asks for: the site's, plus the request's --read and --write paths (which must
     exist) and, for the submitter's own arguments, every one that names a file (the data; never a
     directory)."""
@@ -274,11 +275,11 @@ def sandbox_for(request: JobRequest, settings: Settings) -> dict[str, Any]:
             if not Path(path).exists():
                 raise UsageError(f"{option} {path}: no such file or directory (a path the model may {verb})")
     named = [a for a in request.model_args if _is_file(a)] if request.own_files else []
-    more_read = [str(Path(p).resolve()) for p in [*request.read, *named]]
+    more_read = [str(Path(p).resolve()) for p in [*map(str, request.read), *named]]
     return _sandbox_request(settings, more_read, [str(Path(p).resolve()) for p in request.write])
 
 
-def check_model(request: JobRequest, settings: Settings, confinement: dict[str, Any]) -> dict[str, Any]:
+def check_model(request: JobRequest, settings: Settings, confinement: SandboxRequest) -> dict[str, Any]:
     """The model check (bumps_mpi.front.modelcheck), confined as the job will be."""
     from .modelcheck import run_check
 
@@ -293,7 +294,7 @@ def check_model(request: JobRequest, settings: Settings, confinement: dict[str, 
     )
 
 
-def _sandbox_request(settings: Settings, more_read: list[str], more_write: list[str]) -> dict[str, Any]:
+def _sandbox_request(settings: Settings, more_read: list[str], more_write: list[str]) -> SandboxRequest:
     """What the job's sandbox is asked to be (job.json); `require` is checked against this kernel now."""
     from ..sandbox import landlock
     from ..sandbox import policy as sandbox
@@ -368,7 +369,7 @@ def submit(request: JobRequest) -> dict[str, Any]:
     return {"job_id": job_id, "job_dir": str(job.path), "notes": prepared.notes}
 
 
-def record_submission(job: JobDir, job_id: str, slurm_record: dict[str, Any]) -> None:
+def record_submission(job: JobDir, job_id: str, slurm_record: SlurmSubmission) -> None:
     """The job is queued: record its id in job.json and the registry; a failure still names the job."""
     try:
         job.update_spec(slurm=slurm_record)
@@ -393,9 +394,7 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
-def run_local(
-    request: JobRequest, ranks: int | None = None, echo: Any = None, warn: Any = None
-) -> dict[str, Any]:
+def run_local(request: JobRequest, ranks: int | None = None, echo: Any = None, warn: Any = None) -> Status:
     """Run the job now under mpiexec with *ranks* processes (default: local_ranks), no Slurm.
 
     *echo* gets the run's output line by line, *warn* any warning. Returns the status record.

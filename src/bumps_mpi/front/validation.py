@@ -23,13 +23,14 @@ from ..errors import UsageError
 TIME = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2}|(?i:unlimited|infinite))$")
 # Slurm's --mem: a whole number with an optional K, M, G or T (MB and the like also pass); 0 = the whole node
 MEMORY = re.compile(r"^\d+([KMGT]B?)?$", re.IGNORECASE)
-AT_LEAST_ONE = ("nodes", "ntasks", "cpus_per_task", "threads", "checkpoint_every", "signal_grace")
-AT_LEAST_ONE += ("check_timeout", "plot_timeout", "local_ranks")
+AT_LEAST_ONE: tuple[str, ...] = ("nodes", "ntasks", "cpus_per_task", "threads", "checkpoint_every")
+AT_LEAST_ONE += ("signal_grace", "check_timeout", "plot_timeout", "local_ranks")
 LARGER = {"sandbox_max_file_mb": 64}  # MPI's shared-memory segments are files too (UCX: 4 MB and more)
 NOT_NEGATIVE = ("max_requeues", "gpus")
 GPU_DIRECTIVES = ("gres", "gpus-per-task")
-MAIL_TYPES = ("NONE", "BEGIN", "END", "FAIL", "REQUEUE", "ALL", "INVALID_DEPEND", "STAGE_OUT", "TIME_LIMIT")
-MAIL_TYPES += ("TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50", "ARRAY_TASKS")  # sbatch(1), 22.05
+MAIL_TYPES: tuple[str, ...] = ("NONE", "BEGIN", "END", "FAIL", "REQUEUE", "ALL", "INVALID_DEPEND")
+MAIL_TYPES += ("STAGE_OUT", "TIME_LIMIT", "TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50")
+MAIL_TYPES += ("ARRAY_TASKS",)  # sbatch(1), 22.05
 
 
 def _label(key: str, sources: dict[str, str] | None) -> str:

@@ -428,7 +428,8 @@ def _sane(manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest as bumps-mpi writes it, whatever the model put there: figures named by a plain file
     name in figures/ (each once, at most MAX_FIGURES), titles and problems as text."""
     figures, seen = [], set()
-    for figure in manifest.get("figures") if isinstance(manifest.get("figures"), list) else []:
+    listed = manifest.get("figures")
+    for figure in listed if isinstance(listed, list) else []:
         if not isinstance(figure, dict) or not isinstance(figure.get("file"), str):
             continue
         name = Path(figure["file"]).name
@@ -437,7 +438,8 @@ def _sane(manifest: dict[str, Any]) -> dict[str, Any]:
         seen.add(name)
         title = figure.get("title")
         figures.append({**figure, "file": name, "title": title if isinstance(title, str) else name})
-    problems = manifest.get("problems") if isinstance(manifest.get("problems"), list) else []
+    problems = manifest.get("problems")
+    problems = problems if isinstance(problems, list) else []
     source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
     return {
         **manifest,

@@ -29,6 +29,7 @@ from ..jobdir import (
     read_json,
     write_atomic,
 )
+from ..records import Request, Result, Status
 from ..version import __version__
 from .figures import FIGURE_MAX_BYTES, manifest_of
 
@@ -77,7 +78,7 @@ def _rows(pairs: list[tuple[str, Any]]) -> str:
     )
 
 
-def _parameters(result: dict | None, manifest: dict | None) -> str:
+def _parameters(result: Result | None, manifest: dict | None) -> str:
     stats = (manifest or {}).get("stats")
     if stats:
         where = (manifest or {}).get("source", {})
@@ -135,7 +136,7 @@ def _figures(job: JobDir, manifest: dict | None) -> str:
     return "".join(parts) or "<p>No figures were drawn.</p>"
 
 
-def _failed(result: dict | None, error: dict | None) -> str | None:
+def _failed(result: Result | None, error: dict | None) -> str | None:
     """'N of M' evaluations where the model raised or gave no finite value (Bumps went on past them)."""
     for record in (result, error):
         if record and isinstance(record.get("failed_evaluations"), int):
@@ -155,7 +156,7 @@ def _error(error: dict | None) -> str:
     return f"<h2>Error</h2><p>The fit failed{escape(where)}: {message}</p>{point}{trace}"
 
 
-def build(job: JobDir, record: dict[str, Any]) -> str:
+def build(job: JobDir, record: Status) -> str:
     """The page's HTML for *job*, whose status is *record* (cluster.jobstate's, or the job's own)."""
     spec, result = job.spec, job.result
     error = _read(job, ERROR_FILE)
@@ -227,7 +228,7 @@ def build(job: JobDir, record: dict[str, Any]) -> str:
     )
 
 
-def _gpus(result: dict[str, Any] | None) -> str | None:
+def _gpus(result: Result | None) -> str | None:
     """Which GPUs each rank was given (result.json: rank -> the runtime's and Slurm's names), one line."""
     given = (result or {}).get("gpus")
     if not isinstance(given, dict):
@@ -239,7 +240,7 @@ def _gpus(result: dict[str, Any] | None) -> str | None:
     return "; ".join(lines)
 
 
-def _sandbox(result: dict | None, spec: dict) -> str:
+def _sandbox(result: Result | None, spec: Request) -> str:
     from ..sandbox.policy import describe
 
     if result is not None and result.get("sandbox"):
@@ -255,7 +256,7 @@ def _read(job: JobDir, name: str, kind: type = dict) -> Any:
         return None
 
 
-def write(job: JobDir, record: dict[str, Any]) -> Path:
+def write(job: JobDir, record: Status) -> Path:
     """Write report.html in the job directory (atomically); its path."""
     path = job.file(REPORT_FILE)
     write_atomic(path, build(job, record))

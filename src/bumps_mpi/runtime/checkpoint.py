@@ -14,6 +14,7 @@ from such a generation has exactly the generations the user asked for.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import math
 import os
@@ -157,7 +158,7 @@ class StopRequest:
         """SIGUSR1: time limit soon; SIGTERM: preemption or kill; SIGINT: Ctrl-C (locally); SIGUSR2: save."""
         names = {signal.SIGUSR1: "time limit", signal.SIGTERM: "terminated", signal.SIGINT: "interrupted"}
         for signum, reason in names.items():
-            signal.signal(signum, lambda _s, _f, reason=reason: self.request(reason))
+            signal.signal(signum, functools.partial(self._on_signal, reason))
         signal.signal(signal.SIGUSR2, lambda _s, _f: setattr(self, "checkpoint_wanted", True))
 
     def wants_checkpoint(self) -> bool:
@@ -166,6 +167,9 @@ class StopRequest:
     def checkpoint_done(self) -> None:
         self.checkpoint_wanted = False
         self.checkpoint_file.unlink(missing_ok=True)
+
+    def _on_signal(self, reason: str, _signum: int, _frame: Any) -> None:
+        self.request(reason)
 
     def request(self, reason: str, at: float | None = None) -> None:
         if self.reason is None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import ModelCheckError, UsageError
 from ..jobdir import write_atomic
+from ..records import Result
 
 
 def fitter_class(fit_id: str) -> Any:
@@ -194,7 +195,7 @@ def run_fit(
     monitors: list[Any] | None = None,
     fit_state: Any = None,
     abort_test: Callable[[], bool] | None = None,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Any, Result]:
     """Run one fit (or continue one from *fit_state*); returns the FitDriver and the result summary."""
     from bumps.fitters import FitDriver
 
@@ -214,7 +215,7 @@ def run_fit(
     return driver, summarise(driver, fit_id, x, fx, elapsed)
 
 
-def summarise(driver: Any, fit_id: str, x: Any, fx: float, elapsed: float) -> dict[str, Any]:
+def summarise(driver: Any, fit_id: str, x: Any, fx: float, elapsed: float) -> Result:
     """best/mean/std per parameter: from DREAM's draws when sampling, else best and stderr."""
     problem = driver.problem
     problem.setp(x)

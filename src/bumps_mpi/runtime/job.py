@@ -30,6 +30,7 @@ from ..jobdir import (
     JobDir,
     write_json,
 )
+from ..records import Request, Result
 from .threads import THREAD_VARIABLES, limit_threads
 
 
@@ -66,10 +67,10 @@ def _write_error(jobdir: JobDir, phase: str, rank: int, report: dict[str, Any], 
         _say(f"bumps-mpi: could not write {ERROR_FILE}: {exc.strerror or exc}")
 
 
-def _setting(spec: dict[str, Any], key: str) -> Any:
+def _setting(spec: Request, key: str) -> Any:
     """A job setting from job.json (submit writes them all), else the packaged default."""
     if key in spec:
-        return spec[key]
+        return spec[key]  # type: ignore[literal-required] # key: one of the request's settings
     from ..config import packaged_defaults
 
     return packaged_defaults()[key]
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         watchdog.disarm()
 
 
-def _confine(jobdir: JobDir, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _confine(jobdir: JobDir, spec: Request) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Each rank confines itself to the job (bumps_mpi.sandbox): (what was enforced, a failure report).
 
     A failure under `require` (a kernel without what is needed) is reported by
@@ -171,7 +172,7 @@ def _confine(jobdir: JobDir, spec: dict[str, Any]) -> tuple[dict[str, Any], dict
 
 def _run_root(
     jobdir: JobDir,
-    spec: dict[str, Any],
+    spec: Request,
     problem: Any,
     comm: Any,
     stop: Any,
@@ -259,17 +260,20 @@ def _run_root(
     if fit_state is not None:  # the fit's time across all its runs, not only this one's
         result["elapsed_s"] += float(info.get("elapsed_s", 0.0))
     result.update(
-        sandbox=confinement,
-        restarts=prior_runs,
-        ranks=comm.size,
-        host=socket.gethostname(),
-        started=started,
-        finished=time.time(),
-        threads={name: os.environ.get(name) for name in THREAD_VARIABLES},
-        failed_evaluations=count,
-        evaluations=evaluations,
-        **({"gpus": gpus} if gpus else {}),  # each rank's GPUs, as its runtime and Slurm named them
+        Result(
+            sandbox=confinement,
+            restarts=prior_runs,
+            ranks=comm.size,
+            host=socket.gethostname(),
+            started=started,
+            finished=time.time(),
+            threads={name: os.environ.get(name) for name in THREAD_VARIABLES},
+            failed_evaluations=count,
+            evaluations=evaluations,
+        )
     )
+    if gpus:
+        result["gpus"] = gpus  # each rank's GPUs, as its runtime and Slurm named them
     _bumps_files(jobdir, driver, fit_id, options, convergence, result)
     try:
         write_json(jobdir.file(RESULT_FILE), result)
@@ -305,7 +309,7 @@ def _fit_failed(jobdir: JobDir, exc: BaseException, failures: Any, count: int, e
 
 
 def _bumps_files(
-    jobdir: JobDir, driver: Any, fit_id: str, options: dict, convergence: Any, result: dict[str, Any]
+    jobdir: JobDir, driver: Any, fit_id: str, options: dict, convergence: Any, result: Result
 ) -> None:
     """Bumps' own exports and its session file, beside the result; the result stands without them."""
     from . import session
@@ -326,7 +330,7 @@ def _bumps_files(
 FIGURES_BUDGET_S = 300  # drawing at the job's end stops here; `bumps-submit plot` can always draw later
 
 
-def _figures_and_report(jobdir: JobDir, driver: Any, fit_id: str, result: dict[str, Any]) -> None:
+def _figures_and_report(jobdir: JobDir, driver: Any, fit_id: str, result: Result) -> None:
     """The fit's figures and report.html, drawn from the fit still in memory; never fails the fit."""
 
     def overtime(_signum: int, _frame: Any) -> None:
@@ -349,7 +353,7 @@ def _figures_and_report(jobdir: JobDir, driver: Any, fit_id: str, result: dict[s
         signal.signal(signal.SIGALRM, previous)
 
 
-def _stopped(jobdir: JobDir, spec: dict[str, Any], stop: Any, checkpointer: Any) -> int:
+def _stopped(jobdir: JobDir, spec: Request, stop: Any, checkpointer: Any) -> int:
     """After a checkpoint on request: ask for a requeue, or say why not and how to continue."""
     from . import checkpoint
 

@@ -91,7 +91,14 @@ class StaticSplit:
 
     def __init__(self, comm: MPI.Comm, grow: Callable[[int, int], None]):
         self.comm, self.grow = comm, grow
-        self._plan = (0, 0, 0, [], [], [])  # npop, nvar, rank 0's rows, workers, statuses, receives
+        self._plan: tuple[int, int, int, list, list, list] = (
+            0,
+            0,
+            0,
+            [],
+            [],
+            [],
+        )  # npop, nvar, rank 0's rows, workers, statuses, receives
         self.waiting_since: float | None = None  # rank 0 done with its own share, waiting for the rest
         self.own_s = 0.0  # how long rank 0's own share took, this call
 
@@ -113,7 +120,7 @@ class StaticSplit:
         comm = self.comm
         workers = self.plan(*points.shape)
         mine, statuses, receives = self._plan[2], self._plan[4], self._plan[5]
-        requests = []
+        requests: list[MPI.Request] = []
         irecv, isend, post, any_tag = comm.Irecv, comm.Isend, requests.append, MPI.ANY_TAG
         for r, a, b in workers:
             post(irecv(result[a:b], r, any_tag))

@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 
 from ..jobdir import read_regular
 from ..pythonenv import safe_environment
+from ..records import SandboxRequest
 from ..text import plain
 
 TAIL_BYTES = 64 * 1024  # of the child's output kept in memory, whatever it prints
@@ -88,7 +89,7 @@ def _exit_on_hangup() -> dict[int, Any]:
     def leave(signum: int, _frame: Any) -> NoReturn:
         raise SystemExit(128 + signum)
 
-    replaced = {}
+    replaced: dict[int, Any] = {}
     for signum in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(signum) is signal.SIG_DFL:
             replaced[signum] = signal.signal(signum, leave)
@@ -109,7 +110,7 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a timeout ends whatever it started
-            env=safe_environment(**(env or {})),
+            env=safe_environment(None, **(env or {})),
             cwd=scratch,
         )
         tail: deque[bytes] = deque()
@@ -153,7 +154,7 @@ def request(argv: list[str]) -> tuple[Path, dict[str, Any]]:
 
 
 def confine(
-    asked: dict[str, Any], model: str, own_dir: Path, read: list[str] | None = None
+    asked: SandboxRequest, model: str, own_dir: Path, read: list[str] | None = None
 ) -> dict[str, Any]:
     """Confine this child as a job's rank would be (bumps_mpi.sandbox): read the model's place, the Python
     environment, the system and *read*; write only *own_dir* and the directory it answers in (its current

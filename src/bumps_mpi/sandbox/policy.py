@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..records import Request
 from . import devices, landlock, libraries
 
 LEVELS = ("best-effort", "require", "off")
@@ -229,7 +230,7 @@ def _seed_numba_cache(cache: Path) -> None:
                     os.replace(tmp, target / path.name)  # ranks seeding at once never see half a file
 
 
-def job_policy(spec: dict[str, Any], nodes: int, control: Path | str) -> Policy:
+def job_policy(spec: Request, nodes: int, control: Path | str) -> Policy:
     """The policy of a job's ranks, from the request (in the *control* directory, which the ranks may read
     but never write: the stop and cancel requests are there) and the number of nodes it runs on."""
     asked = spec.get("sandbox") or {}

@@ -20,6 +20,7 @@ from ..cluster import jobstate, processes, slurm
 from ..cluster.states import JobState
 from ..errors import BumpsMpiError, ModelCheckError, UsageError
 from ..jobdir import CANCEL_FILE, CHECKPOINT_FILE, JobDir, is_job_dir, write_atomic
+from ..records import Status
 from . import files
 from .supervise import RecordedJob, alive_ids, launch
 from .wire import BACKOFF_MAX_S, Gone, Unreachable
@@ -49,7 +50,7 @@ class Attempt(threading.Thread):
         self.last_ok = time.monotonic()  # when the last accepted heartbeat was sent
         self.superseded = threading.Event()  # a newer attempt of this fit runs here: stop this one
         self.sent_checkpoint: str | None = None  # the last checkpoint sent: inode, size and time
-        self.last_record: dict[str, Any] | None = None  # what the last heartbeat said of the job
+        self.last_record: Status | None = None  # what the last heartbeat said of the job
 
     @property
     def path(self) -> str:
@@ -213,7 +214,7 @@ class Attempt(threading.Thread):
 
     # --- following ---------------------------------------------------------------------------------
 
-    def _status(self, job: JobDir) -> dict[str, Any]:
+    def _status(self, job: JobDir) -> Status:
         """The job's status; its end only once the worker's own records say its processes are gone."""
         record = jobstate.status([job])[0]
         mine = {"id": self.fit_id, "job_id": self.record.get("slurm_id"),
@@ -272,7 +273,7 @@ class Attempt(threading.Thread):
                 continue
             time.sleep(look)
 
-    def _heartbeat(self, job: JobDir | None, record: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _heartbeat(self, job: JobDir | None, record: Status | None = None) -> dict[str, Any]:
         report: dict[str, Any] = {"lease": self.lease, "worker": self.worker.name}
         if record is not None:
             report.update({k: record.get(k) for k in ("state", "reason", "progress", "job_id")})
@@ -310,7 +311,7 @@ class Attempt(threading.Thread):
                 self.worker.say(f"fit {self.fit_id}: checkpoint not kept by the controller ({exc})")
         self.sent_checkpoint = seen
 
-    def _upload(self, path: str, handle: Any, job: JobDir | None, record: dict[str, Any] | None) -> None:
+    def _upload(self, path: str, handle: Any, job: JobDir | None, record: Status | None) -> None:
         """Send one open file in blocks with its SHA-256 (hashed in blocks first), heartbeating throughout
         (hashing included) so that an upload longer than the lease never loses it."""
         done = threading.Event()
@@ -333,7 +334,7 @@ class Attempt(threading.Thread):
             done.set()
             beating.join()
 
-    def _send_results(self, job: JobDir, record: dict[str, Any]) -> list[str]:
+    def _send_results(self, job: JobDir, record: Status) -> list[str]:
         """Send the job's files, smallest first, in blocks, the lease kept alive throughout; what was not
         sent, and why (a file refused, or past the per-fit total), for the fit's record."""
         sizes, where = {}, {}  # the name each file is sent as: its size, and (directory, its name there)
@@ -351,7 +352,7 @@ class Attempt(threading.Thread):
             except OSError:
                 continue
         skipped, total = [], 0
-        sending = {**record, "state": JobState.RUNNING.value, "reason": "sending its results"}
+        sending = Status(**record, state=JobState.RUNNING.value, reason="sending its results")
         for relative in sorted(sizes, key=lambda r: (sizes[r], r)):  # the result and report before the chain
             if total + sizes[relative] > files.RESULTS_LIMIT:
                 skipped.append(f"{relative} (past the {files.RESULTS_LIMIT >> 20} MB a fit may keep)")

@@ -111,8 +111,9 @@ class Controller:
         out.state = record.get("state", out.state)
         out.progress = finite(record.get("progress"))
         out.reason = plain(record["reason"]) if record.get("reason") else None
-        if record.get("error"):  # the model's words: text, without terminal control sequences
-            out.error = {k: plain(v) if isinstance(v, str) else v for k, v in record["error"].items()}
+        shown = record.get("error")
+        if shown:  # the model's words: text, without terminal control sequences
+            out.error = {k: plain(v) if isinstance(v, str) else v for k, v in shown.items()}
         try:
             result = job.result
         except BumpsMpiError:

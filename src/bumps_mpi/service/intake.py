@@ -122,7 +122,9 @@ async def _submitted(
     try:
         request_record["model"] = await run_in_threadpool(_receive, c, fit["id"], form, model, data, archive)
         store.update_fit(fit["id"], request=json.dumps(request_record))
-        return await run_in_threadpool(runner.submit, store.fit(fit["id"])), True
+        recorded = store.fit(fit["id"])
+        assert recorded is not None  # made above; only its owner deletes it, never while it is submitting
+        return await run_in_threadpool(runner.submit, recorded), True
     except BaseException:
         if (store.fit(fit["id"]) or {}).get("phase") in ("submitting", "rejected"):  # never submitted
             shutil.rmtree(fit_dir(c.config, fit["id"]), ignore_errors=True)

@@ -15,10 +15,11 @@ import json
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from ..cluster import jobstate
 from ..cluster.states import JobState
+from ..records import ErrorView, Status
 from . import notify
 from .dispatch import Queue
 from .runner import job_of
@@ -30,7 +31,7 @@ from .supervise import alive_ids
 class Monitor:
     def __init__(self, config: ServiceConfig, store: Store, queue: Queue):
         self.config, self.store, self.queue = config, store, queue
-        self.records: dict[str, dict[str, Any]] = {}  # fit id -> its newest status record
+        self.records: dict[str, Status] = {}  # fit id -> its newest status record
         self.ending: dict[str, float] = {}  # fit id -> when its directory first showed it had ended
         self.round = 0  # increases after every poll: event streams wait on it
         self.changed = threading.Condition()
@@ -71,7 +72,7 @@ class Monitor:
         for (fit, _), record in zip(jobs, records, strict=True):
             if fit["id"] in running and jobstate.ended_for_good(record):
                 # its records say it ended; its processes still run: it has not, yet
-                record = {**record, "state": "RUNNING", "finishing": True, "reason": "finishing"}
+                record = Status(**record, state="RUNNING", finishing=True, reason="finishing")
             changes: dict[str, Any] = {}
             if record["state"] != fit.get("state"):
                 changes["state"] = record["state"]
@@ -89,13 +90,13 @@ class Monitor:
             self.round += 1
             self.changed.notify_all()
 
-    def _status(self, jobs: list) -> list[dict[str, Any]]:
+    def _status(self, jobs: list) -> list[Status]:
         """One batched status query; if one job's files break it, each job on its own (UNKNOWN if broken)."""
         try:
             return jobstate.status(jobs) if jobs else []
         except Exception as exc:
             self.problem(f"status of {len(jobs)} fits: {type(exc).__name__}: {exc}; asking one by one")
-        records = []
+        records: list[Status] = []
         for job in jobs:
             try:
                 records.append(jobstate.status([job])[0])
@@ -105,7 +106,7 @@ class Monitor:
                 )
         return records
 
-    def _over(self, fit_id: str, record: dict[str, Any]) -> bool:
+    def _over(self, fit_id: str, record: Status) -> bool:
         """Has the fit ended for good? (accounting that never tells the exit is waited for a minute)"""
         if jobstate.ended_for_good(record):
             return True
@@ -118,14 +119,14 @@ class Monitor:
         """A dispatched fit has ended (its worker completed it, or it ran out of attempts): tell its user."""
         fit = self.store.fit(fit_id)
         if fit is not None:
-            record = {"state": fit["state"], "chisq": fit.get("chisq")}
+            record = Status(state=fit["state"], chisq=fit.get("chisq"))
             threading.Thread(target=self._tell, args=(fit, record), daemon=True).start()
 
-    def _tell(self, fit: dict, record: dict[str, Any]) -> None:
+    def _tell(self, fit: dict, record: Status) -> None:
         for problem in notify.send(self.config, fit, record):
             self.problem(problem)
 
-    def record(self, fit: dict) -> dict[str, Any] | None:
+    def record(self, fit: dict) -> Status | None:
         """The newest status of a fit: the monitor's while it runs (None before its first round), a
         dispatched fit's from its worker's heartbeats, else read now (an ended fit's state is final)."""
         if fit["phase"] in ("queued", "leased", "done"):
@@ -143,7 +144,7 @@ class Monitor:
             return self.round
 
 
-def dispatched(config: ServiceConfig, fit: dict) -> dict[str, Any]:
+def dispatched(config: ServiceConfig, fit: dict) -> Status:
     """A dispatched fit's status: waiting, its worker's last heartbeat, or how it ended."""
     remote = json.loads(fit.get("remote") or "{}")
     if fit["phase"] == "queued":
@@ -157,5 +158,5 @@ def dispatched(config: ServiceConfig, fit: dict) -> dict[str, Any]:
         "state": fit.get("state") or "UNKNOWN",
         "reason": fit.get("message"),
         "progress": remote.get("progress"),
-        "error": job.error if job is not None else None,
+        "error": cast("ErrorView | None", job.error if job is not None else None),
     }

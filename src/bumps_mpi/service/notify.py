@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import UsageError
+from ..records import Status
 from .settings import ServiceConfig
 
 EMAIL = r"^[^@\s<>,;\"']+@[A-Za-z0-9.-]+$"
@@ -52,7 +53,7 @@ def check_request(config: ServiceConfig, email: str | None, webhook: str | None)
 def resolve(host: str) -> list[str]:
     """The host's addresses (one lookup)."""
     try:
-        return list(dict.fromkeys(info[4][0] for info in socket.getaddrinfo(host, None)))
+        return list(dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo(host, None)))
     except (OSError, UnicodeError):
         raise UsageError(f"webhook host {host!r} cannot be resolved") from None
 
@@ -95,7 +96,7 @@ class _PinnedTLS(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         sock = socket.create_connection((self.address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
 def post(config: ServiceConfig, url: str, body: bytes, timeout: float = 20) -> int:
@@ -117,7 +118,7 @@ def post(config: ServiceConfig, url: str, body: bytes, timeout: float = 20) -> i
         connection.close()
 
 
-def message(config: ServiceConfig, fit: dict, record: dict[str, Any]) -> dict[str, Any]:
+def message(config: ServiceConfig, fit: dict, record: Status) -> dict[str, Any]:
     url = f"{config.base_url.rstrip('/')}/fits/{fit['id']}" if config.base_url else None
     return {
         "fit": fit["id"],
@@ -128,7 +129,7 @@ def message(config: ServiceConfig, fit: dict, record: dict[str, Any]) -> dict[st
     }
 
 
-def send(config: ServiceConfig, fit: dict, record: dict[str, Any]) -> list[str]:
+def send(config: ServiceConfig, fit: dict, record: Status) -> list[str]:
     """Send what the fit asked for; what went wrong, in words (never raises: the fit has ended anyway)."""
     wanted = json.loads(fit.get("notify") or "{}")
     body = message(config, fit, record)

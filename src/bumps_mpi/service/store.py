@@ -150,7 +150,7 @@ class Store:
             if self.postgres:
                 kind = kind.replace("REAL", "DOUBLE PRECISION")
                 self._db.execute(f"ALTER TABLE fits ADD COLUMN IF NOT EXISTS {column} {kind}")
-            elif column not in have:
+            elif column not in (have or set()):
                 self._db.execute(f"ALTER TABLE fits ADD COLUMN {column} {kind}")
 
     @classmethod

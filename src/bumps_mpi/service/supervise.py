@@ -21,6 +21,7 @@ from ..cluster import local, processes
 from ..errors import BumpsMpiError
 from ..jobdir import JobDir
 from ..pythonenv import safe_environment
+from ..records import Request
 from ..sandbox.child import nice_prefix
 
 
@@ -33,11 +34,11 @@ class RecordedJob(JobDir):
         self.recorded_id = fit.get("job_id")
 
     @property
-    def spec(self) -> dict[str, Any]:
+    def spec(self) -> Request:
         try:
-            spec = dict(super().spec)
+            spec = Request(**super().spec)
         except BumpsMpiError:
-            spec = {}
+            spec = Request()
         spec.pop("slurm", None)
         if self.recorded_id:
             spec["slurm"] = {"job_id": str(self.recorded_id)}

@@ -78,9 +78,9 @@ def unzip(archive: Path, destination: Path, budget: Budget, limit_unzipped_mb: i
         raise Refused(f"the zip has {entries} entries: more than this service accepts ({budget.files} files)")
     try:
         with zipfile.ZipFile(archive) as zf:
-            entries = zf.infolist()
+            members = zf.infolist()
             total = 0
-            for entry in entries:
+            for entry in members:
                 kind = stat.S_IFMT(entry.external_attr >> 16)  # 0: no Unix type recorded (a plain file)
                 if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                     raise Refused(f"zip entry {entry.filename!r} is a link or a special file: not allowed")
@@ -96,7 +96,7 @@ def unzip(archive: Path, destination: Path, budget: Budget, limit_unzipped_mb: i
             if total > budget.unzipped:
                 raise Refused(f"the zip unpacks to more than the {limit_unzipped_mb} MB this service accepts")
             written = []
-            for entry in entries:
+            for entry in members:
                 target = destination / safe_name(entry.filename.rstrip("/"))
                 if entry.is_dir():
                     target.mkdir(parents=True, exist_ok=True)

@@ -79,8 +79,8 @@ class Worker:
         return answer["credential"]
 
     def run(self) -> None:
-        for record in sorted((self.state_dir / "inflight").glob("*.json")):
-            attempt = Attempt(self, json.loads(record.read_text()))
+        for saved in sorted((self.state_dir / "inflight").glob("*.json")):
+            attempt = Attempt(self, json.loads(saved.read_text()))
             self.say(f"fit {attempt.fit_id}: attempt {attempt.number} found again, renewing its lease")
             self._start(attempt)
         backoff = 1.0
