@@ -158,13 +158,7 @@ def submit(
         _submit_campaign(request, each, args_from, more_models, max_running, local, dry_run, as_json)
         return
     if dry_run:
-        prepared = submission.prepare(request)
-        for note in prepared.notes:
-            stderr(f"bumps-submit: warning: {note}")
-        if as_json:
-            emit_json({"job_dir": str(prepared.target), "script": prepared.script, "spec": prepared.spec})
-        else:
-            click.echo(prepared.script, nl=False)
+        _dry_run(request, as_json)
         return
     if local:
         live = None if as_json else stderr
@@ -178,6 +172,19 @@ def submit(
         emit_json(submitted)
     else:
         echo(f"Submitted job {submitted['job_id']}\n  directory: {submitted['job_dir']}")
+
+
+def _dry_run(request: Any, as_json: bool) -> None:
+    """Every check, then the script that would be submitted (and, with --json, the request)."""
+    from ..front import submission
+
+    prepared = submission.prepare(request)
+    for note in prepared.notes:
+        stderr(f"bumps-submit: warning: {note}")
+    if as_json:
+        emit_json({"job_dir": str(prepared.target), "script": prepared.script, "spec": prepared.spec})
+    else:
+        click.echo(prepared.script, nl=False)
 
 
 def _submit_campaign(

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import SubmitError, UnreadableFile, UsageError
 from ..jobdir import (
@@ -113,9 +113,7 @@ def _rank0(job: JobDir, launcher_pid: int | None) -> dict[str, Any] | None:
     return None
 
 
-# The one function over the complexity ceiling (ruff C901): the signals, timers and output of one run,
-# to become a class of its own.
-def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> dict[str, Any]:  # noqa: C901
+def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or continue, from its checkpoint) a job directory under mpiexec here; returns how it ended.
 
     mpiexec runs in its own session, so a Ctrl-C, SIGTERM or SIGHUP reaches only
@@ -123,142 +121,178 @@ def run(job: JobDir, ranks: int, echo: Callable[[str], None] | None = None) -> d
     generation and stops the others (a second signal kills the run). A fitter
     that keeps no checkpoint has nothing to save: the first signal kills it.
     """
-    from .postmortem import write_postmortem
+    return _Run(job, ranks, echo).run()
 
-    command = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "bumps_mpi.job"]
-    command.append(str(job.path))
-    resumable = job.spec.get("fit") in RESUMABLE_FITTERS
-    started = time.time()
-    stops: list[int] = []
-    output = [echo]
-    launched: list[subprocess.Popen] = []
 
-    def forward(signum: int, _frame: Any) -> None:
-        stops.append(signum)
+class _Run:
+    """One local run: its signals (passed to rank 0), its time limit (timers), its output (to the log
+    and *echo*), and how it ended (local.json)."""
+
+    def __init__(self, job: JobDir, ranks: int, echo: Callable[[str], None] | None):
+        self.job, self.ranks, self.echo = job, ranks, echo
+        self.output = echo  # None once the terminal is gone
+        self.command = [
+            find_mpiexec(),
+            "-n",
+            str(ranks),
+            sys.executable,
+            "-m",
+            "mpi4py",
+            "-m",
+            "bumps_mpi.job",
+        ]
+        self.command.append(str(job.path))
+        self.resumable = job.spec.get("fit") in RESUMABLE_FITTERS
+        self.limit = (job.spec.get("local") or {}).get("time_limit_s")
+        self.started = time.time()
+        self.stops: list[int] = []
+        self.proc: subprocess.Popen | None = None
+        self.timed_out: list[float] = []
+        self.timers: list[threading.Timer] = []  # all cancelled when the run ends: none may outlive it
+        self.timing = threading.Lock()
+        self.over = False  # the run has ended: no timer starts, none acts
+        self.record: dict[str, Any] = {}
+
+    def run(self) -> dict[str, Any]:
+        wanted = [signal.SIGINT, signal.SIGTERM]
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup, a hangup stops nothing
+            wanted.append(signal.SIGHUP)
+        previous = {sig: signal.signal(sig, self.forward) for sig in wanted}  # before mpiexec: no gap
+        if isinstance(self.limit, (int, float)) and self.limit > 0:
+            self.after(float(self.limit))
+        try:
+            with _append(self.job.file(LOCAL_LOG_FILE)) as log:
+                proc = self.launch()
+                self.pump(proc, log)
+                rc = proc.wait()
+        finally:
+            with self.timing:
+                self.over = True
+                for timer in self.timers:
+                    timer.cancel()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.end(rc)
+
+    def forward(self, signum: int, _frame: Any) -> None:
+        """A signal to this process: rank 0 checkpoints and stops the run (a second one kills it)."""
+        self.stops.append(signum)
         if signum == signal.SIGHUP:
-            output[0] = None  # the terminal is gone: nothing more to show
-        if not launched:
+            self.output = None  # the terminal is gone: nothing more to show
+        if self.proc is None:
             return  # not started yet: it is killed as soon as it is
-        rank0 = _rank0(job, launched[0].pid)
-        if len(stops) > 1 or rank0 is None or not resumable:
-            _kill_ranks(job, launched[0])
+        rank0 = _rank0(self.job, self.proc.pid)
+        if len(self.stops) > 1 or rank0 is None or not self.resumable:
+            _kill_ranks(self.job, self.proc)
             return
         try:
             os.kill(int(rank0["pid"]), signum if signum != signal.SIGHUP else signal.SIGTERM)
         except ProcessLookupError:  # rank 0 ended meanwhile: make sure the rest does too
-            _kill_ranks(job, launched[0])
+            _kill_ranks(self.job, self.proc)
 
-    wanted = [signal.SIGINT, signal.SIGTERM]
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup, a hangup stops nothing
-        wanted.append(signal.SIGHUP)
-    previous = {sig: signal.signal(sig, forward) for sig in wanted}  # before mpiexec exists: no gap
-    limit = (job.spec.get("local") or {}).get("time_limit_s")
-    timed_out: list[float] = []
-    timers: list[threading.Timer] = []  # all cancelled when the run ends: none may outlive it
-    timing = threading.Lock()
-    over: list[bool] = []  # the run has ended: no timer starts, none acts
-
-    def after(seconds: float) -> None:
-        with timing:
-            if over:
+    def after(self, seconds: float) -> None:
+        with self.timing:
+            if self.over:
                 return
-            timer = threading.Timer(seconds, time_up)
+            timer = threading.Timer(seconds, self.time_up)
             timer.daemon = True
-            timers.append(timer)
+            self.timers.append(timer)
             timer.start()
 
-    def time_up() -> None:
+    def time_up(self) -> None:
         """The run's time limit (per run, as Slurm's is per allocation): rank 0 checkpoints and stops (as
         at a Slurm time limit), or, past the grace or for a fitter that keeps no checkpoint, the run ends."""
-        with timing:
-            if over:
+        with self.timing:
+            if self.over:
                 return
-            timed_out.append(time.time())
-        if not launched:
+            self.timed_out.append(time.time())
+        if self.proc is None:
             return
-        rank0 = _rank0(job, launched[0].pid)
-        if resumable and rank0 is not None and len(timed_out) == 1:
+        rank0 = _rank0(self.job, self.proc.pid)
+        if self.resumable and rank0 is not None and len(self.timed_out) == 1:
             try:
                 os.kill(int(rank0["pid"]), signal.SIGUSR1)
-                after(min(TIME_LIMIT_GRACE_S, max(float(limit or 0) / 2, 5)))
+                self.after(min(TIME_LIMIT_GRACE_S, max(float(self.limit or 0) / 2, 5)))
                 return
             except ProcessLookupError:
                 pass
-        _kill_ranks(job, launched[0])
+        _kill_ranks(self.job, self.proc)
 
-    if isinstance(limit, (int, float)) and limit > 0:
-        after(float(limit))
-    try:
-        with _append(job.file(LOCAL_LOG_FILE)) as log:
-            proc = subprocess.Popen(
-                command,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                cwd=job.control,  # never the job directory: nothing planted there is imported (pythonenv)
-                env=safe_environment(),
-                start_new_session=True,
-            )
-            launched.append(proc)
-            if stops:
-                _kill_ranks(job, proc)
-            record = {
-                "state": "RUNNING",
-                "started": started,
-                "ranks": ranks,
-                "command": command,
-                "supervisor": processes.identity(),
-                "launcher": processes.identity(proc.pid),
-            }
-            try:
-                write_json(job.file(LOCAL_STATE_FILE), record)
-            except OSError as exc:  # a full disk: nothing could be saved, and the run must not be left going
-                proc.kill()
-                raise SubmitError(
-                    f"cannot write {job.file(LOCAL_STATE_FILE)}: {exc.strerror or exc}"
-                ) from None
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                try:
-                    log.write(line)
-                    log.flush()
-                except OSError:  # a full disk: the run goes on; status says why the log stops
-                    pass
-                if output[0] is not None:
-                    try:
-                        output[0](line.decode(errors="replace").rstrip("\n"))
-                    except OSError:  # the terminal went away (EIO, EPIPE): keep running, stop showing
-                        output[0] = None
-            rc = proc.wait()
-    finally:
-        with timing:
-            over.append(True)
-            for timer in timers:
-                timer.cancel()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    cancelled = bool(stops) or job.file(CANCEL_FILE).exists()
-    if rc == 0 and _has_result(job):
-        state = "COMPLETED"
-    elif timed_out:
-        state = "TIMEOUT"  # resumable when it saved a checkpoint, as after a Slurm time limit
-    elif cancelled:
-        state = "CANCELLED"  # stopped on request; resumable when it saved a checkpoint
-    else:
-        state = "FAILED"
-        write_postmortem(job.path, rc, job.file(LOCAL_LOG_FILE))
-    ended = {**record, "state": state, "exit_code": rc, "finished": time.time()}
-    if timed_out:
-        ended["reason"] = f"its time limit ({limit:g} s) was reached" + (
-            f"; continue with 'bumps-submit resume {job.path}'" if job.file(CHECKPOINT_FILE).exists() else ""
+    def launch(self) -> subprocess.Popen:
+        """mpiexec in its own session, recorded in local.json (its supervisor is this process)."""
+        proc = subprocess.Popen(
+            self.command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=self.job.control,  # never the job directory: nothing planted there is imported (pythonenv)
+            env=safe_environment(),
+            start_new_session=True,
         )
-    try:
-        write_json(job.file(LOCAL_STATE_FILE), ended)
-    except OSError as exc:  # a full disk: status still sees the processes gone and says so
-        if echo is not None:
-            echo(
-                f"bumps-submit: warning: could not record the run's end in {LOCAL_STATE_FILE}: {exc.strerror}"
+        self.proc = proc
+        if self.stops:
+            _kill_ranks(self.job, proc)
+        self.record = {
+            "state": "RUNNING",
+            "started": self.started,
+            "ranks": self.ranks,
+            "command": self.command,
+            "supervisor": processes.identity(),
+            "launcher": processes.identity(proc.pid),
+        }
+        try:
+            write_json(self.job.file(LOCAL_STATE_FILE), self.record)
+        except OSError as exc:  # a full disk: nothing could be saved, and the run must not be left going
+            proc.kill()
+            raise SubmitError(
+                f"cannot write {self.job.file(LOCAL_STATE_FILE)}: {exc.strerror or exc}"
+            ) from None
+        return proc
+
+    def pump(self, proc: subprocess.Popen, log: BinaryIO) -> None:
+        """The run's output into its log and, while there is one, to the terminal."""
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                log.write(line)
+                log.flush()
+            except OSError:  # a full disk: the run goes on; status says why the log stops
+                pass
+            if self.output is not None:
+                try:
+                    self.output(line.decode(errors="replace").rstrip("\n"))
+                except OSError:  # the terminal went away (EIO, EPIPE): keep running, stop showing
+                    self.output = None
+
+    def end(self, rc: int) -> dict[str, Any]:
+        """How the run ended, recorded in local.json (its last word: status trusts it once it is there)."""
+        from .postmortem import write_postmortem
+
+        job = self.job
+        cancelled = bool(self.stops) or job.file(CANCEL_FILE).exists()
+        if rc == 0 and _has_result(job):
+            state = "COMPLETED"
+        elif self.timed_out:
+            state = "TIMEOUT"  # resumable when it saved a checkpoint, as after a Slurm time limit
+        elif cancelled:
+            state = "CANCELLED"  # stopped on request; resumable when it saved a checkpoint
+        else:
+            state = "FAILED"
+            write_postmortem(job.path, rc, job.file(LOCAL_LOG_FILE))
+        ended = {**self.record, "state": state, "exit_code": rc, "finished": time.time()}
+        if self.timed_out:
+            resume = job.file(CHECKPOINT_FILE).exists()
+            ended["reason"] = f"its time limit ({self.limit:g} s) was reached" + (
+                f"; continue with 'bumps-submit resume {job.path}'" if resume else ""
             )
-    return ended
+        try:
+            write_json(job.file(LOCAL_STATE_FILE), ended)
+        except OSError as exc:  # a full disk: status still sees the processes gone and says so
+            if self.echo is not None:
+                self.echo(
+                    "bumps-submit: warning: could not record the run's end in "
+                    f"{LOCAL_STATE_FILE}: {exc.strerror}"
+                )
+        return ended
 
 
 def _has_result(job: JobDir) -> bool:

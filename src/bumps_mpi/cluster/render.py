@@ -126,6 +126,51 @@ def _extra_name(item: str) -> str:
     return name
 
 
+def _skip(
+    lines: dict[str, str], skip: list[str] | tuple[str, ...], extra: list[str] | tuple[str, ...]
+) -> None:
+    """Leave out the directives the site's profile skips (never one bumps-mpi needs)."""
+    for option in skip:
+        name = option.replace("_", "-").lstrip("-")
+        if name in MANAGED:
+            raise UsageError(f"skip {option!r}: bumps-mpi needs this directive ({MANAGED[name]})")
+        if name not in lines and name not in DIRECTIVES.values():
+            known = sorted({*DIRECTIVES.values(), *(_extra_name(i) for i in extra)})
+            raise UsageError(
+                f"skip {option!r}: no such directive; directives you can skip: {', '.join(known)}"
+            )
+        lines.pop(name, None)
+
+
+def _launch(launcher: str, launcher_args: list[str] | tuple[str, ...]) -> str:
+    """The launcher's command line, quoted (the task count left to the shell)."""
+    launch = [launcher, *launcher_args]
+    program = launcher.rsplit("/", 1)[-1]
+    if program in MPIRUN_LAUNCHERS:
+        launch += ["-n", "${SLURM_NTASKS}"]
+    if program == "srun" and not any(a.startswith(("--kill-on-bad-exit", "-K")) for a in launcher_args):
+        launch.append(
+            "--kill-on-bad-exit=1"
+        )  # else a rank that dies leaves the others waiting until walltime
+    launch_text = " ".join(a if a == "${SLURM_NTASKS}" else shlex.quote(a) for a in launch)
+    return launch_text.replace("${SLURM_NTASKS}", '"${SLURM_NTASKS}"')
+
+
+def _log_and_control(job_dir: str, array: str | None) -> tuple[str, str]:
+    """The Slurm log's path for --output (relative to where sbatch runs) and the control directory's,
+    quoted for the shell."""
+    base = job_dir.rstrip("/").rsplit("/", 1)[-1]
+    if array is None:
+        log = f"../{CONTROL_DIR}/{base}/{SLURM_LOG_PATTERN}"  # relative to the job directory
+        control = shlex.quote(job_dir.rstrip("/").rsplit("/", 1)[0] + f"/{CONTROL_DIR}/{base}")
+    else:
+        log = f"{FITS_DIR}/{CONTROL_DIR}/%a/{SLURM_ARRAY_LOG_PATTERN}"
+        control = shlex.quote(f"{job_dir.rstrip('/')}/{FITS_DIR}/{CONTROL_DIR}") + '/"$SLURM_ARRAY_TASK_ID"'
+    if not SAFE_VALUE.match(log):
+        raise UsageError(f"job directory name {base!r}: use letters, digits and _@%+=:,.- only")
+    return log, control
+
+
 def render_sbatch(
     *,
     template: str,
@@ -157,17 +202,7 @@ def render_sbatch(
         raise UsageError("the job directory path contains a line break; choose another --jobs-dir")
     if max_requeues < 0:
         raise UsageError(f"max_requeues must be 0 or more, got {max_requeues}")
-    base = job_dir.rstrip("/").rsplit("/", 1)[-1]
-    if array is None:
-        log = (
-            f"../{CONTROL_DIR}/{base}/{SLURM_LOG_PATTERN}"  # relative to the job directory, where sbatch runs
-        )
-        control = shlex.quote(job_dir.rstrip("/").rsplit("/", 1)[0] + f"/{CONTROL_DIR}/{base}")
-    else:
-        log = f"{FITS_DIR}/{CONTROL_DIR}/%a/{SLURM_ARRAY_LOG_PATTERN}"
-        control = shlex.quote(f"{job_dir.rstrip('/')}/{FITS_DIR}/{CONTROL_DIR}") + '/"$SLURM_ARRAY_TASK_ID"'
-    if not SAFE_VALUE.match(log):
-        raise UsageError(f"job directory name {base!r}: use letters, digits and _@%+=:,.- only")
+    log, control = _log_and_control(job_dir, array)
     lines = {
         "job-name": _directive("job-name", name, "name"),
         "output": f"#SBATCH --output={log}",  # relative: sbatch runs in the job (or campaign) directory
@@ -187,26 +222,8 @@ def render_sbatch(
         lines[option] = _directive(option, value, "gpus")
     for item in extra:
         lines[_extra_name(item)] = f"#SBATCH {item}"
-    for option in skip:
-        name = option.replace("_", "-").lstrip("-")
-        if name in MANAGED:
-            raise UsageError(f"skip {option!r}: bumps-mpi needs this directive ({MANAGED[name]})")
-        if name not in lines and name not in DIRECTIVES.values():
-            known = sorted({*DIRECTIVES.values(), *(_extra_name(i) for i in extra)})
-            raise UsageError(
-                f"skip {option!r}: no such directive; directives you can skip: {', '.join(known)}"
-            )
-        lines.pop(name, None)
-    launch = [launcher, *launcher_args]
-    program = launcher.rsplit("/", 1)[-1]
-    if program in MPIRUN_LAUNCHERS:
-        launch += ["-n", "${SLURM_NTASKS}"]
-    if program == "srun" and not any(a.startswith(("--kill-on-bad-exit", "-K")) for a in launcher_args):
-        launch.append(
-            "--kill-on-bad-exit=1"
-        )  # else a rank that dies leaves the others waiting until walltime
-    launch_text = " ".join(a if a == "${SLURM_NTASKS}" else shlex.quote(a) for a in launch)
-    launch_text = launch_text.replace("${SLURM_NTASKS}", '"${SLURM_NTASKS}"')
+    _skip(lines, skip, extra)
+    launch_text = _launch(launcher, launcher_args)
     return Template(template).substitute(
         directives="\n".join(lines[k] for k in sorted(lines)),
         version=version,

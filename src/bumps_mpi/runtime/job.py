@@ -15,6 +15,7 @@ import socket
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 from ..jobdir import (
@@ -170,6 +171,20 @@ def _confine(jobdir: JobDir, spec: Request) -> tuple[dict[str, Any], dict[str, A
         return {"level": asked["level"], "missing": [f"everything: {type(exc).__name__}: {exc}"]}, None
 
 
+@dataclass
+class _Fitted:
+    """What one run of the fit left: Bumps' driver and the result, and what it resumed from."""
+
+    fit_id: str
+    options: dict[str, Any]
+    driver: Any
+    result: Result
+    checkpointer: Any  # None for a fitter that keeps no checkpoint
+    resumed: bool
+    info: dict[str, Any]  # the checkpoint's record (elapsed_s of the runs before), or {"elapsed_s": 0}
+    convergence: Any
+
+
 def _run_root(
     jobdir: JobDir,
     spec: Request,
@@ -180,10 +195,9 @@ def _run_root(
     confinement: dict,
     gpus: dict[str, dict[str, str]],
 ) -> int:
-    from . import checkpoint, session
-    from .fit import Failures, fitter_class, run_fit
+    from . import checkpoint
+    from .fit import Failures
     from .mapper import Mapper
-    from .progress import ProgressMonitor
 
     failures = Failures(problem)  # rank 0's own evaluations, and the first traceback it sees
     mapper = Mapper(problem, comm)
@@ -208,48 +222,16 @@ def _run_root(
     )
     prior_runs = len(runs) - 1  # allocations before this one: requeues and resumes
     try:
-        fit_id, options = spec["fit"], spec.get("fit_options", {})
-        steps = fitter_class(fit_id).max_steps(problem, options)
-        fit_state, info = None, {"elapsed_s": 0.0}
-        saved = jobdir.file(CHECKPOINT_FILE)
-        if fit_id in RESUMABLE_FITTERS and saved.exists():
-            fit_state, info = checkpoint.load(saved, fit_id, problem.labels())  # and the random generator
-            print(f"bumps-mpi: resuming from the checkpoint at step {info['step']}", flush=True)
-            checkpoint.record_run(jobdir.path, update=True, resumed_from_step=info["step"])
-        checkpointer = None
-        if fit_id in RESUMABLE_FITTERS:
-            every = float(_setting(spec, "checkpoint_every"))
-            checkpointer = checkpoint.Checkpointer(saved, fit_id, stop, every, info, last_step=steps)
-        progress = ProgressMonitor(
-            jobdir.file(PROGRESS_FILE),
-            problem,
-            fit_id,
-            steps,
-            restarts=prior_runs,
-            info=info,
-            stopped=(lambda: checkpointer.stopped) if checkpointer else None,
-            failures=failed,
-        )
-        convergence = session.convergence_monitor(problem)
-        monitors: list[Any] = [progress, convergence] + ([checkpointer] if checkpointer else [])
-        driver, result = run_fit(
-            problem,
-            fit_id,
-            checkpoint.remaining_options(fit_id, options, fit_state) if fit_state is not None else options,
-            mapper=mapper,
-            seed=spec.get("seed") if fit_state is None else None,
-            monitors=monitors,
-            fit_state=fit_state,
-            abort_test=(lambda: checkpointer.stopped) if checkpointer else None,
-        )
+        fitted = _fit(jobdir, spec, problem, mapper, stop, prior_runs, failed)
     except BaseException as exc:  # noqa: B036 - report it, stop the workers, exit non-zero
         _fit_failed(jobdir, exc, failures, *failed())
         mapper.stop()
         return 1
     mapper.stop()
-    if checkpointer is not None and checkpointer.stopped:
-        return _stopped(jobdir, spec, stop, checkpointer)
+    if fitted.checkpointer is not None and fitted.checkpointer.stopped:
+        return _stopped(jobdir, spec, stop, fitted.checkpointer)
     count, evaluations = failed()
+    result = fitted.result
     why = failures.verdict(count, evaluations, float(result["nllf"]))
     if why is not None:  # Bumps scored the model's failures as impossible points and went on: not a fit
         checkpoint.record_run(jobdir.path, update=True, finished=time.time(), reason="model failed")
@@ -257,8 +239,8 @@ def _run_root(
         _write_error(jobdir, "fit", 0, report, failed_evaluations=count, evaluations=evaluations)
         return 1
     checkpoint.record_run(jobdir.path, update=True, finished=time.time(), reason="completed")
-    if fit_state is not None:  # the fit's time across all its runs, not only this one's
-        result["elapsed_s"] += float(info.get("elapsed_s", 0.0))
+    if fitted.resumed:  # the fit's time across all its runs, not only this one's
+        result["elapsed_s"] += float(fitted.info.get("elapsed_s", 0.0))
     result.update(
         Result(
             sandbox=confinement,
@@ -274,7 +256,59 @@ def _run_root(
     )
     if gpus:
         result["gpus"] = gpus  # each rank's GPUs, as its runtime and Slurm named them
-    _bumps_files(jobdir, driver, fit_id, options, convergence, result)
+    return _write_result(jobdir, fitted, comm.size, stop)
+
+
+def _fit(
+    jobdir: JobDir, spec: Request, problem: Any, mapper: Any, stop: Any, prior_runs: int, failed: Any
+) -> _Fitted:
+    """Run the fit (from its checkpoint, if it has one) with its monitors: progress, convergence and
+    checkpoints."""
+    from . import checkpoint, session
+    from .fit import fitter_class, run_fit
+    from .progress import ProgressMonitor
+
+    fit_id, options = spec["fit"], spec.get("fit_options", {})
+    steps = fitter_class(fit_id).max_steps(problem, options)
+    fit_state, info = None, {"elapsed_s": 0.0}
+    saved = jobdir.file(CHECKPOINT_FILE)
+    if fit_id in RESUMABLE_FITTERS and saved.exists():
+        fit_state, info = checkpoint.load(saved, fit_id, problem.labels())  # and the random generator
+        print(f"bumps-mpi: resuming from the checkpoint at step {info['step']}", flush=True)
+        checkpoint.record_run(jobdir.path, update=True, resumed_from_step=info["step"])
+    checkpointer = None
+    if fit_id in RESUMABLE_FITTERS:
+        every = float(_setting(spec, "checkpoint_every"))
+        checkpointer = checkpoint.Checkpointer(saved, fit_id, stop, every, info, last_step=steps)
+    progress = ProgressMonitor(
+        jobdir.file(PROGRESS_FILE),
+        problem,
+        fit_id,
+        steps,
+        restarts=prior_runs,
+        info=info,
+        stopped=(lambda: checkpointer.stopped) if checkpointer else None,
+        failures=failed,
+    )
+    convergence = session.convergence_monitor(problem)
+    monitors: list[Any] = [progress, convergence] + ([checkpointer] if checkpointer else [])
+    driver, result = run_fit(
+        problem,
+        fit_id,
+        checkpoint.remaining_options(fit_id, options, fit_state) if fit_state is not None else options,
+        mapper=mapper,
+        seed=spec.get("seed") if fit_state is None else None,
+        monitors=monitors,
+        fit_state=fit_state,
+        abort_test=(lambda: checkpointer.stopped) if checkpointer else None,
+    )
+    return _Fitted(fit_id, options, driver, result, checkpointer, fit_state is not None, info, convergence)
+
+
+def _write_result(jobdir: JobDir, fitted: _Fitted, ranks: int, stop: Any) -> int:
+    """result.json and Bumps' own files, then (unless near the time limit) the figures and the report."""
+    result = fitted.result
+    _bumps_files(jobdir, fitted.driver, fitted.fit_id, fitted.options, fitted.convergence, result)
     try:
         write_json(jobdir.file(RESULT_FILE), result)
     except OSError as exc:  # a full disk: say so where we can, with the numbers, and fail visibly
@@ -283,11 +317,11 @@ def _run_root(
         _say(f"bumps-mpi: the result: {result}")
         return 1
     print(
-        f"bumps-mpi: fit done, chisq={result['chisq_str']}, {result['elapsed_s']:.1f} s on {comm.size} ranks",
+        f"bumps-mpi: fit done, chisq={result['chisq_str']}, {result['elapsed_s']:.1f} s on {ranks} ranks",
         flush=True,
     )
     if not stop.poll():  # near the time limit, the figures wait for `bumps-submit plot` or `report`
-        _figures_and_report(jobdir, driver, fit_id, result)
+        _figures_and_report(jobdir, fitted.driver, fitted.fit_id, result)
     return 0
 
 
