@@ -8,8 +8,8 @@ a worker.
 Here each call is one message to and one from each worker that has points,
 float64 buffers both ways and nothing else: the message's envelope is the
 header (the tag carries the command and the number of parameters, the size
-gives the number of rows). Rank 0 posts its receives straight into the result
-array, sends, and evaluates its own share while the messages are in flight.
+gives the number of rows). Rank 0 starts persistent requests (made once per
+population size), and evaluates its own share while the messages are in flight.
 When points are expensive (over 100 us each, measured on rank 0), the map
 balances itself: guided self-scheduling hands out shrinking contiguous chunks,
 still slices of the points and of the result (BUMPS_MPI_BALANCE=auto|always|never).
@@ -80,66 +80,89 @@ def _describe(exc: BaseException) -> dict[str, Any]:
     }
 
 
+class _Plan:
+    """A StaticSplit plan for one shape: who gets which rows, and the persistent requests that move them
+    (made once, started each call: no request objects, slices or buffer parsing on the hot path)."""
+
+    def __init__(self, comm: MPI.Comm, npop: int, nvar: int, tag: int):
+        counts, displs = split(npop, comm.size)
+        self.shape = (npop, nvar)
+        self.mine = int(counts[ROOT])  # rank 0's rows come first: the workers' rows are one block after
+        self.workers = [
+            (r, int(displs[r]), int(displs[r] + counts[r])) for r in range(1, comm.size) if counts[r]
+        ]
+        self.outgoing = np.empty((npop - self.mine, nvar), dtype=np.float64)  # the workers' rows
+        self.incoming = np.empty(npop - self.mine, dtype=np.float64)  # their values
+        self.requests: list[MPI.Prequest] = []
+        for r, a, b in self.workers:
+            a, b = a - self.mine, b - self.mine
+            self.requests.append(comm.Recv_init(self.incoming[a:b], r, MPI.ANY_TAG))
+            self.requests.append(comm.Send_init(self.outgoing[a:b], r, tag))
+        self.statuses = [MPI.Status() for _ in self.requests]
+        self.receives = self.statuses[0::2]
+
+    def free(self) -> None:
+        for request in self.requests:
+            request.Free()
+        self.requests = []
+
+
 class StaticSplit:
     """One contiguous block of rows per rank, sent at once; rank 0 evaluates its own while they travel.
 
     The cheapest map when every point costs about the same: one message to and
-    one from each worker that has rows, receives posted straight into the result.
-    The plan (who gets which rows) is cached while the population size stays;
-    *grow* makes room in a worker's buffer when a new plan gives it more rows.
+    one from each worker that has rows, on persistent requests made once per
+    population size (the plan); *grow* makes room in a worker's buffer when a
+    new plan gives it more rows.
     """
 
     def __init__(self, comm: MPI.Comm, grow: Callable[[int, int], None]):
         self.comm, self.grow = comm, grow
-        self._plan: tuple[int, int, int, list, list, list] = (
-            0,
-            0,
-            0,
-            [],
-            [],
-            [],
-        )  # npop, nvar, rank 0's rows, workers, statuses, receives
+        self._plan: _Plan | None = None
         self.waiting_since: float | None = None  # rank 0 done with its own share, waiting for the rest
         self.own_s = 0.0  # how long rank 0's own share took, this call
 
-    def plan(self, npop: int, nvar: int) -> list[tuple[int, int, int]]:
-        """(rank, first row, end row) for each worker with rows, for *npop* points of *nvar* parameters."""
-        if self._plan[:2] != (npop, nvar):
-            counts, displs = split(npop, self.comm.size)
-            workers = [
-                (r, int(displs[r]), int(displs[r] + counts[r])) for r in range(1, self.comm.size) if counts[r]
-            ]
-            statuses = [MPI.Status() for _ in range(2 * len(workers))]
-            self._plan = (npop, nvar, int(counts[ROOT]), workers, statuses, statuses[0::2])
-            for rank, start, stop in workers:
+    def plan(self, npop: int, nvar: int, tag: int) -> _Plan:
+        """The plan for *npop* points of *nvar* parameters (made when the shape changes)."""
+        plan = self._plan
+        if plan is None or plan.shape != (npop, nvar):
+            self.free()
+            plan = self._plan = _Plan(self.comm, npop, nvar, tag)
+            for rank, start, stop in plan.workers:
                 self.grow(rank, (stop - start) * nvar)
-        return self._plan[3]
+        return plan
+
+    def free(self) -> None:
+        """Release the plan's requests (before its communicator goes)."""
+        if self._plan is not None:
+            self._plan.free()
+            self._plan = None
 
     def map(self, problem: Any, points: np.ndarray, result: np.ndarray, tag: int) -> tuple[list, Any, float]:
         """Fill *result*; returns (failed workers' blocks, rank 0's failure, rank 0's seconds per point)."""
-        comm = self.comm
-        workers = self.plan(*points.shape)
-        mine, statuses, receives = self._plan[2], self._plan[4], self._plan[5]
-        requests: list[MPI.Request] = []
-        irecv, isend, post, any_tag = comm.Irecv, comm.Isend, requests.append, MPI.ANY_TAG
-        for r, a, b in workers:
-            post(irecv(result[a:b], r, any_tag))
-            post(isend(points[a:b], r, tag))
+        plan = self.plan(points.shape[0], points.shape[1], tag)
+        mine = plan.mine
+        plan.outgoing[...] = points[mine:]
+        MPI.Prequest.Startall(plan.requests)
         started = perf_counter()
         failed = _evaluate(problem, points[:mine], result[:mine])
         self.waiting_since = perf_counter()
         self.own_s = self.waiting_since - started
         cost = self.own_s / max(mine, 1)
         try:
-            MPI.Request.Waitall(requests, statuses)
+            MPI.Request.Waitall(plan.requests, plan.statuses)
+        except BaseException:
+            self._plan = None  # its requests may still be active: never started again
+            raise
         finally:
             self.waiting_since = None
-        for status in receives:
+        result[mine:] = plan.incoming
+        for status in plan.receives:
             if status.tag != _RESULT:
                 break
         else:
             return [], failed, cost
-        return [w for w, s in zip(workers, receives, strict=True) if s.tag != _RESULT], failed, cost
+        return [w for w, s in zip(plan.workers, plan.receives, strict=True) if s.tag != _RESULT], failed, cost
 
 
 class GuidedChunks:
@@ -335,6 +358,7 @@ class Mapper:
         """Release the workers from their loop."""
         empty = np.empty(0, dtype=np.float64)
         MPI.Request.Waitall([self.comm.Isend(empty, dest=r, tag=_STOP) for r in range(1, self.comm.size)])
+        self.static.free()
         self.comm.Free()
 
 
