@@ -8,6 +8,7 @@ machine's noise falls on all of them alike. Prints one JSON object on rank 0:
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -22,6 +23,9 @@ from problems import Burn, Trivial  # noqa: E402
 from bumps_mpi.runtime.mapper import Mapper, serve, split  # noqa: E402
 
 comm = MPI.COMM_WORLD
+# points mapped per timed block (each mapper, each population): long enough blocks that one round's ratio
+# is not one scheduler hiccup (BENCH_POINTS, default 200000: about 0.1 s a block for ours at 2 ranks)
+POINTS_PER_BLOCK = int(os.environ.get("BENCH_POINTS", "200000"))
 rank, size = comm.rank, comm.size
 NVAR = 10
 PROBLEM = Trivial()
@@ -102,7 +106,7 @@ def main() -> None:
     for _ in range(rounds):
         for npop in pops:
             points = rng.random((npop, NVAR)) if rank == 0 else None
-            calls = max(20, 20000 // npop)
+            calls = max(20, POINTS_PER_BLOCK // npop)  # blocks of about the same time at every population
             for kind in kinds:
                 if kind == "futures":
                     calls_here = max(5, calls // 20)  # orders of magnitude slower

@@ -46,6 +46,7 @@ _MAP = 100  # tag = _MAP + number of parameters
 START_CAPACITY = 4096  # doubles in each worker's receive buffer before the first grow
 GUIDED_ABOVE_S = 100e-6  # nllf cost per point above which the map balances dynamically
 COUNT_EVERY = 64  # calls whose non-finite values are counted together (Mapper.nonfinite)
+COPY_OUT_BELOW = 2048  # doubles: workers' rows copied to a persistent send below this, sent in place above
 
 
 def split(npop: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +83,12 @@ def _describe(exc: BaseException) -> dict[str, Any]:
 
 class _Plan:
     """A StaticSplit plan for one shape: who gets which rows, and the persistent requests that move them
-    (made once, started each call: no request objects, slices or buffer parsing on the hot path)."""
+    (made once, started each call: no request objects, slices or buffer parsing on the hot path).
+
+    The workers' values arrive in the plan's own buffer and are copied out (a few KB at most). Their
+    rows are copied into the plan's buffer too while that is cheaper than a new request (up to
+    COPY_OUT_BELOW doubles); larger shares are sent from the points themselves, one Isend each.
+    """
 
     def __init__(self, comm: MPI.Comm, npop: int, nvar: int, tag: int):
         counts, displs = split(npop, comm.size)
@@ -91,20 +97,22 @@ class _Plan:
         self.workers = [
             (r, int(displs[r]), int(displs[r] + counts[r])) for r in range(1, comm.size) if counts[r]
         ]
-        self.outgoing = np.empty((npop - self.mine, nvar), dtype=np.float64)  # the workers' rows
-        self.incoming = np.empty(npop - self.mine, dtype=np.float64)  # their values
-        self.requests: list[MPI.Prequest] = []
-        for r, a, b in self.workers:
-            a, b = a - self.mine, b - self.mine
-            self.requests.append(comm.Recv_init(self.incoming[a:b], r, MPI.ANY_TAG))
-            self.requests.append(comm.Send_init(self.outgoing[a:b], r, tag))
-        self.statuses = [MPI.Status() for _ in self.requests]
-        self.receives = self.statuses[0::2]
+        shifted = [(r, a - self.mine, b - self.mine) for r, a, b in self.workers]
+        self.incoming = np.empty(npop - self.mine, dtype=np.float64)  # the workers' values
+        self.receives = [comm.Recv_init(self.incoming[a:b], r, MPI.ANY_TAG) for r, a, b in shifted]
+        self.copy_out = (npop - self.mine) * nvar <= COPY_OUT_BELOW
+        self.outgoing = np.empty((npop - self.mine, nvar) if self.copy_out else (0, nvar), dtype=np.float64)
+        self.sends = (
+            [comm.Send_init(self.outgoing[a:b], r, tag) for r, a, b in shifted] if self.copy_out else []
+        )
+        self.persistent: list[MPI.Prequest] = self.receives + self.sends  # started together
+        self.statuses = [MPI.Status() for _ in range(2 * len(self.workers))]
+        self.received = self.statuses[: len(self.workers)]  # the receives' (their tags say failure)
 
     def free(self) -> None:
-        for request in self.requests:
+        for request in self.persistent:
             request.Free()
-        self.requests = []
+        self.persistent = self.receives = self.sends = []
 
 
 class StaticSplit:
@@ -142,27 +150,34 @@ class StaticSplit:
         """Fill *result*; returns (failed workers' blocks, rank 0's failure, rank 0's seconds per point)."""
         plan = self.plan(points.shape[0], points.shape[1], tag)
         mine = plan.mine
-        plan.outgoing[...] = points[mine:]
-        MPI.Prequest.Startall(plan.requests)
+        requests: list[MPI.Request]
+        if plan.copy_out:
+            plan.outgoing[...] = points[mine:]
+            MPI.Prequest.Startall(plan.persistent)
+            requests = plan.persistent  # type: ignore[assignment]  # Prequest is a Request
+        else:
+            MPI.Prequest.Startall(plan.receives)
+            isend = self.comm.Isend
+            requests = plan.receives + [isend(points[a:b], r, tag) for r, a, b in plan.workers]
         started = perf_counter()
         failed = _evaluate(problem, points[:mine], result[:mine])
         self.waiting_since = perf_counter()
         self.own_s = self.waiting_since - started
         cost = self.own_s / max(mine, 1)
         try:
-            MPI.Request.Waitall(plan.requests, plan.statuses)
+            MPI.Request.Waitall(requests, plan.statuses)
         except BaseException:
             self._plan = None  # its requests may still be active: never started again
             raise
         finally:
             self.waiting_since = None
         result[mine:] = plan.incoming
-        for status in plan.receives:
+        for status in plan.received:
             if status.tag != _RESULT:
                 break
         else:
             return [], failed, cost
-        return [w for w, s in zip(plan.workers, plan.receives, strict=True) if s.tag != _RESULT], failed, cost
+        return [w for w, s in zip(plan.workers, plan.received, strict=True) if s.tag != _RESULT], failed, cost
 
 
 class GuidedChunks:
