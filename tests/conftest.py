@@ -12,6 +12,7 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -194,6 +195,35 @@ def slurm_cluster():
     return True
 
 
+HOSTS = 3  # make test starts the cluster with SLURM_HOSTS=3: nodes h1..h3, partition `hosts`
+
+
+@pytest.fixture(scope="session")
+def hosts_cluster(slurm_cluster):
+    """The cluster's several hosts (each node a network namespace: SLURM_HOSTS=3 scripts/slurm-cluster
+    start): their names, every one up."""
+    shown = subprocess.run(
+        ["sinfo", "-h", "-N", "-p", "hosts", "-o", "%N %t"], capture_output=True, text=True, timeout=30
+    )
+    nodes = dict(line.split() for line in shown.stdout.splitlines() if line.strip())
+    if len(nodes) < HOSTS or any(s not in ("idle", "mix", "alloc") for s in nodes.values()):
+        unavailable(
+            f"the cluster has not {HOSTS} hosts up in partition 'hosts' ({nodes or shown.stderr.strip()}): "
+            f"start it with SLURM_HOSTS={HOSTS} scripts/slurm-cluster start"
+        )
+    return sorted(nodes)
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory every host sees (the hosts have their own /tmp, as compute nodes do): the tests'
+    'shared file system', under /var/tmp; removed afterwards."""
+    made = Path(tempfile.mkdtemp(prefix="bumps-mpi-hosts-", dir="/var/tmp"))
+    made.chmod(0o755)
+    yield made
+    shutil.rmtree(made, ignore_errors=True)
+
+
 POSTGRES = "postgresql://postgres@127.0.0.1:54329"  # scripts/postgres-server's
 
 
@@ -228,16 +258,17 @@ def mpiexec():
     return str(exe)
 
 
-def wait_until(condition, what: str = "", timeout: float = 240, every: float = 0.2):
+def wait_until(condition, what="", timeout: float = 240, every: float = 0.2):
     """Poll *condition* every *every* seconds until it returns something true, and return that; fail
-    naming *what* after *timeout* seconds. The one polling loop of the tests."""
+    naming *what* (text, or a function that says what was last seen) after *timeout* seconds. The one
+    polling loop of the tests."""
     deadline = time.monotonic() + timeout
     while True:
         found = condition()
         if found:
             return found
         if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout} s for {what or condition}")
+            pytest.fail(f"waited {timeout} s for {(what() if callable(what) else what) or condition}")
         time.sleep(every)
 
 
@@ -266,17 +297,16 @@ def wait_for_state(
     A Slurm job that has ended is returned once its exit is known too (the script's own exit-status
     file, or accounting): the controller and the job directory may show the end a moment earlier.
     """
-    deadline = time.monotonic() + timeout
-    record: dict = {}
-    while time.monotonic() < deadline:
-        record = cli_json("status", job)[0]
-        ended = record["state"] in TERMINAL
-        if record["state"] in states and not (
-            exit_known and ended and record["job_id"] and record["exit"] is None
-        ):
-            return record
-        time.sleep(1)
-    pytest.fail(f"job {job} did not reach {sorted(states)} in {timeout} s; last status: {record}")
+    seen: list[dict] = [{}]
+
+    def reached() -> dict | None:
+        seen[0] = record = cli_json("status", job)[0]
+        waiting = exit_known and record["state"] in TERMINAL and record["job_id"] and record["exit"] is None
+        return record if record["state"] in states and not waiting else None
+
+    return wait_until(
+        reached, lambda: f"job {job} to reach {sorted(states)}; last status: {seen[0]}", timeout, 1
+    )
 
 
 def serial_fit(model: Path, fit: str, options: dict, seed: int) -> dict:

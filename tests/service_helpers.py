@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import as_user
+from conftest import as_user, wait_until
 
 USER = "bumpsci"  # the service account (tests/test_sandbox.py makes it too)
 
@@ -178,11 +178,10 @@ def follow(client: httpx.Client, fit_id: str, timeout: float = 300) -> list[dict
 
 
 def wait_for(client: httpx.Client, fit_id: str, states: set[str], timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    fit: dict = {}
-    while time.monotonic() < deadline:
-        fit = client.get(f"/api/v1/fits/{fit_id}").json()
-        if fit.get("state") in states:
-            return fit
-        time.sleep(0.5)
-    raise AssertionError(f"fit {fit_id} did not reach {states} in {timeout} s: {fit}")
+    seen: list[dict] = [{}]
+
+    def reached() -> dict | None:
+        seen[0] = fit = client.get(f"/api/v1/fits/{fit_id}").json()
+        return fit if fit.get("state") in states else None
+
+    return wait_until(reached, lambda: f"fit {fit_id} to reach {states}; last: {seen[0]}", timeout, every=0.5)

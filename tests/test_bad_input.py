@@ -14,11 +14,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, MODELS, NOBODY, cli, fake_job, one_line_error, write_model
+from conftest import EXAMPLE, MODELS, NOBODY, cli, fake_job, one_line_error, wait_until, write_model
 
 from bumps_mpi.jobdir import JobDir
 
@@ -208,10 +207,7 @@ def test_processes_a_model_leaves_behind_are_ended_with_the_check(isolated):
     proc = cli("submit", model, "--dry-run", "--sandbox", "off")  # the model writes beside itself
     assert proc.returncode == 0, proc.stderr
     pid = int(pidfile.read_text())
-    deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(pid), "the model's child outlived the check"
+    wait_until(lambda: not _alive(pid), "the model's child to end with the check", timeout=10, every=0.1)
 
 
 def _alive(pid: int) -> bool:
@@ -476,10 +472,7 @@ def test_a_terminal_closed_during_the_check_ends_the_check_and_its_files(isolate
     proc.send_signal(signum)
     proc.wait(timeout=30)
     assert proc.returncode == 128 + signum, proc.stderr.read()
-    deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(pid), "the model check still runs"
+    wait_until(lambda: not _alive(pid), "the model check to end", timeout=10, every=0.1)
     assert scratch and not any(p.exists() for p in scratch)
 
 
@@ -496,9 +489,7 @@ def _checking(isolated: Path, forever: str) -> tuple[subprocess.Popen, int]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 30
-    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: pidfile.exists() and pidfile.read_text(), "the model check to start", 30, every=0.1)
     return proc, int(pidfile.read_text())
 
 
@@ -516,10 +507,7 @@ def test_interrupting_the_check_leaves_nothing_running(isolated):
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
     assert proc.returncode != 0
-    deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(pid)
+    wait_until(lambda: not _alive(pid), "the model check to end", timeout=10, every=0.1)
 
 
 # --- files bumps-mpi did not write: the right types, or unreadable (never a traceback) ------------------

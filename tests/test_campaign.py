@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAILING_FIT, ROOT, SMALL_DREAM, TERMINAL, cli, cli_json, one_line_error
+from conftest import FAILING_FIT, ROOT, SMALL_DREAM, TERMINAL, cli, cli_json, one_line_error, wait_until
 
 from bumps_mpi.jobdir import control_dir
 
@@ -81,8 +81,9 @@ def accounting(array_id: str, tasks: list[str], timeout: float = 60) -> list[dic
     """The array's tasks as accounting records them, once it shows exactly *tasks*, each ended; slurmdbd
     lags the controller (from which status knew of their ends) by seconds, and may first show a task as
     its array's bare id. Fails, showing what it has, when another task appears or one never does."""
-    deadline = time.monotonic() + timeout
-    while True:
+    seen: list[list[dict]] = [[]]
+
+    def recorded() -> list[dict] | None:
         out = subprocess.run(
             ["sacct", "-X", "-n", "-P", "-j", array_id, "-o", "JobID,State,Start,End"],
             capture_output=True,
@@ -90,11 +91,11 @@ def accounting(array_id: str, tasks: list[str], timeout: float = 60) -> list[dic
             check=True,
         ).stdout
         rows = [dict(zip(("task", "state", "start", "end"), x.split("|"), strict=True)) for x in out.split()]
+        seen[0] = rows
         found = sorted(r["task"] for r in rows)
-        if found == sorted(tasks) and all(r["end"] not in ("", "Unknown") for r in rows):
-            return rows
-        assert time.monotonic() < deadline, f"accounting of {array_id} after {timeout} s: {rows}"
-        time.sleep(0.5)
+        return rows if found == sorted(tasks) and all(r["end"] not in ("", "Unknown") for r in rows) else None
+
+    return wait_until(recorded, lambda: f"accounting of {array_id}; it shows {seen[0]}", timeout, every=0.5)
 
 
 def most_at_once(rows: list[dict]) -> int:
@@ -167,13 +168,11 @@ def test_six_fits_at_most_two_at_once_equal_six_single_submissions(slurm_cluster
 
 
 def wait_single(job_id: str, timeout: float = 240) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ended() -> str | None:
         record = cli_json("status", job_id)[0]
-        if record["state"] in TERMINAL and record["exit"] is not None:
-            return record["state"]
-        time.sleep(0.5)
-    pytest.fail(f"job {job_id} did not end in {timeout} s")
+        return record["state"] if record["state"] in TERMINAL and record["exit"] is not None else None
+
+    return wait_until(ended, f"job {job_id} to end", timeout=timeout, every=0.5)
 
 
 def test_a_bad_data_file_is_refused_before_anything_is_written(slurm_cluster, isolated):
@@ -263,10 +262,7 @@ def test_cancel_ends_every_fit_of_a_campaign(slurm_cluster, isolated):
         "--jobs-dir", isolated / "jobs", "--", "{}", "0.005",
     )  # fmt: skip
     array_id = done["campaign_id"]
-    deadline = time.monotonic() + 120
-    while cli_json("status", array_id)["counts"].get("RUNNING") != 1:
-        assert time.monotonic() < deadline, "no fit of the campaign started"
-        time.sleep(0.5)
+    wait_until(lambda: cli_json("status", array_id)["counts"].get("RUNNING") == 1, "a fit to start", 120, 0.5)
     cancelled = cli_json("cancel", array_id)
     assert cancelled["cancelled"] == 3
     final = follow_campaign(array_id, timeout=120)[-1]
@@ -283,10 +279,12 @@ def test_fits_that_can_never_start_are_shown_with_what_to_do(slurm_cluster, isol
     )  # fmt: skip
     array_id = done["campaign_id"]
     try:
-        deadline = time.monotonic() + 60
-        while len((summary := cli_json("status", array_id))["attention"]) < 2:
-            assert time.monotonic() < deadline, summary["records"]
-            time.sleep(0.5)
+        summary = wait_until(
+            lambda: len((found := cli_json("status", array_id))["attention"]) >= 2 and found,
+            "both fits to need attention",
+            timeout=60,
+            every=0.5,
+        )
         assert summary["counts"] == {"PENDING": 2}
         reasons = [(r["reason"], r.get("never_starts")) for r in summary["attention"]]
         assert all(never and why in ("PartitionNodeLimit", "PartitionConfig") for why, never in reasons), (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLE, MODELS, cli, fake_job, one_line_error
+from conftest import EXAMPLE, MODELS, cli, fake_job, one_line_error, wait_until
 
 from bumps_mpi.jobdir import JobDir, control_dir
 from bumps_mpi.runtime import checkpoint
@@ -212,9 +212,7 @@ def test_local_stop_then_resume_gives_the_full_chain(isolated, mpiexec, signum):
         stdout=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while _progress_step(job_dir) < 60 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: _progress_step(job_dir) >= 60 or proc.poll() is not None, "step 60", timeout=120)
     assert proc.poll() is None, "the fit ended before it could be stopped: make it longer"
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
@@ -271,19 +269,14 @@ def test_checkpoint_on_request_while_the_fit_goes_on(isolated, mpiexec):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while _progress_step(job_dir) < 30 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: _progress_step(job_dir) >= 30, "step 30", timeout=120)
         assert not (job_dir / "checkpoint.h5").exists()  # the periodic one is 600 s away
         asked = cli("checkpoint", job_dir)
         assert asked.returncode == 0 and "Asked" in asked.stdout, asked.stderr
-        while (job_dir / "checkpoint-request").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: not (job_dir / "checkpoint-request").exists(), "the checkpoint", timeout=120)
         step = checkpoint.load(job_dir / "checkpoint.h5")[1]["step"]
         assert step >= 30 and proc.poll() is None  # saved, and the fit goes on
-        while _progress_step(job_dir) <= step + 10 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _progress_step(job_dir) > step + 10
+        wait_until(lambda: _progress_step(job_dir) > step + 10, "the fit to go on", timeout=120)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)

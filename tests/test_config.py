@@ -66,27 +66,20 @@ def test_unknown_profile_names_the_known_ones(user_file):
         load_settings("gpu")
 
 
-def test_unknown_setting_is_an_error(isolated, monkeypatch):
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ('[profiles.default]\npartiton = "x"\n', "unknown setting 'partiton'"),
+        ('[profiles.default]\nntasks = "eight"\n', "ntasks must be a whole number"),
+        ("[profiles.default\n", "site configuration"),  # broken TOML: still one line
+    ],
+    ids=["unknown-setting", "wrong-type", "broken-toml"],
+)
+def test_a_bad_site_file_is_a_usage_error(isolated, monkeypatch, text, error):
     path = isolated / "site.toml"
-    path.write_text('[profiles.default]\npartiton = "x"\n')
+    path.write_text(text)
     monkeypatch.setenv("BUMPS_MPI_CONFIG", str(path))
-    with pytest.raises(UsageError, match="unknown setting 'partiton'"):
-        load_settings()
-
-
-def test_wrong_type_is_an_error(isolated, monkeypatch):
-    path = isolated / "site.toml"
-    path.write_text('[profiles.default]\nntasks = "eight"\n')
-    monkeypatch.setenv("BUMPS_MPI_CONFIG", str(path))
-    with pytest.raises(UsageError, match="ntasks must be a whole number"):
-        load_settings()
-
-
-def test_broken_toml_is_one_line(isolated, monkeypatch):
-    path = isolated / "site.toml"
-    path.write_text("[profiles.default\n")
-    monkeypatch.setenv("BUMPS_MPI_CONFIG", str(path))
-    with pytest.raises(UsageError, match="site configuration"):
+    with pytest.raises(UsageError, match=error):
         load_settings()
 
 

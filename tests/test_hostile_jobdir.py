@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -61,13 +60,14 @@ class Den:
         return ["submit", str(planter), *FIT, *options, "--", delay, str(self.markers), mode]
 
     def wait(self, job_id: str, timeout: float = 300) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            record = json.loads(self.cli("status", job_id, "--json").stdout)[0]
-            if record["state"] not in ("PENDING", "RUNNING", "REQUEUED") and record.get("exit_code"):
-                return record
-            assert time.monotonic() < deadline, record
-            time.sleep(1)
+        seen: list[dict] = [{}]
+
+        def ended() -> dict | None:
+            seen[0] = record = json.loads(self.cli("status", job_id, "--json").stdout)[0]
+            done = record["state"] not in ("PENDING", "RUNNING", "REQUEUED") and record.get("exit_code")
+            return record if done else None
+
+        return wait_until(ended, lambda: f"job {job_id} to end; last: {seen[0]}", timeout, every=1)
 
     def nothing_ran(self, *outputs: str) -> None:
         """No marker: no planted module was ever imported, and no forged script ever ran."""
@@ -111,10 +111,9 @@ def test_a_local_resume_imports_nothing_planted_and_ignores_the_forged_request(d
         text=True,
         env={**os.environ, **den.env()},
     )
-    deadline = time.monotonic() + 120
-    while not (job_dir / "planted-out.json").exists() and proc.poll() is None:
-        assert time.monotonic() < deadline, "the model never planted"
-        time.sleep(0.2)
+    wait_until(
+        lambda: (job_dir / "planted-out.json").exists() or proc.poll() is not None, "the planting", 120
+    )
     assert proc.poll() is None, "the fit ended before it could be stopped: make it longer"
     proc.send_signal(signal.SIGTERM)  # rank 0 checkpoints and stops
     out, err = proc.communicate(timeout=120)

@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from conftest import (
     cli,
     cli_json,
     png_size,
+    wait_until,
 )
 
 SLOW = MODELS / "slow_peak.py"
@@ -122,12 +122,9 @@ def test_a_running_then_stopped_fit_is_drawn_from_its_checkpoint(isolated, mpiex
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not (job_dir / "progress.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until((job_dir / "progress.json").exists, "the fit to start", timeout=120)
         assert cli("checkpoint", job_dir).returncode == 0
-        while not (job_dir / "checkpoint.h5").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until((job_dir / "checkpoint.h5").exists, "the checkpoint asked for", timeout=120)
         drawn = cli_json("plot", job_dir)
         assert drawn["source"]["kind"] == "checkpoint", drawn
         assert drawn["source"]["label"].endswith("the fit is still running")
@@ -150,12 +147,13 @@ def test_the_report_renders_in_a_real_browser(isolated, mpiexec, tmp_path):
     browser = chromium()
     try:
         browser.get(report.as_uri())
-        deadline = time.monotonic() + 30
         script = "return Array.from(document.images).map(i => [i.complete, i.naturalWidth])"
-        images = browser.execute_script(script)
-        while not all(done for done, _ in images) and time.monotonic() < deadline:
-            time.sleep(0.1)
-            images = browser.execute_script(script)
+        images = wait_until(
+            lambda: (found := browser.execute_script(script)) and all(done for done, _ in found) and found,
+            "the report's images to load",
+            timeout=30,
+            every=0.1,
+        )
         assert len(images) >= 5 and all(width > 0 for _, width in images), images
         assert browser.title.startswith("peak: bumps-mpi report")
         screenshot = tmp_path / "report.png"

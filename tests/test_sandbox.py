@@ -12,11 +12,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, MODELS, SMALL_DREAM, as_user, cli, cli_json, unavailable
+from conftest import EXAMPLE, MODELS, SMALL_DREAM, as_user, cli, cli_json, unavailable, wait_until
 
 from bumps_mpi.sandbox import landlock
 from bumps_mpi.sandbox import policy as sandbox
@@ -180,14 +179,13 @@ def test_every_attack_is_blocked_under_slurm(world, slurm_cluster):
     done = world.submit("--time", "5", settings=world.settings())
     assert done.returncode == 0, done.stderr
     submitted = json.loads(done.stdout)
-    deadline = time.monotonic() + 240
-    record: dict = {}
-    while time.monotonic() < deadline:
+
+    def ended() -> dict | None:
         shown = cli("status", submitted["job_id"], "--json", env=world.env(), user=world.user.pw_uid)
         record = json.loads(shown.stdout)[0]
-        if record["state"] not in ("PENDING", "RUNNING"):
-            break
-        time.sleep(1)
+        return record if record["state"] not in ("PENDING", "RUNNING") else None
+
+    record = wait_until(ended, "the job to end", timeout=240, every=1)
     assert record["state"] == "COMPLETED", record
     assert outcomes(Path(submitted["job_dir"])) == {name: f"blocked: {e}" for name, e in BLOCKED.items()}
     world.untouched()

@@ -183,10 +183,8 @@ def test_cancel_over_the_api_and_delete(service):
         with alice.stream("GET", url) as answer:
             return answer.status_code
 
-    deadline = time.monotonic() + 30  # closed: the service notices and counts them down
-    while opens() == 429:
-        assert time.monotonic() < deadline, "closed streams were never counted down"
-        time.sleep(0.5)
+    # closed: the service notices and counts them down
+    wait_until(lambda: opens() != 429, "closed streams to be counted down", timeout=30, every=0.5)
     assert alice.post(f"/api/v1/fits/{fit['id']}/cancel").status_code == 202
     assert follow(alice, fit["id"])[-1]["state"] == "CANCELLED"
     assert alice.delete(f"/api/v1/fits/{fit['id']}").status_code == 204
@@ -446,15 +444,13 @@ def _until(browser, condition, what: str, timeout: float = 180) -> None:
     """Wait for *condition*; a page that reloads meanwhile (its elements gone) just means: not yet."""
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def holds() -> bool:
         try:
-            if condition():
-                return
+            return bool(condition())
         except (StaleElementReferenceException, NoSuchElementException):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"no {what} in {timeout} s; page: {browser.current_url}")
+            return False
+
+    wait_until(holds, lambda: f"{what}; page: {browser.current_url}", timeout)
 
 
 def _images_loaded(browser) -> list:

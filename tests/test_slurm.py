@@ -25,6 +25,7 @@ from conftest import (
     serial_fit,
     unavailable,
     wait_for_state,
+    wait_until,
 )
 
 from bumps_mpi.cluster import jobstate
@@ -159,11 +160,17 @@ def test_dead_rank_ends_failed_and_is_named(slurm_cluster, isolated):
 def test_progress_while_running_then_watch(slurm_cluster, isolated):
     """status shows the fit's own progress while it runs; watch follows it and exits 0 with the results."""
     submitted = submit(isolated, EXAMPLE, "--samples", "60000", "--burn", "300", "--seed", "5")
-    record = wait_for_state(submitted["job_id"], {"RUNNING"}, timeout=120)
-    deadline = time.monotonic() + 120
-    while not (record.get("progress") and record["state"] == "RUNNING") and time.monotonic() < deadline:
-        time.sleep(1)
-        record = cli_json("status", submitted["job_id"])[0]
+    wait_for_state(submitted["job_id"], {"RUNNING"}, timeout=120)
+    record = wait_until(
+        lambda: (
+            (found := cli_json("status", submitted["job_id"])[0]).get("progress")
+            and found["state"] == "RUNNING"
+            and found
+        ),
+        "progress while it runs",
+        timeout=120,
+        every=1,
+    )
     progress = record["progress"]
     assert 0 < progress["step"] <= progress["steps"] and progress["chisq"] > 0, record
     assert progress["eta_s"] is not None and 0 <= progress["percent"] <= 100
@@ -173,13 +180,8 @@ def test_progress_while_running_then_watch(slurm_cluster, isolated):
     assert "(None)" not in watched.stderr and "RUNNING -" not in watched.stdout
     done = cli_json("status", submitted["job_id"])[0]
     assert done["progress"]["done"] and done["progress"]["step"] == done["progress"]["steps"]
-    deadline = time.monotonic() + 60  # cached once accounting's final record is in (it lags a few seconds)
-    while (
-        not (control_dir(Path(submitted["job_dir"])) / "state.json").is_file() and time.monotonic() < deadline
-    ):
-        time.sleep(1)
-        cli_json("status", submitted["job_id"])
-    assert (control_dir(Path(submitted["job_dir"])) / "state.json").is_file()  # finished: cached
+    cached = control_dir(Path(submitted["job_dir"])) / "state.json"  # once accounting's final record is in
+    wait_until(lambda: cli_json("status", submitted["job_id"]) and cached.is_file(), "the cache", 60, every=1)
 
 
 def test_watch_a_failing_fit_exits_non_zero(slurm_cluster, isolated):
@@ -200,11 +202,16 @@ def test_held_job_is_pending_with_reason_and_hint(slurm_cluster, isolated, monke
     shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
     assert "Comment=two words|cn[01-03]" in shown, shown
     try:
-        record = cli_json("status", job_id)[0]
-        deadline = time.monotonic() + 60
-        while record.get("reason") in (None, "not yet in accounting", "None") and time.monotonic() < deadline:
-            time.sleep(1)
-            record = cli_json("status", job_id)[0]
+        record = wait_until(
+            lambda: (
+                (found := cli_json("status", job_id)[0]).get("reason")
+                not in (None, "not yet in accounting", "None")
+                and found
+            ),
+            "a pending reason",
+            timeout=60,
+            every=1,
+        )
         assert record["state"] == "PENDING" and record["reason"] == "JobHeldUser", record
         assert record["never_starts"] is False and "scontrol release" in record["hint"]
         human = cli("status", job_id)
@@ -265,10 +272,12 @@ def test_accounting_down_falls_back_to_the_controller_then_recovers(slurm_cluste
     pid = Path("/run/slurmdbd.pid").read_text().strip()
     subprocess.run(["kill", pid], check=True)
     try:
-        deadline = time.monotonic() + 30
-        while subprocess.run(["sacct", "-n", "-j", "1"], capture_output=True).returncode == 0:
-            assert time.monotonic() < deadline, "slurmdbd did not stop"
-            time.sleep(0.5)
+        wait_until(
+            lambda: subprocess.run(["sacct", "-n", "-j", "1"], capture_output=True).returncode != 0,
+            "slurmdbd to stop",
+            timeout=30,
+            every=0.5,
+        )
         shown = cli("status", running["job_id"], "--json")
         assert shown.returncode == 0, shown.stderr
         record = json.loads(shown.stdout)[0]
@@ -363,13 +372,12 @@ def test_dependency_pending_then_never_satisfied(slurm_cluster, isolated, monkey
 
 
 def _wait_for_reason(job_id: str, reason: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    record = cli_json("status", job_id)[0]
-    while record.get("reason") != reason and time.monotonic() < deadline:
-        time.sleep(1)
-        record = cli_json("status", job_id)[0]
-    assert record.get("reason") == reason, record
-    return record
+    return wait_until(
+        lambda: (record := cli_json("status", job_id)[0]).get("reason") == reason and record,
+        f"pending reason {reason}",
+        timeout,
+        every=1,
+    )
 
 
 @pytest.mark.parametrize(
@@ -428,10 +436,12 @@ def test_a_preempted_state_is_never_cached(slurm_cluster, isolated):
         record = wait_for_state(str(job), timeout=180)
         assert record["state"] == "PREEMPTED", record
         assert not (control_dir(job) / "state.json").exists()  # Slurm may still requeue it: never cached
-        deadline = time.monotonic() + 60  # squeue may show it a moment longer (completing)
-        while record.get("in_queue") is not False and time.monotonic() < deadline:
-            time.sleep(1)
-            record = cli_json("status", str(job))[0]
+        record = wait_until(  # squeue may show it a moment longer (completing)
+            lambda: (found := cli_json("status", str(job))[0]).get("in_queue") is False and found,
+            "it to leave the queue",
+            timeout=60,
+            every=1,
+        )
         assert record["state"] == "PREEMPTED" and jobstate.ended_for_good(record), record  # gone: ended
     finally:
         subprocess.run(["scancel", job_id, urgent], check=False)
@@ -442,12 +452,12 @@ def test_a_pyslurm_failure_falls_back_to_sacct_and_says_so(slurm_cluster, isolat
 
     job_id = sbatch_wrap(isolated, "true")
     monkeypatch.setattr(pyslurm_backend, "available", lambda: False)
-    deadline = time.monotonic() + 60
-    while (expected := slurm.sacct([job_id])).get(job_id, {}).get("State") != "COMPLETED" or expected[job_id][
-        "JobName"
-    ] == "allocation":  # accounting's full record (its first says JobName=allocation)
-        assert time.monotonic() < deadline, expected  # accounting's final record of a real job
-        time.sleep(1)
+
+    def final() -> dict | None:  # accounting's full record of a real job (its first says JobName=allocation)
+        row = slurm.sacct([job_id]).get(job_id, {})
+        return row if row.get("State") == "COMPLETED" and row["JobName"] != "allocation" else None
+
+    expected = {job_id: wait_until(final, "accounting's final record", timeout=60, every=1)}
 
     def broken(ids):
         raise RuntimeError("RPC failed")
@@ -464,13 +474,8 @@ def test_caching_on_a_full_disk_never_breaks_status(slurm_cluster, isolated, sma
     """state.json cannot be written: status and results still answer, and say the disk is full."""
     submitted = submit(isolated, EXAMPLE, *SMALL_DREAM)
     original = Path(submitted["job_dir"])
-    deadline = time.monotonic() + 120
-    while not (
-        control_dir(original) / "state.json"
-    ).exists():  # accounting's final record is in: it gets cached
-        assert time.monotonic() < deadline, "accounting never gave the final state"
-        cli_json("status", submitted["job_id"])
-        time.sleep(1)
+    cached = control_dir(original) / "state.json"  # accounting's final record is in: it gets cached
+    wait_until(lambda: cli_json("status", submitted["job_id"]) and cached.exists(), "the final state", 120, 1)
     copy = small_disk / "job"
     copy.mkdir()
     control_dir(copy).mkdir(parents=True)
