@@ -66,7 +66,7 @@ lint: venv
 	$(BIN)/mypy
 
 cluster:
-	scripts/slurm-cluster start
+	SLURM_HOSTS=3 scripts/slurm-cluster start  # the one-node partitions, and hosts h1-h3 (several-node tests)
 
 ## database: the PostgreSQL server the dispatcher's tests also run against (root: installs it on first use)
 database:
