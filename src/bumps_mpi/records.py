@@ -147,6 +147,7 @@ class Status(TypedDict, total=False):
     progress: ProgressView | None
     error: ErrorView | None
     chisq: float | None
+    hosts: dict[str, list[int]]  # the ranks on each host (ranks.json), once the job has run
     index: int  # a campaign fit's: its array index and label
     label: str
     resumed: bool  # a resume handed to the job controller's supervisor (no state read yet)

@@ -24,6 +24,22 @@ def plain(text: object) -> str:
     return _CONTROLS.sub("", _ESCAPES.sub("", str(text)))
 
 
+def rank_ranges(ranks: list[int]) -> str:
+    """[0, 1, 2, 5] as '0-2, 5'."""
+    spans: list[list[int]] = []
+    for rank in sorted(ranks):
+        if spans and rank == spans[-1][1] + 1:
+            spans[-1][1] = rank
+        else:
+            spans.append([rank, rank])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def ranks_on_hosts(hosts: dict[str, list[int]]) -> str:
+    """{'h1': [0, 1], 'h2': [2, 3]} as 'ranks 0-1 on h1; 2-3 on h2'."""
+    return "ranks " + "; ".join(f"{rank_ranges(ranks)} on {host}" for host, ranks in hosts.items())
+
+
 def one_line(text: object) -> str:
     """*text* on one line, without control sequences."""
     return " ".join(plain(text).split("\n"))

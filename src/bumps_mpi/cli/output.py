@@ -8,7 +8,7 @@ from typing import Any
 from ..cluster.states import JobState
 from ..errors import where
 from ..records import ProgressView, Status
-from ..text import one_line
+from ..text import one_line, ranks_on_hosts
 from .group import echo, emit_json
 
 
@@ -90,6 +90,9 @@ def print_status(records: list[Status]) -> None:
         if progress and r["state"] in (JobState.RUNNING.value, JobState.REQUEUED.value):
             restarts = f"  restarts {r['restarts']}" if r.get("restarts") else ""
             echo(f"{'':>10}{progress_text(progress)}{restarts}")
+        hosts = r.get("hosts")
+        if hosts and len(hosts) > 1:  # one host needs no line: the several-node runs are what this is for
+            echo(f"{'':>10}{ranks_on_hosts(hosts)}")
 
 
 def short_exit(text: str | None) -> str:

@@ -19,13 +19,17 @@ from typing import Any, cast
 from ..errors import BumpsMpiError
 from ..jobdir import (
     EXIT_STATUS_FILE,
+    RANKS_FILE,
+    RUNS_FILE,
     STATE_FILE,
     JobDir,
     read_json,
     read_regular,
+    slurm_log,
     write_json,
 )
 from ..records import ErrorView, ProgressView, Result, Status
+from ..text import one_line
 from . import slurm
 from .states import JobState, describe_exit, pending_hint
 
@@ -207,6 +211,12 @@ def _record(job: JobDir, cached: Status | None, view: _SlurmView) -> Status:
             record["never_starts"], record["hint"] = hint
     if JobState(record["state"]).terminal:
         record["exit"] = describe_exit(record["exit_code"], _script_status(job, job_id, record["exit_code"]))
+        if record["state"] == JobState.FAILED.value and job_id and _never_ran(job, job_id):
+            record["reason"] = (
+                f"it never started: the compute node could not open the job's log in {job.control} "
+                "(the job directory must be on a file system every compute node sees: submit again "
+                "with --jobs-dir there)"
+            )
     else:
         record["exit_code"] = record["exit"] = None  # a running job has no exit code yet
     full = _full(job) if record["state"] != JobState.COMPLETED.value else None
@@ -214,6 +224,9 @@ def _record(job: JobDir, cached: Status | None, view: _SlurmView) -> Status:
         warnings.append(full)
     if warnings:
         record["warning"] = "; ".join(dict.fromkeys(warnings))
+    hosts = hosts_of(job) if record["state"] != JobState.PENDING.value else None
+    if hosts:
+        record["hosts"] = hosts
     _join_job_dir(record, progress, error, result)
     return record
 
@@ -265,6 +278,32 @@ def _slurm_state(
             "purged from accounting, or submitted to another cluster?",
         }
     return {"reason": f"Slurm not reachable ({view.unreachable or 'accounting failed'})"}
+
+
+MAX_HOSTS_SHOWN = 64
+
+
+def hosts_of(job: JobDir) -> dict[str, list[int]] | None:
+    """Which host each rank ran on, by host (ranks.json, the job's last run), or None before it says.
+    The model can write ranks.json: names are made plain and short, and at most MAX_HOSTS_SHOWN kept."""
+    try:
+        ranks = read_json(job.file(RANKS_FILE), kind=list)
+    except BumpsMpiError:
+        return None
+    hosts: dict[str, list[int]] = {}
+    for entry in ranks or []:
+        if isinstance(entry, dict) and isinstance(entry.get("host"), str) and type(entry.get("rank")) is int:
+            host = one_line(entry["host"])[:64]
+            if host in hosts or len(hosts) < MAX_HOSTS_SHOWN:
+                hosts.setdefault(host, []).append(entry["rank"])
+    return {host: sorted(hosts[host]) for host in sorted(hosts)} or None
+
+
+def _never_ran(job: JobDir, job_id: str) -> bool:
+    """A Slurm job whose batch script never ran: no log (slurmd opens it before the script starts) and
+    no run recorded. Where the nodes do not see the job directory (a login node's /tmp), this is all
+    there is to see."""
+    return not job.file(slurm_log(job_id)).exists() and not job.file(RUNS_FILE).exists()
 
 
 def _out_of_memory(state: JobState, error: dict | None) -> JobState:

@@ -30,6 +30,7 @@ from ..jobdir import (
     write_atomic,
 )
 from ..records import Request, Result, Status
+from ..text import ranks_on_hosts
 from ..version import __version__
 from .figures import FIGURE_MAX_BYTES, manifest_of
 
@@ -178,6 +179,7 @@ def build(job: JobDir, record: Status) -> str:
         ("fit options", json.dumps(spec.get("fit_options", {}), sort_keys=True)),
         ("seed", spec.get("seed")),
         ("ranks", ranks),
+        ("hosts", ranks_on_hosts(record["hosts"]) if record.get("hosts") else None),
         ("GPUs", _gpus(result)),
         ("threads per rank", spec.get("threads")),
         ("Slurm job", slurm.get("job_id") or "local run"),
