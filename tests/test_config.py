@@ -89,3 +89,25 @@ def test_example_file_is_valid(monkeypatch):
     monkeypatch.setenv("BUMPS_MPI_CONFIG", str(slurm_dir() / "site.example.toml"))
     settings = load_settings("debug")
     assert settings["qos"] == "debug" and settings["skip"] == ["mem"] and settings["account"] == "my-project"
+
+
+@pytest.mark.parametrize("ports", ["80-90", "40000", "50000-40000", "1024-65535", "a-b"])
+def test_a_bad_mpi_port_range_is_one_line_saying_what_to_give(ports):
+    from bumps_mpi.front.validation import check_resources
+
+    with pytest.raises(
+        UsageError, match=r"sandbox.mpi.ports=.*give LOW-HIGH, TCP ports between 1024 and 65535"
+    ):
+        check_resources({"sandbox_mpi_ports": ports})
+
+
+def test_the_mpi_ports_reach_the_request_and_mpi(isolated):
+    """The packaged range goes into the job's request, and from it into the environment MPI reads."""
+    from bumps_mpi.sandbox.policy import mpi_environment, mpi_ports
+
+    assert load_settings()["sandbox_mpi_ports"] == "40000-40999"
+    ports = mpi_ports({"sandbox": {"mpi_ports": [40000, 40999]}})
+    assert ports[0] == 40000 and ports[-1] == 40999 and len(ports) == 1000
+    assert mpi_environment(2, ports)["UCX_TCP_PORT_RANGE"] == "40000-40999"
+    assert "UCX_TCP_PORT_RANGE" not in mpi_environment(1, ports)  # one node: no TCP at all
+    assert mpi_ports({"sandbox": {}}) == [] and mpi_ports({}) == []  # a request from before the range

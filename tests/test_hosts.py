@@ -8,10 +8,25 @@ Job directories are on the "shared file system" (shared_dir, under /var/tmp): th
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, SMALL_DREAM, cli, cli_json, fake_job, serial_fit, wait_for_state
+from conftest import (
+    EXAMPLE,
+    MODELS,
+    ROOT,
+    SMALL_DREAM,
+    cli,
+    cli_json,
+    fake_job,
+    serial_fit,
+    wait_for_state,
+    wait_until,
+)
 
 from bumps_mpi.text import rank_ranges
 
@@ -75,3 +90,150 @@ def test_the_hosts_of_a_job_are_plain_and_few_whatever_ranks_json_says(isolated)
 
 def test_rank_ranges():
     assert rank_ranges([5, 0, 1, 2, 7, 8]) == "0-2, 5, 7-8" and rank_ranges([3]) == "3"
+
+
+def _json_of(*args) -> dict:
+    """bumps-submit ARGS (--json given among them: before a `--`), its answer."""
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _on_host(host: str, signal_name: str = "KILL") -> None:
+    """Every process of one host (its slurmd, its step daemons, its ranks): as when the node dies."""
+    for pid in subprocess.run(
+        ["ip", "netns", "pids", f"bmpi-{host}"], capture_output=True, text=True
+    ).stdout.split():
+        subprocess.run(["kill", f"-{signal_name}", pid], check=False)
+
+
+def _restart_hosts() -> None:
+    """The hosts that are gone start again (the cluster script starts every missing slurmd), and come
+    back to service when they register (ReturnToService=2)."""
+    env = {**os.environ, "SLURM_SKIP_SELFTEST": "1", "SLURM_SKIP_INSTALL": "1"}
+    subprocess.run(
+        [str(ROOT / "scripts" / "slurm-cluster"), "start"], capture_output=True, check=True, env=env
+    )
+
+
+@pytest.mark.slurm
+def test_a_node_that_dies_under_a_fit_is_shown_and_the_fit_completes_on_the_others(hosts_cluster, shared_dir):
+    """A host dies under a running 2-node fit: Slurm marks it down (SlurmdTimeout) and requeues the job
+    (NODE_FAIL); status shows REQUEUED with the node and its ranks, never a final state in between; the
+    fit continues from its checkpoint on the remaining hosts and completes."""
+    submitted = _json_of(
+        "submit", MODELS / "slow_peak.py", "--samples", "6000", "--burn", "100", "--seed", "3",
+        "--partition", "hosts", "--nodes", "2", "--ntasks", "2", "--time", "10", "--checkpoint-every", "2",
+        "--jobs-dir", shared_dir / "jobs", "--json", "--", "0.004",
+    )  # fmt: skip
+    job_id, job_dir = submitted["job_id"], Path(submitted["job_dir"])
+    try:
+        wait_until(
+            lambda: (job_dir / "checkpoint.h5").exists() and (job_dir / "ranks.json").exists(), "a checkpoint"
+        )
+        ranks = json.loads((job_dir / "ranks.json").read_text())
+        victim = next(r["host"] for r in ranks if r["rank"] == 1)
+        assert victim != next(r["host"] for r in ranks if r["rank"] == 0), ranks
+        died = time.monotonic()
+        _on_host(victim)
+        seen: list[str] = []
+
+        def requeued() -> dict | None:
+            record = cli_json("status", job_id)[0]
+            seen.append(record["state"])
+            return record if record["state"] == "REQUEUED" and record.get("node_failure") else None
+
+        record = wait_until(
+            requeued, lambda: f"a requeue after the node failure; states seen: {seen}", 120, 1
+        )
+        noticed = time.monotonic() - died
+        print(f"node failure -> REQUEUED in status after {noticed:.0f} s")
+        assert set(seen) <= {"RUNNING", "REQUEUED"}, seen  # never a final state in between
+        assert (
+            record["node_failure"].startswith(f"node {victim} (ranks 1)")
+            and "NODE_FAIL" in record["node_failure"]
+        )
+        assert f"node {victim} (ranks 1) failed" in cli("status", job_id).stdout
+        subprocess.run(
+            ["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True
+        )  # Slurm's 2 min
+        done = wait_for_state(job_id, timeout=300)
+        assert done["state"] == "COMPLETED", done
+        runs = json.loads((job_dir / "runs.json").read_text())
+        assert len(runs) == 2 and runs[1].get("resumed_from_step", 0) > 0, runs  # from the checkpoint
+        assert victim not in {r["host"] for r in json.loads((job_dir / "ranks.json").read_text())}
+    finally:
+        subprocess.run(["scancel", job_id], check=False)
+        _restart_hosts()
+    wait_until(lambda: set(hosts_cluster) <= _idle_hosts(), "every host back in service", timeout=60)
+
+
+def _idle_hosts() -> set[str]:
+    shown = subprocess.run(
+        ["sinfo", "-h", "-N", "-p", "hosts", "-t", "idle", "-o", "%N"], capture_output=True, text=True
+    )
+    return set(shown.stdout.split())
+
+
+@pytest.mark.slurm
+def test_drained_hosts_show_the_pending_reason_with_its_hint(hosts_cluster, shared_dir):
+    """Every host drained while a job waits: status says why it waits and what will make it start."""
+    subprocess.run(["scontrol", "update", "nodename=" + ",".join(hosts_cluster), "state=drain",
+                    "reason=bumps-mpi test: maintenance"], check=True)  # fmt: skip
+    try:
+        submitted = _submit(shared_dir, "--nodes", "2", "--ntasks", "2")
+        record = wait_until(
+            lambda: (found := cli_json("status", submitted["job_id"])[0]).get("hint") and found,
+            "a pending reason with a hint",
+            timeout=60,
+            every=1,
+        )
+        assert record["state"] == "PENDING" and record["never_starts"] is False, record
+        assert "down or drained" in record["hint"] or "unavailable" in record["hint"], record
+    finally:
+        subprocess.run(
+            ["scontrol", "update", "nodename=" + ",".join(hosts_cluster), "state=resume"], check=True
+        )
+    assert wait_for_state(submitted["job_id"], timeout=300)["state"] == "COMPLETED"
+
+
+# listeners on host h3, outside MPI's port range and inside it
+LISTEN = """
+import socket, time
+held = []
+for port in (18080, 40500):
+    held.append(socket.socket())
+    held[-1].setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held[-1].bind(("10.252.0.13", port))
+    held[-1].listen(8)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slurm
+def test_the_sandbox_on_several_hosts_allows_tcp_only_on_the_mpi_ports(hosts_cluster, shared_dir):
+    """Under --sandbox require, a fit on 2 hosts completes over TCP (MPI told the port range), while its
+    model cannot connect to a listener on another host outside the range (nor bind outside it); a port
+    inside the range stays reachable (what is left open, and said so in the README)."""
+    listener = subprocess.Popen(["ip", "netns", "exec", "bmpi-h3", sys.executable, "-c", LISTEN])
+    try:
+        submitted = _json_of(
+            "submit", MODELS / "net_probe.py", *SMALL_DREAM, "--partition", "hosts", "--nodes", "2",
+            "--ntasks", "2", "--time", "5", "--sandbox", "require", "--jobs-dir", shared_dir / "jobs",
+            "--json", "--", "10.252.0.13:18080", "10.252.0.13:40500",
+        )  # fmt: skip
+        record = wait_for_state(submitted["job_id"], timeout=300)
+    finally:
+        listener.kill()
+    assert record["state"] == "COMPLETED", record
+    job_dir = Path(submitted["job_dir"])
+    assert len(record["hosts"]) == 2, record
+    found = json.loads((job_dir / "net-out.json").read_text())
+    assert found == {
+        "connect 10.252.0.13:18080": "blocked: EACCES",
+        "connect 10.252.0.13:40500": "done",
+        "bind 127.0.0.1:18081": "blocked: EACCES",
+    }, found
+    enforced = json.loads((job_dir / "result.json").read_text())["sandbox"]
+    assert enforced["level"] == "require" and enforced["missing"] == [], enforced
+    assert enforced["network"] == "TCP bind and connect only on ports 40000-40999 (MPI between nodes)"

@@ -50,6 +50,7 @@ KEYS: dict[str, type] = {
     "sandbox_write": list,  # more paths a confined model may write
     "sandbox_cache": str,  # the user's library cache (compiled kernels), read-write in every job's sandbox
     "sandbox_max_file_mb": int,  # the largest file a confined model may write
+    "sandbox_mpi_ports": str,  # LOW-HIGH: the only TCP ports a confined job on several nodes may use
 }
 TOP_LEVEL = ("default_profile", "profiles")
 DEFAULT_PROFILE = "default"

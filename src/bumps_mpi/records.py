@@ -21,6 +21,7 @@ class SandboxRequest(TypedDict, total=False):
     cache: str | None  # the per-user cache for compiled kernels, or None
     gpus: int  # GPUs asked for: their device files are opened read-write
     max_file_mb: int | float  # the largest file the model may write
+    mpi_ports: list[int]  # [low, high]: the TCP ports a job on several nodes may bind and connect to
 
 
 class SlurmSubmission(TypedDict, total=False):
@@ -148,6 +149,7 @@ class Status(TypedDict, total=False):
     error: ErrorView | None
     chisq: float | None
     hosts: dict[str, list[int]]  # the ranks on each host (ranks.json), once the job has run
+    node_failure: str  # a requeued job's: which node failed under which ranks
     index: int  # a campaign fit's: its array index and label
     label: str
     resumed: bool  # a resume handed to the job controller's supervisor (no state read yet)

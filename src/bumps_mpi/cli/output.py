@@ -90,6 +90,8 @@ def print_status(records: list[Status]) -> None:
         if progress and r["state"] in (JobState.RUNNING.value, JobState.REQUEUED.value):
             restarts = f"  restarts {r['restarts']}" if r.get("restarts") else ""
             echo(f"{'':>10}{progress_text(progress)}{restarts}")
+        if r.get("node_failure"):
+            echo(f"{'':>10}{one_line(r['node_failure'])}")
         hosts = r.get("hosts")
         if hosts and len(hosts) > 1:  # one host needs no line: the several-node runs are what this is for
             echo(f"{'':>10}{ranks_on_hosts(hosts)}")

@@ -29,7 +29,7 @@ from ..jobdir import (
     write_json,
 )
 from ..records import ErrorView, ProgressView, Result, Status
-from ..text import one_line
+from ..text import one_line, rank_ranges
 from . import slurm
 from .states import JobState, describe_exit, pending_hint
 
@@ -224,9 +224,7 @@ def _record(job: JobDir, cached: Status | None, view: _SlurmView) -> Status:
         warnings.append(full)
     if warnings:
         record["warning"] = "; ".join(dict.fromkeys(warnings))
-    hosts = hosts_of(job) if record["state"] != JobState.PENDING.value else None
-    if hosts:
-        record["hosts"] = hosts
+    _where_it_ran(record, job, job_id)
     _join_job_dir(record, progress, error, result)
     return record
 
@@ -297,6 +295,32 @@ def hosts_of(job: JobDir) -> dict[str, list[int]] | None:
             if host in hosts or len(hosts) < MAX_HOSTS_SHOWN:
                 hosts.setdefault(host, []).append(entry["rank"])
     return {host: sorted(hosts[host]) for host in sorted(hosts)} or None
+
+
+def _where_it_ran(record: Status, job: JobDir, job_id: str | None) -> None:
+    """The hosts of its ranks, once it has run; for a requeued job, a node failure that requeued it."""
+    hosts = hosts_of(job) if record["state"] != JobState.PENDING.value else None
+    if hosts:
+        record["hosts"] = hosts
+    if record["state"] == JobState.REQUEUED.value and job_id:
+        failure = _node_failure(job_id, hosts or {})
+        if failure:
+            record["node_failure"] = failure
+
+
+def _node_failure(job_id: str, hosts: dict[str, list[int]]) -> str | None:
+    """What a node failure did to a requeued job: which node, under which ranks (Slurm's NODE_FAIL)."""
+    try:
+        nodes = slurm.failed_nodes(job_id)
+    except slurm.Unreachable:
+        return None
+    if not nodes:
+        return None
+    under = [f"{node} (ranks {rank_ranges(hosts[node])})" if node in hosts else node for node in nodes]
+    return (
+        f"node {', '.join(under)} failed (Slurm: NODE_FAIL): Slurm requeued the job, which continues from "
+        "its last checkpoint when it starts again"
+    )
 
 
 def _never_ran(job: JobDir, job_id: str) -> bool:

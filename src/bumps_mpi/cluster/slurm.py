@@ -181,6 +181,19 @@ def _accounting(job_ids: list[str]) -> dict[str, dict[str, str]]:
     return records
 
 
+def failed_nodes(job_id: str) -> list[str]:
+    """The nodes whose failure ended an earlier allocation of this job: those of its NODE_FAIL records in
+    accounting (sacct -D keeps one per requeue) that are down, drained or failing now. Unreachable when
+    Slurm cannot say."""
+    history = _ask(["sacct", "-D", "-X", "-n", "--parsable2", "-o", "State,NodeList", "-j", job_id]).stdout
+    allocated = {n for line in history.splitlines() if line.startswith("NODE_FAIL|") for n in [line[10:]]}
+    if not allocated:
+        return []
+    names = _ask(["scontrol", "show", "hostnames", ",".join(sorted(allocated))]).stdout.split()
+    down = _ask(["sinfo", "-h", "-N", "-t", "down,drain,fail,no_respond", "-o", "%N"]).stdout.split()
+    return sorted(set(names) & set(down)) or sorted(set(names))
+
+
 def squeue(job_ids: list[str]) -> dict[str, dict[str, str]]:
     """What the controller knows now of my jobs: state, pending reason, elapsed.
 

@@ -121,6 +121,11 @@ PENDING_HINTS: dict[str, tuple[bool, str]] = {
     "Priority": (False, "other jobs come first; it will start in turn"),
     "Resources": (False, "waiting for nodes to become free"),
     "ReqNodeNotAvail": (False, "a node it needs is unavailable (down, drained or reserved)"),
+    # Slurm's text when every node that could run it is down or drained (22.05: one reason, with commas)
+    "Nodes required for job are DOWN": (
+        False,
+        "the nodes it needs are down or drained: it starts when they come back ('sinfo -R' says why)",
+    ),
 }
 
 

@@ -319,6 +319,7 @@ def _sandbox_request(settings: Settings, more_read: list[str], more_write: list[
         "cache": str(Path(os.path.expanduser(os.path.expandvars(cache))).absolute()) if cache else None,
         "gpus": int(settings.get("gpus") or 0),  # their device files are opened read-write
         "max_file_mb": settings["sandbox_max_file_mb"],
+        "mpi_ports": list(sandbox.port_range(settings["sandbox_mpi_ports"])),
     }
 
 

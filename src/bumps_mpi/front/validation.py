@@ -40,6 +40,27 @@ def _label(key: str, sources: dict[str, str] | None) -> str:
     return f"{key} (from {where})"
 
 
+def _check_sandbox(settings: dict[str, Any], sources: dict[str, str] | None) -> None:
+    """The sandbox's settings: its level, paths that exist, the cache's place, the MPI port range."""
+    from ..sandbox.policy import check_level, port_range
+
+    if settings.get("sandbox") is not None:
+        check_level(settings["sandbox"], _label("sandbox", sources))
+    for key, option, verb in (("sandbox_read", "--read", "read"), ("sandbox_write", "--write", "write")):
+        for path in settings.get(key) or []:
+            if not os.path.isabs(os.path.expanduser(path)) or not os.path.exists(os.path.expanduser(path)):
+                where = option if (sources or {}).get(key, "").startswith("--") else key
+                raise UsageError(
+                    f"{where} {path!r}: give an absolute path that exists (what the model may {verb})"
+                )
+    if settings.get("sandbox_mpi_ports") is not None:
+        port_range(settings["sandbox_mpi_ports"], _label("sandbox_mpi_ports", sources))
+    cache = settings.get("sandbox_cache")
+    if cache and not os.path.isabs(os.path.expanduser(os.path.expandvars(cache))):
+        where = _label("sandbox_cache", sources)
+        raise UsageError(f'{where}={cache!r}: give an absolute path (or "" for none)')
+
+
 def check_resources(settings: dict[str, Any], sources: dict[str, str] | None = None) -> None:
     """Slurm and job settings: numbers in range, --time and --mem in Slurm's own grammar."""
     for key in (*AT_LEAST_ONE, *NOT_NEGATIVE, *LARGER):
@@ -57,21 +78,7 @@ def check_resources(settings: dict[str, Any], sources: dict[str, str] | None = N
             f"{_label('time', sources)}={limit!r} is not a Slurm time limit: use minutes (90), "
             "HH:MM:SS (01:30:00) or D-HH:MM:SS (2-00:00:00)"
         )
-    if settings.get("sandbox") is not None:
-        from ..sandbox.policy import check_level
-
-        check_level(settings["sandbox"], _label("sandbox", sources))
-    for key, option, verb in (("sandbox_read", "--read", "read"), ("sandbox_write", "--write", "write")):
-        for path in settings.get(key) or []:
-            if not os.path.isabs(os.path.expanduser(path)) or not os.path.exists(os.path.expanduser(path)):
-                where = option if (sources or {}).get(key, "").startswith("--") else key
-                raise UsageError(
-                    f"{where} {path!r}: give an absolute path that exists (what the model may {verb})"
-                )
-    cache = settings.get("sandbox_cache")
-    if cache and not os.path.isabs(os.path.expanduser(os.path.expandvars(cache))):
-        where = _label("sandbox_cache", sources)
-        raise UsageError(f'{where}={cache!r}: give an absolute path (or "" for none)')
+    _check_sandbox(settings, sources)
     if settings.get("gpu_directive") not in (None, *GPU_DIRECTIVES):
         where = _label("gpu_directive", sources)
         raise UsageError(f"{where}={settings['gpu_directive']!r}: use {' or '.join(GPU_DIRECTIVES)}")

@@ -162,7 +162,7 @@ def _confine(jobdir: JobDir, spec: Request) -> tuple[dict[str, Any], dict[str, A
     from ..sandbox import policy as sandbox
 
     nodes = int(os.environ.get("SLURM_NNODES") or os.environ.get("SLURM_JOB_NUM_NODES") or 1)
-    os.environ.update(sandbox.mpi_environment(nodes))
+    os.environ.update(sandbox.mpi_environment(nodes, sandbox.mpi_ports(spec)))
     try:
         return sandbox.apply(sandbox.job_policy(spec, nodes, jobdir.control), jobdir.path), None
     except Exception as exc:  # SandboxError under require; a Landlock call that failed

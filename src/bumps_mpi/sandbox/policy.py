@@ -76,10 +76,31 @@ class Policy:
     max_file_mb: int = 16384
     cache: str | None = None  # the user's library cache (bumps_mpi.sandbox.libraries), read-write
     bind_ports: list[int] = field(default_factory=list)  # TCP ports it may listen on (Bumps' viewer)
+    connect_ports: list[int] = field(
+        default_factory=list
+    )  # TCP ports it may connect to (MPI's, between nodes)
 
     def needed_abi(self) -> int:
         """The Landlock ABI all of this needs: files with truncate (3), TCP (4), signals and sockets (6)."""
         return 6
+
+
+MAX_PORTS = 4096  # one Landlock rule per port: a range a site means, not the whole port space
+
+
+def port_range(text: str, where: str = "sandbox_mpi_ports") -> tuple[int, int]:
+    """'40000-40999' as (40000, 40999): unprivileged ports, low to high, at most MAX_PORTS of them."""
+    low, sep, high = str(text).partition("-")
+    try:
+        first, last = int(low), int(high)
+    except ValueError:
+        first = last = 0
+    if not sep or not 1024 <= first <= last <= 65535 or last - first >= MAX_PORTS:
+        raise UsageError(
+            f"{where}={text!r}: give LOW-HIGH, TCP ports between 1024 and 65535, at most {MAX_PORTS} of them "
+            "(e.g. 40000-40999)"
+        )
+    return first, last
 
 
 def check_level(level: str, where: str = "--sandbox") -> str:
@@ -165,25 +186,34 @@ def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
     read = [p for p in dict.fromkeys(policy.read) if ruleset.allow_path(p, landlock.READ)]
     wanted = [str(own_dir), *policy.write, *([str(cache)] if cache is not None else [])]
     write = [p for p in dict.fromkeys(wanted) if ruleset.allow_path(p, (1 << 64) - 1)]
-    for port in policy.bind_ports:
-        ruleset.allow_port(port, landlock.NET_BIND_TCP)
+    for port in dict.fromkeys([*policy.bind_ports, *policy.connect_ports]):
+        access = (landlock.NET_BIND_TCP if port in policy.bind_ports else 0) | (
+            landlock.NET_CONNECT_TCP if port in policy.connect_ports else 0
+        )
+        ruleset.allow_port(port, access)
     ruleset.restrict_self()
     _seed_numba_cache(private / "numba")  # confined: a link the model left there leads nowhere
     enforced.update(
         read=read,
         write=write,
-        network=(
-            ("no TCP connect, TCP bind only on " + ", ".join(map(str, policy.bind_ports)))
-            if ruleset.net and policy.bind_ports
-            else "no TCP bind or connect"
-            if ruleset.net
-            else "TCP not restricted"
-        ),
+        network=_network(policy, bool(ruleset.net)),
         scopes=(["signals", "abstract Unix sockets"] if ruleset.scopes else []),
         cache=str(cache) if cache is not None else None,
         opened=[p for p in write if p not in (str(own_dir), *SYSTEM_WRITE)],
     )
     return enforced
+
+
+def _network(policy: Policy, handled: bool) -> str:
+    """What the sandbox enforced on TCP, in words."""
+    if not handled:
+        return "TCP not restricted"
+    if policy.connect_ports:
+        ports = f"{min(policy.connect_ports)}-{max(policy.connect_ports)}"
+        return f"TCP bind and connect only on ports {ports} (MPI between nodes)"
+    if policy.bind_ports:
+        return "no TCP connect, TCP bind only on " + ", ".join(map(str, policy.bind_ports))
+    return "no TCP bind or connect"
 
 
 def _private_dir(path: Path) -> Path:
@@ -236,19 +266,44 @@ def job_policy(spec: Request, nodes: int, control: Path | str) -> Policy:
     asked = spec.get("sandbox") or {}
     model_read, _ = model_paths(spec["model"])
     gpus = devices.gpu_device_files() if asked.get("gpus") else []  # a GPU is driven by ioctl
+    ports = mpi_ports(spec) if nodes > 1 else []
     return Policy(
         level=asked.get("level", "off"),
         read=[*python_paths(), *SYSTEM_READ, *model_read, str(control), *asked.get("read", [])],
         write=[*SYSTEM_WRITE, *asked.get("write", []), *gpus],
-        restrict_network=nodes <= 1,
+        restrict_network=nodes <= 1 or bool(ports),  # a request from before the port range: TCP open
         max_file_mb=int(asked.get("max_file_mb", 16384)),
         cache=asked.get("cache"),
+        bind_ports=ports,
+        connect_ports=ports,
     )
 
 
-def mpi_environment(nodes: int) -> dict[str, str]:
-    """Environment for MPI in confined ranks: no cross-rank memory access; one node: shared memory only."""
-    return {**NO_CROSS_PROCESS_ACCESS, **(SHARED_MEMORY_ONLY if nodes <= 1 else {})}
+def mpi_ports(spec: Request) -> list[int]:
+    """The TCP ports the request gives MPI between nodes (none in a request from before they were)."""
+    asked = (spec.get("sandbox") or {}).get("mpi_ports")
+    if not isinstance(asked, list) or len(asked) != 2:
+        return []
+    first, last = port_range(f"{asked[0]}-{asked[1]}")
+    return list(range(first, last + 1))
+
+
+def mpi_environment(nodes: int, ports: list[int] | None = None) -> dict[str, str]:
+    """Environment for MPI in confined ranks: no cross-rank memory access; one node: shared memory only;
+    several: TCP only on *ports* (UCX, libfabric and Open MPI each told the range)."""
+    if nodes <= 1:
+        return {**NO_CROSS_PROCESS_ACCESS, **SHARED_MEMORY_ONLY}
+    if not ports:
+        return dict(NO_CROSS_PROCESS_ACCESS)
+    low, high = min(ports), max(ports)
+    return {
+        **NO_CROSS_PROCESS_ACCESS,
+        "UCX_TCP_PORT_RANGE": f"{low}-{high}",
+        "FI_TCP_PORT_LOW_RANGE": str(low),
+        "FI_TCP_PORT_HIGH_RANGE": str(high),
+        "OMPI_MCA_btl_tcp_port_min_v4": str(low),
+        "OMPI_MCA_btl_tcp_port_range_v4": str(high - low + 1),
+    }
 
 
 def describe(enforced: dict[str, Any] | None) -> str:
