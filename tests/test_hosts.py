@@ -237,3 +237,45 @@ def test_the_sandbox_on_several_hosts_allows_tcp_only_on_the_mpi_ports(hosts_clu
     enforced = json.loads((job_dir / "result.json").read_text())["sandbox"]
     assert enforced["level"] == "require" and enforced["missing"] == [], enforced
     assert enforced["network"] == "TCP bind and connect only on ports 40000-40999 (MPI between nodes)"
+
+
+@pytest.mark.slurm
+def test_a_campaign_spreads_over_the_hosts_and_every_fit_completes(hosts_cluster, shared_dir):
+    """Three one-node fits of one job array at once: they land on different hosts, and all complete."""
+    from test_campaign import PEAK_FILE, follow_campaign, submit_json, write_data
+
+    write_data(shared_dir / "data", [0.6, 0.8, 1.0])
+    done = submit_json(
+        "submit", PEAK_FILE, *SMALL_DREAM, "--partition", "hosts", "--ntasks", "2", "--time", "5",
+        "--each", str(shared_dir / "data" / "*.dat"), "--jobs-dir", shared_dir / "jobs", "--", "{}",
+    )  # fmt: skip
+    final = follow_campaign(done["campaign_id"], timeout=300)[-1]
+    assert final["counts"] == {"COMPLETED": 3}, final["counts"]
+    ran_on = {host for r in final["records"] for host in r["hosts"]}
+    assert len(ran_on) >= 2 and ran_on <= set(hosts_cluster), ran_on
+
+
+@pytest.mark.slurm
+def test_each_rank_keeps_its_temporary_files_on_its_own_node(
+    hosts_cluster, shared_dir, isolated, monkeypatch
+):
+    """With node_tmp naming the nodes' own disk (here their /tmp), each rank's TMPDIR is a private directory
+    there, writable in the sandbox, never in the shared job directory, and gone when the rank ends."""
+    site = isolated / "site.toml"
+    site.write_text('[profiles.default]\nnode_tmp = "/tmp"\n')
+    monkeypatch.setenv("BUMPS_MPI_CONFIG", str(site))
+    submitted = _json_of(
+        "submit", MODELS / "tmp_probe.py", *SMALL_DREAM, "--partition", "hosts", "--nodes", "2",
+        "--ntasks", "2", "--time", "5", "--sandbox", "require", "--jobs-dir", shared_dir / "jobs", "--json",
+    )  # fmt: skip
+    record = wait_for_state(submitted["job_id"], timeout=300)
+    assert record["state"] == "COMPLETED", record
+    job_dir = Path(submitted["job_dir"])
+    for rank in (0, 1):
+        where = json.loads((job_dir / f"tmp-{rank}.json").read_text())
+        assert where["tmpdir"] == where["gettempdir"], where
+        assert where["tmpdir"].startswith(f"/tmp/bumps-mpi-{submitted['job_id']}-{rank}-"), where
+        assert not Path(where["tmpdir"]).exists()  # on the node's own /tmp, not this one's (and removed)
+    assert not (job_dir / "tmp" / "scratch.bin").exists()  # nothing in the shared job directory
+    enforced = json.loads((job_dir / "result.json").read_text())["sandbox"]
+    assert enforced["tmp"].startswith("/tmp/bumps-mpi-") and enforced["missing"] == [], enforced

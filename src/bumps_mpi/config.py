@@ -51,6 +51,7 @@ KEYS: dict[str, type] = {
     "sandbox_cache": str,  # the user's library cache (compiled kernels), read-write in every job's sandbox
     "sandbox_max_file_mb": int,  # the largest file a confined model may write
     "sandbox_mpi_ports": str,  # LOW-HIGH: the only TCP ports a confined job on several nodes may use
+    "node_tmp": str,  # where each confined rank's TMPDIR goes on its node ($VARIABLES expanded there)
 }
 TOP_LEVEL = ("default_profile", "profiles")
 DEFAULT_PROFILE = "default"

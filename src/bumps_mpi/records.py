@@ -22,6 +22,7 @@ class SandboxRequest(TypedDict, total=False):
     gpus: int  # GPUs asked for: their device files are opened read-write
     max_file_mb: int | float  # the largest file the model may write
     mpi_ports: list[int]  # [low, high]: the TCP ports a job on several nodes may bind and connect to
+    node_tmp: str  # where each rank's TMPDIR goes on its node ($VARIABLES expanded there), or ""
 
 
 class SlurmSubmission(TypedDict, total=False):

@@ -320,6 +320,7 @@ def _sandbox_request(settings: Settings, more_read: list[str], more_write: list[
         "gpus": int(settings.get("gpus") or 0),  # their device files are opened read-write
         "max_file_mb": settings["sandbox_max_file_mb"],
         "mpi_ports": list(sandbox.port_range(settings["sandbox_mpi_ports"])),
+        "node_tmp": settings.get("node_tmp") or "",
     }
 
 

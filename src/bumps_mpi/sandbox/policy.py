@@ -76,9 +76,8 @@ class Policy:
     max_file_mb: int = 16384
     cache: str | None = None  # the user's library cache (bumps_mpi.sandbox.libraries), read-write
     bind_ports: list[int] = field(default_factory=list)  # TCP ports it may listen on (Bumps' viewer)
-    connect_ports: list[int] = field(
-        default_factory=list
-    )  # TCP ports it may connect to (MPI's, between nodes)
+    connect_ports: list[int] = field(default_factory=list)  # TCP ports it may connect to (MPI, between nodes)
+    node_tmp: str = ""  # a directory on this node's own disk for its private TMPDIR ($VARIABLES expanded)
 
     def needed_abi(self) -> int:
         """The Landlock ABI all of this needs: files with truncate (3), TCP (4), signals and sockets (6)."""
@@ -154,7 +153,8 @@ def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
             f"sandbox=require: this kernel ({os.uname().release}) offers Landlock ABI {abi}, and the sandbox "
             f"needs ABI {policy.needed_abi()}; missing: {'; '.join(missing)}"
         )
-    private = _private_dir(own_dir / TMP_DIR)
+    node_private = _node_private(policy.node_tmp)
+    private = node_private or _private_dir(own_dir / TMP_DIR)
     cache = Path(policy.cache) if policy.cache else None
     cache_problem = None
     if cache is not None:
@@ -185,6 +185,7 @@ def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
     ruleset = landlock.Ruleset(abi, handle_net=policy.restrict_network, scopes=scopes)
     read = [p for p in dict.fromkeys(policy.read) if ruleset.allow_path(p, landlock.READ)]
     wanted = [str(own_dir), *policy.write, *([str(cache)] if cache is not None else [])]
+    wanted += [str(node_private)] if node_private is not None else []
     write = [p for p in dict.fromkeys(wanted) if ruleset.allow_path(p, (1 << 64) - 1)]
     for port in dict.fromkeys([*policy.bind_ports, *policy.connect_ports]):
         access = (landlock.NET_BIND_TCP if port in policy.bind_ports else 0) | (
@@ -199,9 +200,31 @@ def apply(policy: Policy, own_dir: Path) -> dict[str, Any]:
         network=_network(policy, bool(ruleset.net)),
         scopes=(["signals", "abstract Unix sockets"] if ruleset.scopes else []),
         cache=str(cache) if cache is not None else None,
+        tmp=str(private),
         opened=[p for p in write if p not in (str(own_dir), *SYSTEM_WRITE)],
     )
     return enforced
+
+
+def _node_private(template: str) -> Path | None:
+    """This process's own new directory on the node's disk, when *template* names a directory there
+    ($SLURM_TMPDIR, /local/scratch): made with mkdtemp (owner only, never a path someone else left), and
+    removed when the process ends. None when the template names nothing here: the job's tmp/ then."""
+    import atexit
+    import shutil
+    import tempfile
+
+    base = os.path.expandvars(template) if template else ""
+    if not base or "$" in base or not os.path.isabs(base) or not os.path.isdir(base):
+        return None
+    job = os.environ.get("SLURM_JOB_ID") or "local"
+    rank = os.environ.get("SLURM_PROCID") or os.environ.get("PMI_RANK") or "0"
+    try:
+        made = Path(tempfile.mkdtemp(prefix=f"bumps-mpi-{job}-{rank}-", dir=base))
+    except OSError:  # full, or not ours to write: the job's own tmp/ serves
+        return None
+    atexit.register(shutil.rmtree, made, True)
+    return made
 
 
 def _network(policy: Policy, handled: bool) -> str:
@@ -276,6 +299,7 @@ def job_policy(spec: Request, nodes: int, control: Path | str) -> Policy:
         cache=asked.get("cache"),
         bind_ports=ports,
         connect_ports=ports,
+        node_tmp=str(asked.get("node_tmp") or ""),
     )
 
 

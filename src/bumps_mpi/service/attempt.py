@@ -352,7 +352,7 @@ class Attempt(threading.Thread):
             except OSError:
                 continue
         skipped, total = [], 0
-        sending = Status(**record, state=JobState.RUNNING.value, reason="sending its results")
+        sending: Status = {**record, "state": JobState.RUNNING.value, "reason": "sending its results"}
         for relative in sorted(sizes, key=lambda r: (sizes[r], r)):  # the result and report before the chain
             if total + sizes[relative] > files.RESULTS_LIMIT:
                 skipped.append(f"{relative} (past the {files.RESULTS_LIMIT >> 20} MB a fit may keep)")

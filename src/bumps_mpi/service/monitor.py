@@ -72,7 +72,7 @@ class Monitor:
         for (fit, _), record in zip(jobs, records, strict=True):
             if fit["id"] in running and jobstate.ended_for_good(record):
                 # its records say it ended; its processes still run: it has not, yet
-                record = Status(**record, state="RUNNING", finishing=True, reason="finishing")
+                record = {**record, "state": "RUNNING", "finishing": True, "reason": "finishing"}
             changes: dict[str, Any] = {}
             if record["state"] != fit.get("state"):
                 changes["state"] = record["state"]
