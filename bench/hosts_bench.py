@@ -169,7 +169,8 @@ def main() -> None:
             else {}
         )
         elapsed[label] = result.get("elapsed_s")
-        print(f"refl1d tethered brush, DREAM, {label}: {record['state']}, fit {elapsed[label]} s")
+        took = f"{elapsed[label]:.1f} s" if elapsed[label] else "-"
+        print(f"refl1d tethered brush, DREAM, {label}: {record['state']}, fit {took}")
     a, b = elapsed.values()
     if a and b:
         print(f"  two hosts / one host: {b / a:.2f}")
