@@ -265,7 +265,7 @@ def test_each_rank_keeps_its_temporary_files_on_its_own_node(
     site.write_text('[profiles.default]\nnode_tmp = "/tmp"\n')
     monkeypatch.setenv("BUMPS_MPI_CONFIG", str(site))
     submitted = _json_of(
-        "submit", MODELS / "tmp_probe.py", *SMALL_DREAM, "--partition", "hosts", "--nodes", "2",
+        "submit", MODELS / "net_probe.py", *SMALL_DREAM, "--partition", "hosts", "--nodes", "2",
         "--ntasks", "2", "--time", "5", "--sandbox", "require", "--jobs-dir", shared_dir / "jobs", "--json",
     )  # fmt: skip
     record = wait_for_state(submitted["job_id"], timeout=300)

@@ -1,16 +1,22 @@
-"""examples/peak.py's fit, whose rank 0 (in the job, not in the login-node check) tries TCP: a connect
-to each address and port named in its arguments (HOST:PORT ...), and a bind outside MPI's range. Each
-outcome ("done", or "blocked: ERRNO") goes to net-out.json in the job directory (where sbatch ran)."""
+"""examples/peak.py's fit, whose ranks report from inside a job (never from the login-node check, which
+has no Slurm rank), at their first evaluation, into the job directory (where sbatch ran):
+- every rank: where its TMPDIR is (after writing a file there), in tmp-RANK.json;
+- rank 0: a TCP connect to each HOST:PORT named in its arguments, and a bind outside MPI's range, each
+  "done" or "blocked: ERRNO", in net-out.json.
+"""
 
 import errno
 import json
 import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from bumps.names import Curve, FitProblem
+
+REPORTED = []
 
 
 def _try(action) -> str:
@@ -21,14 +27,18 @@ def _try(action) -> str:
         return f"blocked: {errno.errorcode.get(exc.errno, exc.errno)}"
 
 
-PROBED = []
-
-
-def probe() -> None:
-    """Once, on rank 0 of the job (the login-node check has no Slurm rank), at its first evaluation."""
-    if PROBED or os.environ.get("SLURM_PROCID") != "0":
+def report() -> None:
+    rank = os.environ.get("SLURM_PROCID")
+    if REPORTED or rank is None:
         return
-    PROBED.append(True)
+    REPORTED.append(True)
+    job_dir = Path(os.environ["SLURM_SUBMIT_DIR"])
+    here = tempfile.gettempdir()
+    (Path(here) / "scratch.bin").write_bytes(b"x" * 1000)
+    where = {"tmpdir": os.environ.get("TMPDIR"), "gettempdir": here, "host": socket.gethostname()}
+    (job_dir / f"tmp-{rank}.json").write_text(json.dumps(where))
+    if rank != "0":
+        return
     found = {}
     for target in sys.argv[1:]:
         host, port = target.rsplit(":", 1)
@@ -36,11 +46,11 @@ def probe() -> None:
             lambda h=host, p=int(port): socket.create_connection((h, p), timeout=5).close()
         )
     found["bind 127.0.0.1:18081"] = _try(lambda: socket.socket().bind(("127.0.0.1", 18081)))
-    Path(os.environ["SLURM_SUBMIT_DIR"], "net-out.json").write_text(json.dumps(found))
+    (job_dir / "net-out.json").write_text(json.dumps(found))
 
 
 def peak(x, height, center, width, background):
-    probe()
+    report()
     return height * np.exp(-0.5 * ((x - center) / width) ** 2) + background
 
 
