@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,10 +129,17 @@ def job_start(jobs: Path, nodes: int) -> float:
 
 
 def main() -> None:
+    jobs = Path(tempfile.mkdtemp(prefix="bumps-mpi-bench-", dir=SHARED))
+    try:
+        measure(jobs)
+    finally:
+        shutil.rmtree(jobs, ignore_errors=True)
+
+
+def measure(jobs: Path) -> None:
     found = hosts()
     if len(found) < 3:
         sys.exit(f"needs 3 idle hosts (SLURM_HOSTS=3 scripts/slurm-cluster start); found {found}")
-    jobs = Path(tempfile.mkdtemp(prefix="bumps-mpi-bench-", dir=SHARED))
     print(
         f"Several hosts (network namespaces on one {os.cpu_count()}-core machine), "
         f"median of {ROUNDS} rounds\n"
