@@ -22,6 +22,9 @@ from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from mapper_bench import run_mapper_mpi  # noqa: E402
+
 PYTHON = sys.executable
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 SHARED = "/var/tmp"  # the hosts' /tmp is their own: job directories go where every host sees them
@@ -37,30 +40,8 @@ def hosts() -> list[str]:
 def mapper(nodes: int) -> dict[int, dict[str, float]]:
     """Per-call microseconds of ours and minimal at each population, 2 ranks on *nodes* hosts."""
     env = {**os.environ, "BENCH_POINTS": os.environ.get("BENCH_POINTS", "100000"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            "srun",
-            "-p",
-            "hosts",
-            "-N",
-            str(nodes),
-            "-n",
-            "2",
-            "--mpi=pmi2",
-            PYTHON,
-            str(HERE / "mapper_mpi.py"),
-            str(ROUNDS),
-            "ours,minimal",
-            "{}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        sys.exit(f"srun -N {nodes} failed:\n{proc.stderr[-2000:]}")
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    launch = ["srun", "-p", "hosts", "-N", str(nodes), "-n", "2", "--mpi=pmi2"]
+    data = run_mapper_mpi(launch, ROUNDS, "ours,minimal", "{}", env)
     return {
         int(p): {k: data["per_call_us"][k][p] for k in ("ours", "minimal")}
         for p in data["per_call_us"]["ours"]

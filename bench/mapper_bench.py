@@ -35,6 +35,15 @@ def serial_per_call(problem, npop: int, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def run_mapper_mpi(launch: list[str], rounds: int, kinds: str, burn_loops: str, env: dict[str, str]) -> dict:
+    """bench/mapper_mpi.py under *launch* (mpiexec -n R, or srun ...): its JSON answer."""
+    command = [*launch, sys.executable, str(HERE / "mapper_mpi.py"), str(rounds), kinds, burn_loops]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(launch)} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     rounds = int(os.environ.get("BENCH_ROUNDS", "7"))
     ranks_list = [int(r) for r in os.environ.get("BENCH_RANKS", "2,4").split(",")]
@@ -51,25 +60,7 @@ def main() -> None:
         f"{os.cpu_count()} cores here\n"
     )
     for ranks in ranks_list:
-        proc = subprocess.run(
-            [
-                mpiexec,
-                "-n",
-                str(ranks),
-                sys.executable,
-                str(HERE / "mapper_mpi.py"),
-                str(rounds),
-                kinds,
-                burn_loops,
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=1800,
-        )
-        if proc.returncode != 0:
-            sys.exit(f"mpiexec -n {ranks} failed:\n{proc.stderr}")
-        data = json.loads(proc.stdout.strip().splitlines()[-1])
+        data = run_mapper_mpi([mpiexec, "-n", str(ranks)], rounds, kinds, burn_loops, env)
         us = {k: {int(p): v for p, v in d.items()} for k, d in data["per_call_us"].items()}
         print(f"{ranks} ranks     " + "".join(f"{'pop ' + str(p):>12}" for p in POPS))
         for kind in [k for k in ("ours", "minimal", "bumps", "futures") if k in us]:

@@ -211,18 +211,26 @@ time.sleep(600)
 
 
 @pytest.mark.slurm
-def test_the_sandbox_on_several_hosts_allows_tcp_only_on_the_mpi_ports(hosts_cluster, shared_dir):
+def test_the_sandbox_on_several_hosts_allows_tcp_only_on_the_mpi_ports(hosts_cluster, shared_dir, user):
     """Under --sandbox require, a fit on 2 hosts completes over TCP (MPI told the port range), while its
     model cannot connect to a listener on another host outside the range (nor bind outside it); a port
-    inside the range stays reachable (what is left open, and said so in the README)."""
+    inside the range stays reachable (what is left open, and said so in the README). Submitted by an
+    ordinary account, as an attacker would be."""
+    os.chown(shared_dir, user.pw_uid, user.pw_gid)
+    env = {"HOME": user.pw_dir, "BUMPS_MPI_REGISTRY": str(shared_dir / "registry.jsonl")}
+    env["BUMPS_MPI_CONFIG"] = str(shared_dir / "no-site.toml")  # none: the packaged defaults
     listener = subprocess.Popen(["ip", "netns", "exec", "bmpi-h3", sys.executable, "-c", LISTEN])
     try:
-        submitted = _json_of(
+        done = cli(
             "submit", MODELS / "net_probe.py", *SMALL_DREAM, "--partition", "hosts", "--nodes", "2",
             "--ntasks", "2", "--time", "5", "--sandbox", "require", "--jobs-dir", shared_dir / "jobs",
             "--json", "--", "10.252.0.13:18080", "10.252.0.13:40500",
+            env={**os.environ, **env}, user=user.pw_uid,
         )  # fmt: skip
-        record = wait_for_state(submitted["job_id"], timeout=300)
+        assert done.returncode == 0, done.stderr
+        submitted = json.loads(done.stdout)
+        assert Path(submitted["job_dir"]).stat().st_uid == user.pw_uid
+        record = wait_for_state(submitted["job_dir"], timeout=300)
     finally:
         listener.kill()
     assert record["state"] == "COMPLETED", record

@@ -186,7 +186,7 @@ def failed_nodes(job_id: str) -> list[str]:
     accounting (sacct -D keeps one per requeue) that are down, drained or failing now. Unreachable when
     Slurm cannot say."""
     history = _ask(["sacct", "-D", "-X", "-n", "--parsable2", "-o", "State,NodeList", "-j", job_id]).stdout
-    allocated = {n for line in history.splitlines() if line.startswith("NODE_FAIL|") for n in [line[10:]]}
+    allocated = {line.partition("|")[2] for line in history.splitlines() if line.startswith("NODE_FAIL|")}
     if not allocated:
         return []
     names = _ask(["scontrol", "show", "hostnames", ",".join(sorted(allocated))]).stdout.split()
