@@ -160,6 +160,25 @@ def test_a_model_that_crashes_the_interpreter(isolated):
     one_line_error(cli("submit", model, "--dry-run"), "the model check crashed: killed by signal 11 SIGSEGV")
 
 
+def test_a_model_file_named_with_a_leading_dot_is_one_clear_line(isolated):
+    model = write_model(isolated / ".peak.py")
+    line = one_line_error(cli("submit", model, "--dry-run", "--name", "peak"), "starts with a dot")
+    assert "rename it (for example 'peak.py')" in line and "IndexError" not in line
+
+
+def test_a_model_that_imports_mpi4py_is_checked_and_one_that_calls_mpi_is_told_why(isolated):
+    """The check runs outside MPI: importing mpi4py must not abort it; calling MPI there says what to do."""
+    imports = write_model(isolated / "imports_mpi.py", "from mpi4py import MPI\n")
+    proc = cli("submit", imports, "--dry-run", "--json", "--sandbox", "require")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["spec"]["parameters"] == ["background", "center", "height", "width"]
+    calls = write_model(isolated / "calls_mpi.py", "from mpi4py import MPI\nRANK = MPI.COMM_WORLD.rank\n")
+    proc = cli("submit", calls, "--dry-run")
+    first = proc.stderr.splitlines()[0]
+    assert proc.returncode == 1 and "the model uses MPI (mpi4py) while it loads" in first, proc.stderr
+    assert "remove the mpi4py import" in first and "os._exit" not in proc.stderr
+
+
 def test_a_model_that_reads_stdin_gets_end_of_file_not_a_hang(isolated):
     model = write_model(isolated / "asks.py", "name = input('sample? ')\n")
     proc = cli("submit", model, "--dry-run", timeout=60)

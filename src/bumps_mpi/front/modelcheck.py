@@ -55,7 +55,8 @@ def run_check(
         return found
     if isinstance(found, dict) and "message" in found:
         error = UsageError if found.get("kind") == "usage" else ModelCheckError
-        raise error(found["message"], output=output)
+        ended = f" (the check ended with exit status {done.returncode})" if found.get("provisional") else ""
+        raise error(found["message"] + ended, output=output)
     if done.crash():
         raise ModelCheckError(f"{model}: the model check crashed: {done.crash()}", output=output)
     raise ModelCheckError(
@@ -78,6 +79,7 @@ def main(argv: list[str]) -> None:
     from ..runtime.fit import check_model
     from .validation import check_fit_options, check_population
 
+    _note_mpi(answer, request["model"])
     try:
         options = check_fit_options(request["fit"], request["fit_options"])
         found = check_model(request["model"], request["args"])
@@ -93,6 +95,33 @@ def main(argv: list[str]) -> None:
             "kind": "model",
         }
     child.reply(answer, reply)
+
+
+def _note_mpi(answer: Path, model: str) -> None:
+    """A model that imports mpi4py would start MPI here, alone and confined, which aborts the process
+    (MPI_Init cannot open its network): let the import load without starting MPI, and leave an answer
+    that says why, should the model then call MPI and die of it (the final answer replaces it)."""
+    import importlib.abc
+
+    import mpi4py
+
+    mpi4py.rc.initialize = False
+    mpi4py.rc.finalize = False
+    message = (
+        f"{model}: the model uses MPI (mpi4py) while it loads, and MPI cannot run in the model check; "
+        "bumps-mpi starts MPI and spreads the evaluations over the ranks itself: remove the mpi4py "
+        "import and calls from the model"
+    )
+
+    class Noted(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Any, target: Any = None) -> None:
+            if name == "mpi4py.MPI":
+                from ..jobdir import write_json
+
+                sys.meta_path.remove(self)
+                write_json(answer, {"ok": False, "message": message, "kind": "model", "provisional": True})
+
+    sys.meta_path.insert(0, Noted())
 
 
 if __name__ == "__main__":

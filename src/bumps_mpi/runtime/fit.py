@@ -51,6 +51,11 @@ def check_model_file(path: Path) -> None:
         raise ModelCheckError(f"{path} is not a regular file: give the model's Python file")
     if not os.access(path, os.R_OK):
         raise ModelCheckError(f"model file {path} is not readable (permissions)")
+    if not path.name.split(".")[0].strip():  # Bumps names the module from it (and fails with IndexError)
+        raise ModelCheckError(
+            f"model file {path.name!r}: Bumps cannot load a model whose file name starts with a dot; "
+            f"rename it (for example {path.name.strip('.') or 'model.py'!r})"
+        )
 
 
 def load_model(path: Path | str, args: list[str] | None = None) -> Any:
