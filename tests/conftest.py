@@ -450,6 +450,7 @@ def chromium():
         "--window-size=1400,1000",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console errors, for the tests
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 

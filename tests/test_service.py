@@ -545,7 +545,7 @@ def test_names_from_a_model_are_inert_in_the_pages(service, tmp_path):
         except Exception:  # no alert: what must happen
             pass
         assert not alerts
-        browser.get(f"{service.url}/fits/{fit['id']}/report")  # served under a sandboxing CSP
+        browser.get(f"{service.url}/fits/{fit['id']}/report.html")  # served under a sandboxing CSP
         assert not browser.execute_script("return document.querySelectorAll('script').length")
         browser.save_screenshot(str(tmp_path / "hostile-names.png"))
     finally:

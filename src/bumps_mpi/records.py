@@ -98,6 +98,7 @@ class Result(TypedDict, total=False):
     threads: dict[str, str | None]
     failed_evaluations: int
     evaluations: int
+    first_failure: str  # the traceback of the first failed evaluation on rank 0, when any failed
     gpus: dict[str, dict[str, str]]  # each rank's GPUs, by rank
     exports: list[str]  # Bumps' own files in export/
     export_error: str

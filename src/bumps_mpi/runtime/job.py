@@ -254,6 +254,8 @@ def _run_root(
             evaluations=evaluations,
         )
     )
+    if count and failures.first:  # the fit went on past them: the first one's traceback, to show
+        result["first_failure"] = failures.first
     if gpus:
         result["gpus"] = gpus  # each rank's GPUs, as its runtime and Slurm named them
     return _write_result(jobdir, fitted, comm.size, stop)

@@ -84,6 +84,17 @@ def api_router(c: Controller, streams: Streams) -> APIRouter:
             raise HTTPException(409, c.public(str(exc))) from None
         return {"id": fit_id, "cancelled": True}
 
+    @routes.post("/fits/{fit_id}/resume", status_code=202)
+    def resume_fit(request: Request, fit_id: str, user: User = Depends(c.api_user)) -> dict[str, Any]:
+        """Continue a stopped fit (its time limit, a cancel) from its checkpoint."""
+        c.changing(request, user, None)
+        fit = c.visible(fit_id, user)
+        try:
+            c.resume(fit)
+        except BumpsMpiError as exc:
+            raise HTTPException(409, c.public(str(exc))) from None
+        return {"id": fit_id, "resumed": True}
+
     @routes.delete("/fits/{fit_id}", status_code=204)
     def delete_fit(request: Request, fit_id: str, user: User = Depends(c.api_user)) -> None:
         c.changing(request, user, None)

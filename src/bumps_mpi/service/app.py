@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException
 
 from ..errors import UsageError
 from ..front import registry
@@ -59,6 +61,23 @@ def owner_only(data_dir: Path) -> None:
     print(f"bumps-mpi service: {data_dir} was open to other accounts; now only this one", file=sys.stderr)
 
 
+def when(t: float | None) -> str:
+    """A time as people read it, with its time zone (the service's): 2026-12-07 14:03 UTC."""
+    return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(t)) if t else "-"
+
+
+def duration(seconds: float | None) -> str:
+    """1 h 02 min, 3 min 05 s, 42 s; '-' when not known."""
+    if seconds is None or not seconds >= 0:
+        return "-"
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
 def create_app(config: ServiceConfig | None = None) -> FastAPI:
     """The application; without *config*, from $BUMPS_MPI_SERVICE_CONFIG (a file) or the defaults."""
     if config is None:
@@ -90,23 +109,48 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     app.state.config, app.state.store, app.state.auth = config, c.store, c.auth
     app.state.runner, app.state.monitor = c.runner, c.monitor
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
+    templates.env.filters["when"] = when
+    templates.env.filters["duration"] = duration
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
+    def for_a_person(request: Request) -> bool:
+        """A browser's page (HTML errors), not the API or a worker (JSON errors)."""
+        return not request.url.path.startswith("/api/")
+
+    def error_page(request: Request, status: int, message: str) -> Response:
+        user = c.who(request)
+        context = {"user": user, "csrf": c.auth.csrf(user) if user else "", "version": __version__}
+        return templates.TemplateResponse(
+            request, "error.html", {**context, "status": status, "message": message}, status_code=status
+        )
+
+    @app.exception_handler(HTTPException)
+    async def refused(request: Request, exc: HTTPException) -> Response:
+        """A person gets a page that says what happened and where to go; a script gets JSON."""
+        if exc.status_code < 400 or not for_a_person(request):
+            return await http_exception_handler(request, exc)
+        return error_page(request, exc.status_code, str(exc.detail))
+
     @app.exception_handler(Exception)
-    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> Response:
         """A bug or a broken file: a short answer with the usual headers, the traceback in the log."""
         import traceback
 
         traceback.print_exception(exc)
-        body = {"detail": f"the service failed: {type(exc).__name__}; its log has the details"}
-        return JSONResponse(body, status_code=500, headers={"Content-Security-Policy": PAGE_POLICY, **SAFE})
+        message = f"the service failed: {type(exc).__name__}; its log has the details"
+        headers = {"Content-Security-Policy": PAGE_POLICY, **SAFE}
+        if for_a_person(request):
+            response = error_page(request, 500, message)
+            response.headers.update(headers)
+            return response
+        return JSONResponse({"detail": message}, status_code=500, headers=headers)
 
     @app.middleware("http")
     async def headers(request: Request, call_next):  # noqa: ANN001, ANN202
         response = await call_next(request)
         response.headers.setdefault("Content-Security-Policy", PAGE_POLICY)
-        response.headers.update(SAFE)
+        for name, value in SAFE.items():  # the report's frame says SAMEORIGIN itself
+            response.headers.setdefault(name, value)
         return response
 
     app.include_router(api_router(c, Streams(c)))

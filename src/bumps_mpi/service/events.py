@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 
 from fastapi import HTTPException
 
-from ..text import plain
 from .controller import Controller
 from .runner import job_of
 from .schemas import finite
@@ -48,7 +47,9 @@ class Streams:
         record = (c.monitor.record(current) if job_of(c.config, current) is not None else None) or {}
         out["state"] = record.get("state", out["state"])
         out["progress"] = finite(record.get("progress"))
-        out["reason"] = plain(record["reason"]) if record.get("reason") else None
+        out["reason"] = c.public(record.get("reason"))
+        out["elapsed_s"] = record.get("elapsed_s")
+        out["drawing"] = bool(record.get("finishing"))
         if isinstance(record.get("chisq"), float):
             out["chisq"] = record["chisq"]
         return current, finite(out)

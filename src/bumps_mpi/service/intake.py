@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..cluster.render import limit_seconds
 from ..errors import UsageError
+from ..text import plain
 from . import notify, uploads
 from .auth import User
 from .controller import Controller
@@ -114,7 +115,8 @@ async def _submitted(
 ) -> tuple[dict, bool]:  # fmt: skip
     """Record the fit, save its upload, check and submit it (or continue an interrupted one)."""
     store, runner = c.store, c.runner
-    fit, new = store.new_fit(user.name, Path(display).stem[:60], request_record, idem_key, wanted)
+    label = plain(" ".join((form.get("label") or "").split()))[:60]  # the user's name, else the model's
+    fit, new = store.new_fit(user.name, label or Path(display).stem[:60], request_record, idem_key, wanted)
     if not new:
         if fit["phase"] == "interrupted" and store.take_interrupted(fit["id"]):  # one retry continues it
             return await run_in_threadpool(runner.resubmit, fit), True

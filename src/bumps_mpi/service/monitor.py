@@ -12,6 +12,7 @@ or its Slurm job to be alive has not ended (the files are the model's to write).
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -27,11 +28,16 @@ from .settings import ServiceConfig
 from .store import Store
 from .supervise import alive_ids
 
+FINISHING = "finishing: writing its results, figures and report"
+HISTORY_POINTS = 400  # of a fit's convergence kept
+HISTORY_FITS = 1000  # fits whose convergence is kept, the newest
+
 
 class Monitor:
     def __init__(self, config: ServiceConfig, store: Store, queue: Queue):
         self.config, self.store, self.queue = config, store, queue
         self.records: dict[str, Status] = {}  # fit id -> its newest status record
+        self.history: dict[str, list[list[float]]] = {}  # fit id -> [step, best chi-square] seen running
         self.ending: dict[str, float] = {}  # fit id -> when its directory first showed it had ended
         self.round = 0  # increases after every poll: event streams wait on it
         self.changed = threading.Condition()
@@ -72,7 +78,10 @@ class Monitor:
         for (fit, _), record in zip(jobs, records, strict=True):
             if fit["id"] in running and jobstate.ended_for_good(record):
                 # its records say it ended; its processes still run: it has not, yet
-                record = {**record, "state": "RUNNING", "finishing": True, "reason": "finishing"}
+                record = {**record, "state": "RUNNING", "finishing": True, "reason": FINISHING}
+            elif fit["id"] in running and record["state"] == "UNKNOWN" and not fit.get("job_id"):
+                record = {**record, "state": "PENDING", "reason": "starting"}  # its ranks are on their way
+            self._remember(fit["id"], record)
             changes: dict[str, Any] = {}
             if record["state"] != fit.get("state"):
                 changes["state"] = record["state"]
@@ -89,6 +98,25 @@ class Monitor:
         with self.changed:
             self.round += 1
             self.changed.notify_all()
+
+    def _remember(self, fit_id: str, record: Status) -> None:
+        """Keep the best chi-square at each new step seen, for the fit page's convergence plot."""
+        progress: dict[str, Any] = dict(record.get("progress") or {})
+        step, chisq = progress.get("step"), progress.get("chisq")
+        if not isinstance(step, int) or not isinstance(chisq, float) or not math.isfinite(chisq):
+            return
+        seen = self.history.setdefault(fit_id, [])
+        if seen and seen[-1][0] >= step:
+            return
+        seen.append([float(step), chisq])
+        if len(seen) > HISTORY_POINTS:  # a long fit: every other point of the older half goes
+            half = len(seen) // 2
+            seen[:half] = seen[:half:2]
+        while len(self.history) > HISTORY_FITS:
+            self.history.pop(next(iter(self.history)))
+
+    def convergence(self, fit_id: str) -> list[list[float]]:
+        return list(self.history.get(fit_id, []))
 
     def _status(self, jobs: list) -> list[Status]:
         """One batched status query; if one job's files break it, each job on its own (UNKNOWN if broken)."""

@@ -102,11 +102,14 @@ class Runner:
             else:
                 ranks = int(asked.get("ntasks") or self.config.local_ranks)
                 job, ranks = submission.create_local(request, ranks)
-                self.store.update_fit(fit["id"], phase="submitted", job_dir=str(job.path), state="RUNNING")
-                try:
-                    self._launched(fit["id"], job, ranks)
+                try:  # started, then recorded with who runs it: never a moment without its supervisor
+                    supervisor = launch(job, ranks, self.config.nice)
                 except OSError as exc:
                     raise SubmitError(f"the fit could not be started here: {exc}") from None
+                self.store.update_fit(
+                    fit["id"], phase="submitted", job_dir=str(job.path), state="PENDING",
+                    supervisor=json.dumps(supervisor),
+                )  # fmt: skip
         except BumpsMpiError as exc:
             if isinstance(exc, slurm.SubmitUncertain):
                 self.store.update_fit(fit["id"], phase="interrupted", message=str(exc))
@@ -137,6 +140,21 @@ class Runner:
             raise UsageError("the fit's run has ended: there is nothing to cancel")
         write_atomic(job.file(CANCEL_FILE), f"{time.time()}\n")
         os.kill(int(supervisor["pid"]), signal.SIGTERM)  # rank 0 checkpoints and stops; the rest end
+
+    def resume(self, fit: dict) -> None:
+        """Continue a fit that stopped (its time limit, a cancel) from its checkpoint: on Slurm as a new
+        job, here under a new supervisor. The same checks as `bumps-submit resume` (a clear refusal)."""
+        if fit["phase"] != "submitted" or not fit.get("ended"):
+            raise UsageError("only a fit that has stopped can be resumed")
+        job = job_of(self.config, fit)
+        if job is None:
+            raise UsageError("the fit never started: submit it again")
+        if fit.get("job_id"):
+            done = resume.resume(job)
+            self.store.update_fit(fit["id"], job_id=str(done["job_id"]), state="PENDING", ended=None)
+            return
+        resume.resume(job, launch=lambda job, ranks: self._launched(fit["id"], job, ranks))
+        self.store.update_fit(fit["id"], state="PENDING", ended=None)
 
     def delete(self, fit: dict) -> None:
         shutil.rmtree(fit_dir(self.config, fit["id"]), ignore_errors=True)

@@ -24,6 +24,7 @@ SUBMIT_SCHEMA = {  # the form the submit endpoint reads itself (after authentica
                         "archive": {**_FILE, "description": "or one zip of the model and its data"},
                         "model_name": {"type": "string", "description": "the model file in the zip"},
                         "args": {"type": "string", "description": "the model's arguments"},
+                        "label": {"type": "string", "description": "a name for the fit (else the model's)"},
                         "fit": {"type": "string", "default": "dream"},
                         **{
                             name: {"type": "string"}
@@ -78,6 +79,7 @@ class FitOut(BaseModel):
     message: str | None = None
     worker: str | None = None  # dispatch: the worker of the current (or last) attempt
     attempt: int = 0
+    fitter: str = "dream"
 
 
 class FitDetail(FitOut):
@@ -93,6 +95,16 @@ class FitDetail(FitOut):
     sandbox: dict[str, Any] | None = None
     failed_evaluations: int | None = None  # where the model raised or gave no value (Bumps went on)
     evaluations: int | None = None
+    first_failure: str | None = None  # the traceback of the first failed evaluation
+    settings: dict[str, str] = {}  # the fitter's options as asked, and the seed
+    ranks: int | None = None
+    time_limit: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    elapsed_s: float | None = None
+    convergence: list[list[float]] = []  # [step, best chi-square] as the service saw them, while it ran
+    captions: list[str] = []  # each figure's caption, in the order of figures (the report's)
+    drawing: bool = False  # completed; its figures and report are being drawn
 
 
 class LimitReached(UsageError):
