@@ -19,6 +19,7 @@ import pytest
 from conftest import EXAMPLE, MODELS, chromium, wait_until
 from service_helpers import Service, follow, submit, wait_for
 
+pytestmark = pytest.mark.mpi_launch
 SLOW = MODELS / "slow_peak.py"
 SLOW_FIT = {"samples": "6000", "burn": "100", "seed": "3", "args": "0.005"}  # about 25 s on 2 ranks
 SMALL = {"samples": "2000", "burn": "100", "seed": "7"}
@@ -26,7 +27,8 @@ SMALL = {"samples": "2000", "burn": "100", "seed": "7"}
 
 @pytest.fixture(scope="module")
 def service(mpiexec):
-    running = Service("local", '[limits]\nmax_ranks = 2\nmax_time = "00:10:00"\nmax_fits = 20\n').start()
+    limits = '[uploads]\nmax_mb = 4\n[limits]\nmax_ranks = 2\nmax_time = "00:10:00"\nmax_fits = 20\n'
+    running = Service("local", limits).start()
     yield running
     running.close()
 
@@ -174,6 +176,14 @@ def test_the_submit_page_requests_nothing_undefined_and_the_form_keeps_its_value
         assert browser.execute_script("return document.getElementById('model').files.length") == 1
         made = _requests_made(browser)
         assert not [u for u in made if u.endswith("/undefined")], made
+
+        big = tmp_path / "big.dat"  # past the upload limit: refused as it arrives, said in the page
+        big.write_bytes(b"0" * (6 << 20))
+        browser.find_element(By.ID, "data").send_keys(str(big))
+        browser.find_element(By.ID, "submit").click()
+        _until(browser, lambda: "HTTP 413" in browser.find_element(By.ID, "error").text, "the 413 said")
+        assert "larger than the 4 MB" in browser.find_element(By.ID, "error").text
+        assert browser.find_element(By.ID, "samples").get_attribute("value") == "1234"
     finally:
         browser.quit()
 

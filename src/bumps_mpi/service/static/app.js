@@ -165,7 +165,21 @@ function helpForm(form) {
       const page = new DOMParser().parseFromString(await answer.text(), "text/html");
       const shown = page.getElementById("form-error") || page.getElementById("error");
       const here = document.getElementById("form-error");
-      here.replaceChildren(...(shown ? Array.from(shown.childNodes).filter((n) => n.id !== "sent").map((n) => document.importNode(n, true)) : []));
+      if (shown) {
+        here.replaceChildren(...Array.from(shown.childNodes).map((n) => document.importNode(n, true)));
+      } else { // not a page of ours (an upload refused as it arrived): its JSON detail, as text
+        let detail = "";
+        try {
+          detail = JSON.parse(page.body.textContent).detail;
+        } catch (error) {
+          detail = "";
+        }
+        const line = document.createElement("p");
+        line.className = "error";
+        line.id = "error";
+        line.textContent = "The service refused the submission (HTTP " + answer.status + ")" + (detail ? ": " + detail : "");
+        here.replaceChildren(line);
+      }
       const sent = here.querySelector("#sent");
       if (sent) sent.remove();
       const key = page.querySelector('input[name="idempotency_key"]');
