@@ -358,3 +358,21 @@ def test_a_fit_drawing_its_figures_says_so_shows_its_result_and_offers_no_cancel
         assert browser.find_element(By.ID, "state").text == "COMPLETED"
     finally:
         browser.quit()
+
+
+@pytest.mark.parametrize(
+    ("asked", "goes"),
+    [
+        ("/fits/abc?x=1", "/fits/abc?x=1"),
+        ("//evil.example", "/"),
+        ("/\\evil.example", "/"),
+        ("/\t/evil.example", "/"),
+        ("https://evil.example/", "/"),
+        ("", "/"),
+        ("/fits/\u00e9", "/"),
+    ],
+)
+def test_after_the_login_only_a_page_of_this_service(asked, goes):
+    from bumps_mpi.service.pages import safe_next
+
+    assert safe_next(asked) == goes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import re
 import secrets
 from typing import Any
 
@@ -41,8 +42,8 @@ def fitters() -> list[dict[str, Any]]:
 
 def safe_next(target: str | None) -> str:
     """A page of this service to go to after logging in: a local path only, never another site."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
+    if not target or not re.fullmatch(r"/(?![/\\])[!-~]*", target) or "\\" in target:
+        return "/"  # printable ASCII only: a tab or newline a browser drops could make it //elsewhere
     return target
 
 
