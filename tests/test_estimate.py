@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bumps_mpi.front import estimate
@@ -90,3 +92,36 @@ def test_the_json_form_has_what_the_issue_names():
     found = estimate.as_json(rows, 2, job, 0.001, 3.0)
     assert found["evaluations"] == 6040 and found["chosen"] == 2 and found["startup_s"] == 3.0
     assert set(found["rows"][0]) == {"ranks", "wall_s", "core_hours", "efficiency"}
+
+
+def test_the_dry_run_times_the_model_and_prints_the_estimate(isolated):
+    from conftest import EXAMPLE, cli
+
+    proc = cli(
+        "submit", EXAMPLE, "--dry-run", "--json", "--ntasks", "2", "--samples", "2000", "--burn", "100"
+    )
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)["estimate"]
+    assert found["evaluations"] == 6040 and found["population"] == 40 and found["chosen"] == 2
+    assert 1 <= found["timed"] <= 30 and 0 < found["seconds_per_evaluation"] < 1
+    assert [row["ranks"] for row in found["rows"]] == [1, 2, 4, 8]
+    text = cli("submit", EXAMPLE, "--dry-run", "--ntasks", "2", "--samples", "2000", "--burn", "100")
+    assert text.stdout.startswith("#!/bin/bash") and "estimate: 6,040 evaluations" in text.stderr
+    assert "<- these settings" in [line for line in text.stderr.splitlines() if line.startswith("      2")][0]
+
+
+def test_a_model_that_takes_seconds_per_evaluation_is_timed_within_the_checks_budget(isolated):
+    """1.5 s an evaluation against the check's 3 s for timing: the first one and at most two more."""
+    from conftest import cli, write_model
+
+    slow = write_model(
+        isolated / "slow.py",
+        "import time\n",
+        "_nllf = FitProblem.nllf\n"
+        "def nllf(self, pvec=None):\n    time.sleep(1.5)\n    return _nllf(self, pvec)\n"
+        "FitProblem.nllf = nllf\nproblem = FitProblem(model)\n",
+    )
+    proc = cli("submit", slow, "--dry-run", "--json", "--check-timeout", "60")
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)["estimate"]
+    assert found["seconds_per_evaluation"] >= 1.4 and found["first_s"] >= 1.4 and found["timed"] <= 2

@@ -182,9 +182,48 @@ def _dry_run(request: Any, as_json: bool) -> None:
     for note in prepared.notes:
         stderr(f"bumps-submit: warning: {note}")
     if as_json:
-        emit_json({"job_dir": str(prepared.target), "script": prepared.script, "spec": prepared.spec})
+        emit_json(
+            {
+                "job_dir": str(prepared.target),
+                "script": prepared.script,
+                "spec": prepared.spec,
+                "estimate": prepared.estimate,
+            }
+        )
     else:
         click.echo(prepared.script, nl=False)
+        for line in estimate_lines(prepared.estimate):
+            stderr(line)
+
+
+def estimate_lines(found: dict | None) -> list[str]:
+    """The estimate as a table, for people (stderr: the script on stdout stays a script)."""
+    if not found:
+        return []
+    each = found["seconds_per_evaluation"]
+    lines = [
+        f"estimate: {found['evaluations']:,} evaluations ({found['generations']:,} generations of "
+        f"{found['population']}), {_seconds(each)} each (median of {found['timed']}; the first took "
+        f"{_seconds(found['first_s'])}); start-up and figures about {_seconds(found['startup_s'])}",
+        "  ranks  fit's wall time  core-hours  efficiency",
+    ]
+    for row in found["rows"]:
+        mark = "   <- these settings" if row["ranks"] == found["chosen"] else ""
+        lines.append(
+            f"  {row['ranks']:5d}  {_seconds(row['wall_s']):>15}  {row['core_hours']:10.3g}  "
+            f"{row['efficiency']:10.2f}{mark}"
+        )
+    return lines
+
+
+def _seconds(value: float) -> str:
+    if value < 1e-3:
+        return f"{value * 1e6:.0f} µs"
+    if value < 1:
+        return f"{value * 1e3:.1f} ms"
+    if value < 120:
+        return f"{value:.1f} s"
+    return f"{value / 60:.1f} min" if value < 7200 else f"{value / 3600:.1f} h"
 
 
 def _submit_campaign(

@@ -29,6 +29,7 @@ def run_check(
     timeout: float,
     sandbox: SandboxRequest | None = None,
     nice: int = 0,
+    timing_s: float = 0.0,
 ) -> dict[str, Any]:
     """Check options and model in a child, confined as the job's ranks will be (*sandbox*: level, read,
     max_file_mb); {"parameters", "nllf", "fit_options", "sandbox"} or a clear error."""
@@ -40,6 +41,7 @@ def run_check(
         "fit": fit,
         "fit_options": fit_options,
         "sandbox": sandbox or {"level": "off"},
+        "timing_s": timing_s,  # also time the model, for the estimate of the fit's cost
     }
     done = child.run(
         "bumps_mpi.front.modelcheck", request, timeout, env=dict.fromkeys(THREAD_VARIABLES, "1"), nice=nice
@@ -82,7 +84,7 @@ def main(argv: list[str]) -> None:
     _note_mpi(answer, request["model"])
     try:
         options = check_fit_options(request["fit"], request["fit_options"])
-        found = check_model(request["model"], request["args"])
+        found = check_model(request["model"], request["args"], request.get("timing_s", 0.0), options)
         check_population(request["fit"], options, len(found["parameters"]))
         reply: dict[str, Any] = {"ok": True, "fit_options": options, "sandbox": enforced, **found}
     except BumpsMpiError as exc:

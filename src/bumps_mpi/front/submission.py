@@ -103,6 +103,7 @@ class Prepared:
     script: str
     settings: Settings
     notes: list[str] = field(default_factory=list)  # warnings for the user (the sandbox's, say)
+    estimate: dict[str, Any] | None = None  # what the fit will cost (bumps_mpi.front.estimate)
 
 
 def _check_name(request: JobRequest) -> str:
@@ -229,7 +230,29 @@ def prepare(request: JobRequest) -> Prepared:
     checked = check_model(request, settings, confinement)
     spec = spec_of(request, name, checked, settings, confinement)
     notes = [f"sandbox: {checked['sandbox']['note']}"] if (checked.get("sandbox") or {}).get("note") else []
-    return Prepared(target, spec, script, settings, notes)
+    return Prepared(target, spec, script, settings, notes, estimate_of(request, checked, settings))
+
+
+JOB_START_S = 5.0  # a job's start and its figures around the fit (docs/benchmarks.md: start 1.5-2.4 s)
+
+
+def estimate_of(request: JobRequest, checked: dict[str, Any], settings: Settings) -> dict[str, Any] | None:
+    """The fit's cost on 1, 2, 4, ... ranks, from the model check's timing (None without one)."""
+    from . import estimate
+
+    timing = checked.get("timing")
+    if not isinstance(timing, dict):
+        return None
+    job = estimate.work(request.fit, checked.get("fit_options") or {}, len(checked["parameters"]))
+    ranks = int(settings.get("ntasks") or 1)
+    each, startup = float(timing["seconds_per_evaluation"]), JOB_START_S + float(timing["first_s"])
+    rows = estimate.table(request.fit, job, each, startup, max(8, 2 * ranks))
+    if ranks not in [row.ranks for row in rows]:
+        rows = sorted(
+            [*rows, *estimate.table(request.fit, job, each, startup, ranks)[-1:]], key=lambda r: r.ranks
+        )
+    found = estimate.as_json(rows, ranks, job, each, startup)
+    return {**found, "first_s": timing["first_s"], "timed": timing["timed"]}
 
 
 def place(request: JobRequest) -> tuple[Settings, str, Path]:
@@ -279,6 +302,9 @@ def sandbox_for(request: JobRequest, settings: Settings) -> SandboxRequest:
     return _sandbox_request(settings, more_read, [str(Path(p).resolve()) for p in request.write])
 
 
+ESTIMATE_TIMING_S = 3.0  # of the model check spent timing the model, for the estimate
+
+
 def check_model(request: JobRequest, settings: Settings, confinement: SandboxRequest) -> dict[str, Any]:
     """The model check (bumps_mpi.front.modelcheck), confined as the job will be."""
     from .modelcheck import run_check
@@ -291,6 +317,7 @@ def check_model(request: JobRequest, settings: Settings, confinement: SandboxReq
         settings["check_timeout"],
         sandbox=confinement,
         nice=request.nice,
+        timing_s=min(ESTIMATE_TIMING_S, settings["check_timeout"] / 4),
     )
 
 

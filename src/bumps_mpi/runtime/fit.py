@@ -122,12 +122,17 @@ def _problem_bumps_loaded(exc: BaseException) -> Any:
     return None
 
 
-def check_model(path: Path | str, args: list[str] | None = None) -> dict[str, Any]:
-    """Load the model and evaluate it once at its starting point, as the job will."""
+def check_model(
+    path: Path | str, args: list[str] | None = None, timing_s: float = 0.0, options: dict | None = None
+) -> dict[str, Any]:
+    """Load the model and evaluate it once at its starting point, as the job will; with *timing_s*, also
+    time it (the estimate of the fit's cost) for at most about that long."""
     problem = load_model(path, args)
     try:
         labels = [str(label) for label in problem.labels()]
+        started = time.perf_counter()
         value = problem.nllf(problem.getp())
+        first_s = time.perf_counter() - started
         nllf = float(value)
     except BaseException as exc:  # noqa: B036
         raise ModelCheckError(
@@ -139,7 +144,43 @@ def check_model(path: Path | str, args: list[str] | None = None) -> dict[str, An
         raise ModelCheckError(
             f"{path}: the model's starting point evaluates to {nllf} (check data and bounds)"
         )
-    return {"parameters": labels, "nllf": float(nllf)}
+    found: dict[str, Any] = {"parameters": labels, "nllf": float(nllf)}
+    if timing_s > 0:
+        found["timing"] = time_evaluations(problem, first_s, timing_s, options or {})
+    return found
+
+
+TIMED_EVALUATIONS = 30  # at most, after the first
+
+
+def time_evaluations(problem: Any, first_s: float, budget_s: float, options: dict) -> dict[str, Any]:
+    """Seconds per evaluation: the median of up to TIMED_EVALUATIONS evaluations at points of the fit's
+    initial population, within *budget_s*; the first one (kernel compilation, caches) apart. A model
+    whose first evaluation already took the budget is timed by that one alone, and the answer says so."""
+    import statistics
+
+    from bumps.initpop import generate
+
+    times: list[float] = []
+    start = np.array(problem.getp(), copy=True)
+    if first_s < budget_s:
+        try:
+            points = generate(problem, init=options.get("init", "eps"), pop=-TIMED_EVALUATIONS)
+        except Exception:  # an initializer that needs more (cov without a covariance): the start point
+            points = [problem.getp()] * TIMED_EVALUATIONS
+        deadline = time.perf_counter() + budget_s - first_s
+        for point in points:
+            started = time.perf_counter()
+            try:
+                problem.nllf(point)
+            except Exception:  # noqa: S112 - a failing point costs its time too; Bumps scores it inf
+                pass
+            times.append(time.perf_counter() - started)
+            if time.perf_counter() > deadline:
+                break
+        problem.setp(start)  # the model as the check found it
+    each = statistics.median(times) if times else first_s
+    return {"first_s": first_s, "seconds_per_evaluation": each, "timed": len(times) or 1}
 
 
 Mapper = Callable[[Any], Any]
