@@ -185,3 +185,17 @@ def wait_for(client: httpx.Client, fit_id: str, states: set[str], timeout: float
         return fit if fit.get("state") in states else None
 
     return wait_until(reached, lambda: f"fit {fit_id} to reach {states}; last: {seen[0]}", timeout, every=0.5)
+
+
+def on_page(browser, condition, what: str, timeout: float = 180) -> None:
+    """Wait for *condition* in a browser; a page that reloads meanwhile (its elements gone) just means:
+    not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    def holds() -> bool:
+        try:
+            return bool(condition())
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+
+    wait_until(holds, lambda: f"{what}; page: {browser.current_url}", timeout)

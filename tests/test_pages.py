@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLE, MODELS, chromium, wait_until
-from service_helpers import Service, follow, submit, wait_for
+from service_helpers import Service, follow, on_page, submit, wait_for
 
 pytestmark = pytest.mark.mpi_launch
 SLOW = MODELS / "slow_peak.py"
@@ -42,17 +42,7 @@ def _login(browser, service: Service, who: str = "alice") -> None:
     _until(browser, lambda: "/login" not in browser.current_url, "a page after logging in")
 
 
-def _until(browser, condition, what: str, timeout: float = 180) -> None:
-    """Wait for *condition*; a page that reloads meanwhile (its elements gone) just means: not yet."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-
-    def holds() -> bool:
-        try:
-            return bool(condition())
-        except (StaleElementReferenceException, NoSuchElementException):
-            return False
-
-    wait_until(holds, lambda: f"{what}; page: {browser.current_url}", timeout)
+_until = on_page  # the shared browser wait (service_helpers)
 
 
 def _server_paths(service: Service) -> list[str]:

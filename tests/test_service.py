@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import EXAMPLE, MODELS, as_user, chromium, cli, cli_json, one_line_error, wait_until
-from service_helpers import Service, follow, free_port, submit, wait_for
+from service_helpers import Service, follow, free_port, on_page, submit, wait_for
 
 from bumps_mpi.jobdir import control_dir
 
@@ -440,17 +440,7 @@ def _login(browser, service: Service, who: str = "alice") -> None:
     _until(browser, lambda: browser.current_url.rstrip("/") == service.url, "the list of fits after login")
 
 
-def _until(browser, condition, what: str, timeout: float = 180) -> None:
-    """Wait for *condition*; a page that reloads meanwhile (its elements gone) just means: not yet."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-
-    def holds() -> bool:
-        try:
-            return bool(condition())
-        except (StaleElementReferenceException, NoSuchElementException):
-            return False
-
-    wait_until(holds, lambda: f"{what}; page: {browser.current_url}", timeout)
+_until = on_page  # the shared browser wait (service_helpers)
 
 
 def _images_loaded(browser) -> list:
