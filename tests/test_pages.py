@@ -366,3 +366,33 @@ def test_after_the_login_only_a_page_of_this_service(asked, goes):
     from bumps_mpi.service.pages import safe_next
 
     assert safe_next(asked) == goes
+
+
+def test_a_report_the_model_rewrote_runs_nothing_in_its_frame(service):
+    """The model can write report.html: planted with scripts, it runs none, in its frame or the page."""
+    from selenium.webdriver.common.by import By
+
+    alice = service.client("alice")
+    fit = submit(alice, EXAMPLE, **SMALL).json()
+    follow(alice, fit["id"])
+    wait_until(lambda: "report.html" in alice.get(f"/api/v1/fits/{fit['id']}").json()["files"], "the report")
+    planted = service.data / "fits" / fit["id"] / "job" / "report.html"
+    planted.write_text(
+        "<html><head><title>planted</title></head><body><p id='text'>still here</p>"
+        "<script>document.title = 'ran'; top.document.title = 'ran';"
+        "document.getElementById('text').textContent = 'ran'</script></body></html>"
+    )
+    browser = chromium()
+    try:
+        _login(browser, service)
+        browser.get(f"{service.url}/fits/{fit['id']}/report")
+        top = browser.title
+        assert top.startswith("Report of") and "ran" not in top
+        browser.switch_to.frame(browser.find_element(By.ID, "report"))
+        _until(browser, lambda: browser.find_element(By.ID, "text").text, "the planted report in its frame")
+        assert browser.find_element(By.ID, "text").text == "still here"
+        assert browser.find_element(By.TAG_NAME, "title").get_attribute("textContent") == "planted"
+        browser.switch_to.default_content()
+        assert browser.title == top
+    finally:
+        browser.quit()

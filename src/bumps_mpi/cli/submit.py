@@ -178,7 +178,7 @@ def _dry_run(request: Any, as_json: bool) -> None:
     """Every check, then the script that would be submitted (and, with --json, the request)."""
     from ..front import submission
 
-    prepared = submission.prepare(request)
+    prepared = submission.prepare(request, estimate=True)
     for note in prepared.notes:
         stderr(f"bumps-submit: warning: {note}")
     if as_json:

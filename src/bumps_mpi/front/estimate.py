@@ -89,20 +89,27 @@ def wall_s(fit: str, job: Work, seconds_per_evaluation: float, ranks: int) -> fl
     return job.generations * (share * seconds_per_evaluation + round_trip_s(ranks) + fitter)
 
 
-def rank_counts(most: int) -> list[int]:
-    """1, 2, 4, ... up to *most*, and *most* itself."""
-    counts, n = [], 1
+def rank_counts(most: int, also: int | None = None) -> list[int]:
+    """1, 2, 4, ... up to *most*, *most* itself, and *also* (the rank count asked for)."""
+    counts, n = {max(1, most)} | ({also} if also else set()), 1
     while n < most:
-        counts.append(n)
+        counts.add(n)
         n *= 2
-    return [*counts, max(1, most)]
+    return sorted(counts)
 
 
-def table(fit: str, job: Work, seconds_per_evaluation: float, startup_s: float, most_ranks: int) -> list[Row]:
-    """One row per rank count up to *most_ranks*."""
+def table(
+    fit: str,
+    job: Work,
+    seconds_per_evaluation: float,
+    startup_s: float,
+    most_ranks: int,
+    also: int | None = None,
+) -> list[Row]:
+    """One row per rank count up to *most_ranks* (and *also*)."""
     serial = wall_s(fit, job, seconds_per_evaluation, 1)
     rows = []
-    for ranks in rank_counts(most_ranks):
+    for ranks in rank_counts(most_ranks, also):
         wall = wall_s(fit, job, seconds_per_evaluation, ranks)
         efficiency = serial / (ranks * wall) if wall > 0 else 1.0
         rows.append(Row(ranks, wall, ranks * (wall + startup_s) / 3600, min(efficiency, 1.0)))

@@ -222,12 +222,13 @@ def create_job_dir(target: Path, files: dict[str, str], model: Path) -> JobDir:
     return JobDir(target)
 
 
-def prepare(request: JobRequest) -> Prepared:
-    """Every check, cheapest first, then the sbatch text; nothing is written."""
+def prepare(request: JobRequest, estimate: bool = False) -> Prepared:
+    """Every check, cheapest first, then the sbatch text; nothing is written. With *estimate*, the check
+    also times the model and the fit's cost comes with it (only where it is shown: it takes up to 3 s)."""
     settings, name, target = place(request)
     script = render(settings, name, target)
     confinement = sandbox_for(request, settings)
-    checked = check_model(request, settings, confinement)
+    checked = check_model(request, settings, confinement, timed=estimate)
     spec = spec_of(request, name, checked, settings, confinement)
     notes = [f"sandbox: {checked['sandbox']['note']}"] if (checked.get("sandbox") or {}).get("note") else []
     return Prepared(target, spec, script, settings, notes, estimate_of(request, checked, settings))
@@ -246,11 +247,7 @@ def estimate_of(request: JobRequest, checked: dict[str, Any], settings: Settings
     job = estimate.work(request.fit, checked.get("fit_options") or {}, len(checked["parameters"]))
     ranks = int(settings.get("ntasks") or 1)
     each, startup = float(timing["seconds_per_evaluation"]), JOB_START_S + float(timing["first_s"])
-    rows = estimate.table(request.fit, job, each, startup, max(8, 2 * ranks))
-    if ranks not in [row.ranks for row in rows]:
-        rows = sorted(
-            [*rows, *estimate.table(request.fit, job, each, startup, ranks)[-1:]], key=lambda r: r.ranks
-        )
+    rows = estimate.table(request.fit, job, each, startup, max(8, 2 * ranks), also=ranks)
     found = estimate.as_json(rows, ranks, job, each, startup)
     return {**found, "first_s": timing["first_s"], "timed": timing["timed"]}
 
@@ -305,8 +302,11 @@ def sandbox_for(request: JobRequest, settings: Settings) -> SandboxRequest:
 ESTIMATE_TIMING_S = 3.0  # of the model check spent timing the model, for the estimate
 
 
-def check_model(request: JobRequest, settings: Settings, confinement: SandboxRequest) -> dict[str, Any]:
-    """The model check (bumps_mpi.front.modelcheck), confined as the job will be."""
+def check_model(
+    request: JobRequest, settings: Settings, confinement: SandboxRequest, timed: bool = False
+) -> dict[str, Any]:
+    """The model check (bumps_mpi.front.modelcheck), confined as the job will be; *timed*: the model
+    timed too, for the estimate."""
     from .modelcheck import run_check
 
     return run_check(
@@ -317,7 +317,7 @@ def check_model(request: JobRequest, settings: Settings, confinement: SandboxReq
         settings["check_timeout"],
         sandbox=confinement,
         nice=request.nice,
-        timing_s=min(ESTIMATE_TIMING_S, settings["check_timeout"] / 4),
+        timing_s=min(ESTIMATE_TIMING_S, settings["check_timeout"] / 4) if timed else 0.0,
     )
 
 

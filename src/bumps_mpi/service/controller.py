@@ -175,29 +175,28 @@ class Controller:
         """The PNG figures in the report's order with its captions (figures.json, which the model can
         write: names only among the files offered, captions as text), the others after them by name."""
         pngs = [n.split("/", 1)[1] for n in offered if n.startswith(f"{FIGURES_DIR}/") and n.endswith(".png")]
-        listed: list[tuple[str, str]] = []
+        captions: dict[str, str] = {}  # in the report's order
         try:
             with files.open_beneath(job.path, f"{FIGURES_DIR}/figures.json") as handle:
                 manifest = json.loads(handle.read(MANIFEST_MAX_BYTES + 1)[:MANIFEST_MAX_BYTES])
             for entry in manifest.get("figures", []) if isinstance(manifest, dict) else []:
                 name, title = entry.get("file"), entry.get("title")
-                if isinstance(name, str) and name in pngs and all(n != name for n, _ in listed):
-                    listed.append((name, plain(title)[:300] if isinstance(title, str) else name))
+                if isinstance(name, str) and name in pngs:
+                    captions.setdefault(name, plain(title)[:300] if isinstance(title, str) else name)
         except (OSError, ValueError, AttributeError):
             pass  # no manifest, or a broken one: the files by name
-        listed += [(n, n) for n in pngs if all(n != m for m, _ in listed)]
-        return [n for n, _ in listed], [t for _, t in listed]
+        for name in pngs:
+            captions.setdefault(name, name)
+        return list(captions), list(captions.values())
 
-    def log_tail(self, fit: dict) -> tuple[str, str] | None:
-        """(the log's name, its last lines, without the service's paths) for the fit's page, or None."""
-        job = job_of(self.config, fit)
-        if job is None:
-            return None
-        logs = [n for n in self.downloads(job) if n == "local.out" or n.startswith("slurm-")]
+    def log_tail(self, fit: dict, offered: list[str]) -> tuple[str, str] | None:
+        """(the log's name, its last lines, without the service's paths) for the fit's page, or None;
+        *offered*: its downloads, as detail() listed them (the directory is walked once a page)."""
+        logs = [n for n in offered if n == "local.out" or n.startswith("slurm-")]
         if not logs:
             return None
         try:
-            handle, size = self.open_in(fit, logs[-1])
+            handle, size = self.open_in(fit, logs[-1], offered)
         except HTTPException:
             return None
         with handle:
@@ -239,10 +238,11 @@ class Controller:
             if name in wanted or name.startswith(("export/", f"{FIGURES_DIR}/", "logs/"))  # logs: a worker's
         ] + logs  # fmt: skip
 
-    def open_in(self, fit: dict, relative: str) -> tuple[Any, int]:
-        """A download opened once, beneath the job directory, through no link: (file, size)."""
+    def open_in(self, fit: dict, relative: str, offered: list[str] | None = None) -> tuple[Any, int]:
+        """A download opened once, beneath the job directory, through no link: (file, size); *offered*:
+        the fit's downloads if already listed."""
         job = job_of(self.config, fit)
-        if job is None or relative not in self.downloads(job):
+        if job is None or relative not in (self.downloads(job) if offered is None else offered):
             raise HTTPException(404, f"no file {relative!r} in this fit")
         try:
             base = job.file(relative).parent if "/" not in relative else job.path  # a log: its control dir

@@ -50,6 +50,7 @@ class Streams:
         out["reason"] = c.public(record.get("reason"))
         out["elapsed_s"] = record.get("elapsed_s")
         out["drawing"] = bool(record.get("finishing"))
+        out["terminal"] = c.terminal(out["state"])
         if isinstance(record.get("chisq"), float):
             out["chisq"] = record["chisq"]
         return current, finite(out)

@@ -81,8 +81,8 @@ def pages_router(c: Controller, templates: Jinja2Templates) -> APIRouter:
         fit = c.visible(fit_id, user)
         detail = c.detail(fit)
         return page(
-            request, "fit.html", user, fit=detail, terminal=c.over(fit), log=c.log_tail(fit),
-            running=not c.terminal(detail.state) and not detail.drawing and fit["phase"] != "rejected",
+            request, "fit.html", user, fit=detail, terminal=c.over(fit), log=c.log_tail(fit, detail.files),
+            running=not c.terminal(detail.state) and not detail.drawing,
         )  # fmt: skip
 
     @routes.get("/fits/{fit_id}/report", response_class=HTMLResponse)

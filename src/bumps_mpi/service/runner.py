@@ -103,13 +103,11 @@ class Runner:
                 ranks = int(asked.get("ntasks") or self.config.local_ranks)
                 job, ranks = submission.create_local(request, ranks)
                 try:  # started, then recorded with who runs it: never a moment without its supervisor
-                    supervisor = launch(job, ranks, self.config.nice)
+                    self._launched(
+                        fit["id"], job, ranks, phase="submitted", job_dir=str(job.path), state="PENDING"
+                    )
                 except OSError as exc:
                     raise SubmitError(f"the fit could not be started here: {exc}") from None
-                self.store.update_fit(
-                    fit["id"], phase="submitted", job_dir=str(job.path), state="PENDING",
-                    supervisor=json.dumps(supervisor),
-                )  # fmt: skip
         except BumpsMpiError as exc:
             if isinstance(exc, slurm.SubmitUncertain):
                 self.store.update_fit(fit["id"], phase="interrupted", message=str(exc))
@@ -118,9 +116,11 @@ class Runner:
             raise
         return self.store.fit(fit["id"]) or fit
 
-    def _launched(self, fit_id: str, job: JobDir, ranks: int) -> None:
-        """Start a local run's supervisor and keep who it is here, not in the job directory."""
-        self.store.update_fit(fit_id, supervisor=json.dumps(launch(job, ranks, self.config.nice)))
+    def _launched(self, fit_id: str, job: JobDir, ranks: int, **fields: Any) -> None:
+        """Start a local run's supervisor and keep who it is here (with *fields*, in the same update),
+        not in the job directory."""
+        supervisor = launch(job, ranks, self.config.nice)
+        self.store.update_fit(fit_id, supervisor=json.dumps(supervisor), **fields)
 
     def cancel(self, fit: dict) -> None:
         """Cancel by what the service recorded (its Slurm id, its supervisor), never by the job's files:

@@ -2,9 +2,6 @@
 // text (textContent), never as markup.
 "use strict";
 
-const TERMINAL = ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-  "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT", "REJECTED"];
-
 function setText(element, text) {
   if (element) element.textContent = text;
 }
@@ -91,7 +88,7 @@ function followFit(box) {
       points.push([progress.step, progress.chisq]);
       drawConvergence(svg, points);
     }
-    if (TERMINAL.includes(fit.state) || fit.drawing) {
+    if (fit.terminal || fit.drawing) {
       const cancel = document.getElementById("cancel-form");
       if (cancel) cancel.hidden = true;
       const drawing = document.getElementById("drawing");
