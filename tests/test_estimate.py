@@ -16,9 +16,12 @@ from bumps_mpi.front import estimate
         # (the 6040 evaluations a job of tests/models/slow_peak.py with these settings reports)
         ("dream", {"samples": 2000, "burn": 100, "pop": 10}, 4, 151, 40),
         ("dream", {"samples": 6000, "burn": 100, "pop": 10}, 4, 251, 40),
-        ("dream", {"samples": 1000, "burn": 10, "pop": -25, "thin": 2}, 3, 1 + 10 + 40 * 2, 25),
-        ("dream", {"samples": 100, "burn": 0, "pop": 1.5, "steps": 7}, 3, 8, 5),  # ceil(4.5); steps given
-        ("de", {"steps": 200, "pop": 2.5}, 3, 201, 7),  # DE rounds down: int(7.5)
+        # ceil(1500 / 40) = 38 steps + 50 burn = 88: whole rounds of 10 after the first, 91 (3640 reported)
+        ("dream", {"samples": 1500, "burn": 50, "pop": 10}, 4, 91, 40),
+        ("dream", {"samples": 1000, "burn": 10, "pop": -25, "thin": 2}, 3, 51, 25),  # thin runs no more
+        ("dream", {"samples": 100, "burn": 0, "pop": 1.5, "steps": 7}, 3, 11, 5),  # ceil(4.5); steps given
+        ("de", {"steps": 50, "pop": 10}, 4, 50, 40),  # the 2000 evaluations a DE fit of peak.py reports
+        ("de", {"steps": 200, "pop": 2.5}, 3, 200, 7),  # DE rounds down: int(7.5)
         ("amoeba", {"steps": 1000, "starts": 2}, 5, 2000, 1),
         ("lm", {"steps": 200}, 5, 200, 1),
     ],
@@ -104,7 +107,7 @@ def test_the_dry_run_times_the_model_and_prints_the_estimate(isolated):
     found = json.loads(proc.stdout)["estimate"]
     assert found["evaluations"] == 6040 and found["population"] == 40 and found["chosen"] == 2
     assert 1 <= found["timed"] <= 30 and 0 < found["seconds_per_evaluation"] < 1
-    assert [row["ranks"] for row in found["rows"]] == [1, 2, 4, 8]
+    assert [row["ranks"] for row in found["rows"]][:3] == [1, 2, 4]  # to auto_max_ntasks, or the partition's
     text = cli("submit", EXAMPLE, "--dry-run", "--ntasks", "2", "--samples", "2000", "--burn", "100")
     assert text.stdout.startswith("#!/bin/bash") and "estimate: 6,040 evaluations" in text.stderr
     assert "<- these settings" in [line for line in text.stderr.splitlines() if line.startswith("      2")][0]
@@ -125,3 +128,148 @@ def test_a_model_that_takes_seconds_per_evaluation_is_timed_within_the_checks_bu
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout)["estimate"]
     assert found["seconds_per_evaluation"] >= 1.4 and found["first_s"] >= 1.4 and found["timed"] <= 2
+
+
+def _settings(**values):
+    from bumps_mpi.config import Settings
+
+    base = {"ntasks": "auto", "time": "auto", "auto_efficiency": 0.8, "auto_time_factor": 1.5}
+    base |= {"max_requeues": 10, "signal_grace": 120, "auto_max_ntasks": 64}
+    return Settings(base | values, {})
+
+
+def _found():
+    rows = [(1, 1000, 1.0), (2, 510, 0.98), (4, 270, 0.93), (8, 160, 0.78)]
+    return {
+        "rows": [{"ranks": r, "wall_s": w, "core_hours": 0.0, "efficiency": e} for r, w, e in rows],
+        "chosen": 1,
+        "startup_s": 5.0,
+    }
+
+
+def test_auto_chooses_the_most_efficient_ranks_and_their_time_by_hand():
+    from bumps_mpi.front import sizing
+
+    found = _found()
+    chosen = sizing.choose(_settings(), found, None)
+    # 4 ranks (0.93; 8 ranks fall to 0.78); 270 s × 1.5 + 5 s start-up + 120 s signal grace = 530 s: 9 min
+    assert chosen["ntasks"] == 4 and chosen["time"] == "00:09:00"
+    assert (
+        found["chosen"] == 4 and found["auto"]["runs"] == 1 and found["auto"]["chose"] == ["ntasks", "time"]
+    )
+    assert chosen.sources["ntasks"] == "--ntasks auto"
+    # a short fit: its grace is at most as long as the fit (Slurm's signal comes at most half-way)
+    short = {**_found(), "rows": [{"ranks": 1, "wall_s": 20, "core_hours": 0, "efficiency": 1.0}]}
+    assert sizing.choose(_settings(ntasks=1), short, None)["time"] == "00:02:00"  # 30 + 5 + 35 s = 70 s
+
+
+def test_auto_time_stays_within_the_partitions_limit_and_requeues_through_the_rest():
+    from bumps_mpi.cluster.slurm import Partition
+    from bumps_mpi.front import sizing
+
+    short = Partition("short", cpus_per_node=2, nodes=1, max_time_s=300)
+    found = _found()
+    chosen = sizing.choose(_settings(), found, short)
+    # 405 s of fitting; each 5-minute run fits 300 - 120 (grace) - 5 (start-up) = 175 s: 3 runs
+    assert chosen["time"] == "00:05:00" and found["auto"]["runs"] == 3
+    assert found["auto"]["partition"] == {"name": "short", "max_time_s": 300}
+    with pytest.raises(Exception, match="3 runs of partition short's limit 00:05:00.*max_requeues=1") as err:
+        sizing.choose(_settings(max_requeues=1), _found(), short)
+    assert "partition with a longer limit" in str(err.value)
+    assert sizing.most_ranks(_settings(nodes=1), short) == 2  # the job's node's CPUs
+    assert sizing.most_ranks(_settings(nodes=3, auto_max_ntasks=4), Partition("p", 2, 8, None)) == 4
+
+
+def test_a_hand_chosen_time_the_estimate_says_is_too_short_is_named():
+    from bumps_mpi.front import sizing
+
+    settings = _settings(ntasks=2, time="00:05:00", max_requeues=1)
+    found = {**_found(), "chosen": 2}  # 510 s × 1.5 = 765 s at 175 s a run: 5 runs
+    warning = sizing.fits_in_time(settings, found)
+    assert warning and "5 runs of --time 00:05:00" in warning and "a longer --time" in warning
+    assert sizing.fits_in_time(_settings(ntasks=2, time="00:30:00"), found) is None
+    with pytest.raises(Exception, match="3 runs"):  # --ntasks auto with that time: 4 ranks, 3 runs; 1 requeue
+        sizing.choose(_settings(time="00:05:00", max_requeues=1), _found(), None)
+
+
+SLOW = ["--samples", "2000", "--burn", "100"]
+
+
+def test_ntasks_and_time_auto_in_the_script_and_the_request(isolated):
+    from conftest import EXAMPLE, cli
+
+    env = {"BUMPS_MPI_AUTO_MAX_NTASKS": "4", "BUMPS_MPI_AUTO_EFFICIENCY": "0.5"}
+    proc = cli("submit", EXAMPLE, *SLOW, "--ntasks", "auto", "--time", "auto", "--dry-run", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    found, spec = out["estimate"], out["spec"]
+    assert max(row["ranks"] for row in found["rows"]) <= 4
+    best = max(row["ranks"] for row in found["rows"] if row["efficiency"] >= 0.5)
+    assert found["chosen"] == best == spec["resources"]["ntasks"]
+    assert f"#SBATCH --ntasks={best}\n" in out["script"]
+    assert f"#SBATCH --time={found['auto']['time']}\n" in out["script"]
+    assert spec["estimate"]["auto"]["chose"] == ["ntasks", "time"]
+    text = cli("submit", EXAMPLE, *SLOW, "--ntasks", "auto", "--dry-run", env=env)
+    assert "<- --ntasks auto (efficiency at least 0.5)" in text.stderr
+
+
+def test_auto_refuses_a_fit_its_limits_cannot_hold_and_writes_nothing(isolated):
+    from conftest import MODELS, cli, one_line_error
+
+    slow = [MODELS / "slow_peak.py", *SLOW, "--ntasks", "auto", "--time", "00:01:00", "--max-requeues", "0"]
+    env = {"BUMPS_MPI_AUTO_MAX_NTASKS": "2"}  # 151 generations × 20 points × 10 ms: 30 s; 45 s with the
+    # factor against 60 - 30 (grace) - 5 s a run: 2 runs, and no requeue allowed
+    proc = cli("submit", *slow, "--dry-run", "--jobs-dir", isolated / "jobs", "--", "0.01", env=env)
+    one_line_error(proc, "the fit is estimated to take", "max_requeues=0", "fewer samples")
+    assert not (isolated / "jobs").exists()
+    bad = cli("submit", MODELS / "slow_peak.py", "--ntasks", "many", "--dry-run")
+    assert bad.returncode == 2 and "'many' is not a whole number or 'auto'" in bad.stderr
+    wrong = cli("estimate", MODELS / "slow_peak.py", env={"BUMPS_MPI_AUTO_EFFICIENCY": "80"})
+    one_line_error(wrong, "auto_efficiency (from environment variable BUMPS_MPI_AUTO_EFFICIENCY)=80.0")
+
+
+def test_estimate_takes_submits_line_and_writes_nothing(isolated):
+    from conftest import EXAMPLE, cli
+
+    proc = cli("estimate", EXAMPLE, *SLOW, "--ntasks", "2", "--jobs-dir", isolated / "jobs")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("estimate: 6,040 evaluations") and "<- these settings" in proc.stdout
+    found = json.loads(cli("estimate", EXAMPLE, *SLOW, "--json").stdout)
+    assert found["evaluations"] == 6040 and found["chosen"] == 2  # the packaged ntasks
+    assert set(found["rows"][0]) == {"ranks", "wall_s", "core_hours", "efficiency"}
+    assert not (isolated / "jobs").exists()
+
+
+def test_a_model_that_sleeps_at_import_is_timed_by_its_evaluations(isolated):
+    from conftest import cli, write_model
+
+    model = write_model(isolated / "sleepy.py", "import time\ntime.sleep(2)\n")
+    found = json.loads(cli("estimate", model, "--json", "--check-timeout", "20").stdout)
+    assert found["first_s"] < 1 and found["seconds_per_evaluation"] < 1 and found["timed"] > 1
+
+
+@pytest.mark.mpi_launch
+def test_the_estimate_never_changes_the_fit_and_results_compare_it_with_the_run(isolated, mpiexec):
+    """The same fit and seed, submitted with --time auto (timed, its estimate recorded) and with a time
+    by hand: the same chi-square and parameters; results and the report show estimated against measured."""
+    from conftest import EXAMPLE, cli, cli_json
+
+    from bumps_mpi.jobdir import control_dir
+
+    fit = [EXAMPLE, "--samples", "1500", "--burn", "50", "--seed", "11", "--local", "-n", "2"]
+    timed = cli("submit", *fit, "--time", "auto", "--job-dir", isolated / "auto")
+    plain = cli("submit", *fit, "--time", "00:30:00", "--job-dir", isolated / "plain")
+    assert timed.returncode == 0 and plain.returncode == 0, timed.stderr + plain.stderr
+    request = json.loads((control_dir(isolated / "auto") / "request.json").read_text())
+    assert request["estimate"]["auto"]["chose"] == ["time"] and request["estimate"]["chosen"] == 2
+    assert request["local"]["time_limit_s"] >= 60  # the chosen limit holds the local run too
+    assert "estimate" not in json.loads((control_dir(isolated / "plain") / "request.json").read_text())
+    first, second = cli_json("results", isolated / "auto"), cli_json("results", isolated / "plain")
+    assert first["chisq"] == second["chisq"] and first["parameters"] == second["parameters"]
+    compared = first["prediction"]
+    assert compared["ranks"] == 2 and second["prediction"] is None
+    assert compared["predicted"]["evaluations"] == compared["measured"]["evaluations"] == 91 * 40
+    assert 0 < compared["measured"]["efficiency"] <= 1 and compared["wall_ratio"] > 0
+    shown = cli("results", isolated / "auto").stdout
+    assert "estimate:  at submission, on 2 ranks" in shown and "parallel efficiency" in shown
+    assert "Estimate against the run" in (isolated / "auto" / "report.html").read_text()

@@ -21,9 +21,9 @@ KEYS: dict[str, type] = {
     "partition": str,
     "account": str,
     "qos": str,
-    "time": str,
+    "time": str,  # or "auto": the estimate's wall time times auto_time_factor (bumps_mpi.front.sizing)
     "nodes": int,
-    "ntasks": int,
+    "ntasks": int,  # or "auto": the most ranks the estimate keeps at auto_efficiency
     "cpus_per_task": int,
     "mem": str,
     "mail_type": str,  # Slurm's own mail when the job begins, ends, fails... (--mail-type)
@@ -52,7 +52,12 @@ KEYS: dict[str, type] = {
     "sandbox_max_file_mb": int,  # the largest file a confined model may write
     "sandbox_mpi_ports": str,  # LOW-HIGH: the only TCP ports a confined job on several nodes may use
     "node_tmp": str,  # where each confined rank's TMPDIR goes on its node ($VARIABLES expanded there)
+    "auto_efficiency": float,  # --ntasks auto: the least parallel efficiency the chosen ranks may have
+    "auto_time_factor": float,  # --time auto: the predicted wall time times this (the estimate's margin)
+    "auto_max_ntasks": int,  # --ntasks auto never asks for more ranks (nor the estimate's table shows)
 }
+AUTO = "auto"  # ntasks and time: chosen from the model's measured estimate when the fit is submitted
+AUTO_KEYS = ("ntasks", "time")
 TOP_LEVEL = ("default_profile", "profiles")
 DEFAULT_PROFILE = "default"
 PACKAGED = "the packaged defaults"
@@ -125,12 +130,17 @@ def _check(values: dict[str, Any], where: str) -> dict[str, Any]:
         if key not in KEYS:
             raise UsageError(f"{where}: unknown setting {key!r}; known: {', '.join(sorted(KEYS))}")
         want = KEYS[key]
+        if key in AUTO_KEYS and value == AUTO:
+            continue
         if want is list:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise UsageError(f"{where}: {key} must be a list of strings")
         elif want is int:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise UsageError(f"{where}: {key} must be a whole number")
+        elif want is float:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise UsageError(f"{where}: {key} must be a number")
         elif not isinstance(value, str):
             raise UsageError(f"{where}: {key} must be a string")
     return values
@@ -143,11 +153,14 @@ def _from_environment() -> dict[str, Any]:
         raw = os.environ.get(name)
         if raw is None:
             continue
-        if want is int:
+        if key in AUTO_KEYS and raw == AUTO:
+            values[key] = raw
+        elif want in (int, float):
             try:
-                values[key] = int(raw)
+                values[key] = want(raw)
             except ValueError:
-                raise UsageError(f"environment variable {name}={raw!r} is not a whole number") from None
+                what = "a whole number" if want is int else "a number"
+                raise UsageError(f"environment variable {name}={raw!r} is not {what}") from None
         elif want is list:
             split = key in ("launcher_args", "skip", "extra")
             paths = key in ("sandbox_read", "sandbox_write")

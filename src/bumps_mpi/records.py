@@ -71,6 +71,7 @@ class Request(TypedDict, total=False):
     slurm: SlurmSubmission
     local: LocalRun
     campaign: CampaignPlace
+    estimate: dict[str, Any]  # what the model check's timing predicted (front.sizing), when it was timed
 
 
 class ParameterResult(TypedDict):
@@ -97,7 +98,9 @@ class Result(TypedDict, total=False):
     finished: float
     threads: dict[str, str | None]
     failed_evaluations: int
-    evaluations: int
+    evaluations: int  # this run's (a requeued fit's earlier runs are not counted)
+    run_elapsed_s: float  # this run's own fit time
+    seconds_per_evaluation: float  # the model's time per point on rank 0, this run
     first_failure: str  # the traceback of the first failed evaluation on rank 0, when any failed
     gpus: dict[str, dict[str, str]]  # each rank's GPUs, by rank
     exports: list[str]  # Bumps' own files in export/

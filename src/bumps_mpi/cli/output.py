@@ -149,6 +149,8 @@ def print_results(found: dict[str, Any]) -> None:
             f"warning:   the model failed on {found['failed_evaluations']} of {found.get('evaluations')} "
             "evaluations (Bumps scores them as impossible points; the job's log has the tracebacks)"
         )
+    if found.get("prediction"):
+        print_prediction(found["prediction"])
     echo(f"directory: {found['job_dir']}")
     if found.get("sandbox"):
         from ..sandbox.policy import describe
@@ -162,3 +164,14 @@ def print_results(found: dict[str, Any]) -> None:
         echo(f"report:    bumps-submit report {found['job_dir']}")
     if found.get("session"):
         echo(f"viewer:    bumps-submit open {found['job_dir']}  (Bumps' webview on its session file)")
+
+
+def print_prediction(found: dict[str, Any]) -> None:
+    """The estimate the fit was submitted with, against this run."""
+    from ..results.prediction import lines
+
+    ratio = f" (took {found['wall_ratio']:.2f} × the estimate)" if found.get("wall_ratio") else ""
+    echo(f"estimate:  at submission, on {found['ranks']} ranks, against the run{ratio}")
+    echo(f"  {'':<24}  {'estimated':>12}  {'measured':>12}")
+    for what, predicted, measured in lines(found):
+        echo(f"  {what:<24}  {predicted:>12}  {measured:>12}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -225,3 +226,46 @@ def scancel(*job_ids: str) -> None:
     errors = [line.split("error:", 1)[1].strip() for line in proc.stderr.splitlines() if "error:" in line]
     if proc.returncode != 0 or errors:
         raise SubmitError(f"scancel {what} failed: {errors[0] if errors else _first_line(proc.stderr)}")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """What a partition lets one job have: the time limit and the CPUs (for --ntasks/--time auto)."""
+
+    name: str
+    cpus_per_node: int  # its largest node's CPUs
+    nodes: int
+    max_time_s: int | None  # None: no limit
+
+
+def partition(name: str | None) -> Partition | None:
+    """The partition a job goes to (*name*, else the cluster's default), as sinfo says; None where there is
+    no Slurm, it does not answer, or has no such partition (then sbatch itself will say so)."""
+    import shutil
+
+    from .render import limit_seconds
+
+    if shutil.which("sinfo") is None:
+        return None
+    try:
+        lines = _ask(["sinfo", "-h", "-o", "%P|%c|%D|%l"]).stdout.splitlines()
+    except Unreachable:
+        return None
+    found: dict[str, list[list[str]]] = {}
+    default = None
+    for line in lines:
+        fields = line.strip().split("|")
+        if len(fields) != 4:
+            continue
+        label = fields[0].rstrip("*")
+        default = label if fields[0].endswith("*") else default
+        found.setdefault(label, []).append(fields)
+    rows = found.get(name or default or "")
+    if not rows:
+        return None
+    try:
+        cpus = max(int(r[1].rstrip("+")) for r in rows)
+        nodes = sum(int(r[2]) for r in rows)
+    except ValueError:
+        return None
+    return Partition(name or default or "", cpus, nodes, limit_seconds(rows[0][3]))

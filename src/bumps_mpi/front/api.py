@@ -105,7 +105,10 @@ def results(ref: str) -> dict[str, Any]:
     job = resolve(ref)
     result = job.result
     if result is not None:
-        return {"job_id": jobstate.job_id_of(job), "job_dir": str(job.path), **result, **outputs(job)}
+        from ..results.prediction import compared
+
+        found = {"job_id": jobstate.job_id_of(job), "job_dir": str(job.path), **result, **outputs(job)}
+        return {**found, "prediction": compared(job.spec, result)}  # the estimate against the run
     error = job.error
     if error is not None:
         raise JobFailed(error)

@@ -20,6 +20,7 @@ from typing import Any
 # `make bench`'s figures on a machine with more cores. More ranks than listed grow linearly. A second
 # host adds about 20 µs (docs/benchmarks.md, several nodes): nothing against a model's milliseconds.
 MAPPER_ROUND_TRIP_S = {1: 0.0, 2: 12e-6, 4: 20e-6, 8: 35e-6, 16: 65e-6}
+DE_STEPS = 10  # DREAM's generations between its checks for the end (bumps.dream.core.Dream.DE_steps)
 FITTER_S_PER_GENERATION = {"dream": 2e-4, "de": 5e-5}  # the fitter's own work per generation, rank 0
 
 
@@ -54,18 +55,18 @@ def population(options: dict[str, Any], parameters: int) -> int:
 
 def work(fit: str, options: dict[str, Any], parameters: int) -> Work:
     """The generations and population of a fit with these (checked, complete) options, as Bumps runs it:
-    DREAM: the initial population, burn-in, then samples/population generations (each thinned); DE: the
-    initial population and its steps; the others: about one point per step (Bumps counts their steps,
-    not their evaluations: amoeba's restarts and lm's Jacobians make this a rough figure)."""
+    DREAM: the initial population, then burn-in and samples/population generations, in whole rounds of
+    DE_STEPS (Bumps' DreamFit.max_steps; thinning keeps fewer, it does not run more); DE: its steps, the
+    first population included; the others: about one point per step (Bumps counts their steps, not their
+    evaluations: amoeba's restarts and lm's Jacobians make this a rough figure)."""
     if fit == "dream":
         size = population(options, parameters)
         steps = int(options.get("steps") or 0) or -(-int(options.get("samples", 10000)) // size)
-        generations = 1 + int(options.get("burn", 100)) + steps * int(options.get("thin", 1))
-        return Work(generations, size)
-    if fit == "de":  # Bumps' DE rounds its population down: int(pop × parameters)
-        return Work(
-            1 + int(options.get("steps", 1000)), max(1, int(float(options.get("pop", 10)) * parameters))
-        )
+        rounds = -(-(steps + int(options.get("burn", 100)) - 1) // DE_STEPS)
+        return Work(1 + rounds * DE_STEPS, size)
+    if fit == "de":  # Bumps' DE rounds its population down, int(pop × parameters); its steps count its
+        size = max(1, int(float(options.get("pop", 10)) * parameters))  # first population
+        return Work(max(1, int(options.get("steps", 1000))), size)
     steps = int(options.get("steps", 1000)) * max(1, int(options.get("starts", 1)))
     return Work(steps, 1)
 
@@ -126,10 +127,15 @@ def time_limit(wall: float, startup_s: float, safety: float, minimum_s: float = 
     """A Slurm time limit for a fit predicted to take *wall* seconds: times *safety*, plus start-up,
     rounded up to whole minutes (at least *minimum_s*), as D-HH:MM:SS or HH:MM:SS."""
     seconds = max(minimum_s, wall * safety + startup_s)
-    minutes = int(math.ceil(seconds / 60))
+    return clock(60 * math.ceil(seconds / 60))
+
+
+def clock(seconds: float) -> str:
+    """Seconds as Slurm writes a time: HH:MM:SS, or D-HH:MM:SS from a day (whole seconds, rounded up)."""
+    minutes, secs = divmod(int(math.ceil(seconds)), 60)
     days, rest = divmod(minutes, 24 * 60)
     hours, mins = divmod(rest, 60)
-    return f"{days}-{hours:02d}:{mins:02d}:00" if days else f"{hours:02d}:{mins:02d}:00"
+    return f"{days}-{hours:02d}:{mins:02d}:{secs:02d}" if days else f"{hours:02d}:{mins:02d}:{secs:02d}"
 
 
 def as_json(

@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -223,33 +223,30 @@ def create_job_dir(target: Path, files: dict[str, str], model: Path) -> JobDir:
 
 
 def prepare(request: JobRequest, estimate: bool = False) -> Prepared:
-    """Every check, cheapest first, then the sbatch text; nothing is written. With *estimate*, the check
-    also times the model and the fit's cost comes with it (only where it is shown: it takes up to 3 s)."""
+    """Every check, cheapest first, then the sbatch text; nothing is written. With *estimate*, or
+    `--ntasks auto`/`--time auto`, the check also times the model (up to 3 s) and the fit's estimate comes
+    with it (bumps_mpi.front.sizing), recorded in the request when it chose the ranks or the time."""
+    from . import sizing
+
     settings, name, target = place(request)
-    script = render(settings, name, target)
+    auto = sizing.auto_keys(settings)
+    script = render(sizing.placeholder(settings), name, target)
     confinement = sandbox_for(request, settings)
-    checked = check_model(request, settings, confinement, timed=estimate)
-    spec = spec_of(request, name, checked, settings, confinement)
+    checked = check_model(request, settings, confinement, timed=estimate or bool(auto))
+    found, partition = None, None
+    if estimate or auto:
+        partition = sizing.partition_of(settings)
+        found = sizing.estimate_of(request.fit, checked, settings, partition)
     notes = [f"sandbox: {checked['sandbox']['note']}"] if (checked.get("sandbox") or {}).get("note") else []
-    return Prepared(target, spec, script, settings, notes, estimate_of(request, checked, settings))
-
-
-JOB_START_S = 5.0  # a job's start and its figures around the fit (docs/benchmarks.md: start 1.5-2.4 s)
-
-
-def estimate_of(request: JobRequest, checked: dict[str, Any], settings: Settings) -> dict[str, Any] | None:
-    """The fit's cost on 1, 2, 4, ... ranks, from the model check's timing (None without one)."""
-    from . import estimate
-
-    timing = checked.get("timing")
-    if not isinstance(timing, dict):
-        return None
-    job = estimate.work(request.fit, checked.get("fit_options") or {}, len(checked["parameters"]))
-    ranks = int(settings.get("ntasks") or 1)
-    each, startup = float(timing["seconds_per_evaluation"]), JOB_START_S + float(timing["first_s"])
-    rows = estimate.table(request.fit, job, each, startup, max(8, 2 * ranks), also=ranks)
-    found = estimate.as_json(rows, ranks, job, each, startup)
-    return {**found, "first_s": timing["first_s"], "timed": timing["timed"]}
+    if found is not None and auto:
+        settings = sizing.choose(settings, found, partition)
+        script = render(settings, name, target)
+    elif found is not None:
+        notes += [warning] if (warning := sizing.fits_in_time(settings, found)) else []
+    spec = spec_of(request, name, checked, settings, confinement)
+    if found is not None:
+        spec["estimate"] = found  # what --ntasks/--time auto chose from; results compare it with the run
+    return Prepared(target, spec, script, settings, notes, found)
 
 
 def place(request: JobRequest) -> tuple[Settings, str, Path]:
@@ -442,13 +439,16 @@ def create_local(request: JobRequest, ranks: int | None = None, warn: Any = None
         label = f"local_ranks (from {where})"
     local.check_ranks(ranks, warn, label)
     local.find_mpiexec()
+    if settings.get("ntasks") == "auto" or settings.get("time") == "auto":  # its estimate is for these ranks
+        request = replace(request, resources={**request.resources, "ntasks": ranks})
     prepared = prepare(request)
     for note in prepared.notes:
         if warn is not None:
             warn(f"bumps-submit: warning: {note}")
     prepared.spec["local"] = {"ranks": ranks}
-    if settings.sources.get("time", PACKAGED) != PACKAGED:  # a time someone chose (the packaged hour is
-        limit = limit_seconds(settings["time"])  # Slurm's default, not a local run's)
+    chosen = prepared.settings  # with --time auto, the time it chose
+    if chosen.sources.get("time", PACKAGED) != PACKAGED:  # a time someone chose (the packaged hour is
+        limit = limit_seconds(chosen["time"])  # Slurm's default, not a local run's)
         if limit:
             prepared.spec["local"]["time_limit_s"] = limit
     job = create_job_dir(prepared.target, {JOB_FILE: _json(prepared.spec)}, request.model)

@@ -24,7 +24,7 @@ TIME = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2}|(?i:unlimited|infinite))
 # Slurm's --mem: a whole number with an optional K, M, G or T (MB and the like also pass); 0 = the whole node
 MEMORY = re.compile(r"^\d+([KMGT]B?)?$", re.IGNORECASE)
 AT_LEAST_ONE: tuple[str, ...] = ("nodes", "ntasks", "cpus_per_task", "threads", "checkpoint_every")
-AT_LEAST_ONE += ("signal_grace", "check_timeout", "plot_timeout", "local_ranks")
+AT_LEAST_ONE += ("signal_grace", "check_timeout", "plot_timeout", "local_ranks", "auto_max_ntasks")
 LARGER = {"sandbox_max_file_mb": 64}  # MPI's shared-memory segments are files too (UCX: 4 MB and more)
 NOT_NEGATIVE = ("max_requeues", "gpus")
 GPU_DIRECTIVES = ("gres", "gpus-per-task")
@@ -65,7 +65,7 @@ def check_resources(settings: dict[str, Any], sources: dict[str, str] | None = N
     """Slurm and job settings: numbers in range, --time and --mem in Slurm's own grammar."""
     for key in (*AT_LEAST_ONE, *NOT_NEGATIVE, *LARGER):
         value = settings.get(key)
-        if value is None:
+        if value is None or (key == "ntasks" and value == "auto"):
             continue
         least = 1 if key in AT_LEAST_ONE else LARGER.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -73,12 +73,13 @@ def check_resources(settings: dict[str, Any], sources: dict[str, str] | None = N
                 f"{_label(key, sources)} must be a whole number of at least {least}, got {value!r}"
             )
     limit = settings.get("time")
-    if limit not in (None, "") and not TIME.match(str(limit)):
+    if limit not in (None, "", "auto") and not TIME.match(str(limit)):
         raise UsageError(
             f"{_label('time', sources)}={limit!r} is not a Slurm time limit: use minutes (90), "
             "HH:MM:SS (01:30:00) or D-HH:MM:SS (2-00:00:00)"
         )
     _check_sandbox(settings, sources)
+    _check_auto(settings, sources)
     if settings.get("gpu_directive") not in (None, *GPU_DIRECTIVES):
         where = _label("gpu_directive", sources)
         raise UsageError(f"{where}={settings['gpu_directive']!r}: use {' or '.join(GPU_DIRECTIVES)}")
@@ -99,6 +100,17 @@ def check_resources(settings: dict[str, Any], sources: dict[str, str] | None = N
             f"{_label('mem', sources)}={memory!r} is not a Slurm memory size: use a whole number with "
             "an optional unit, e.g. 4000M or 8G"
         )
+
+
+def _check_auto(settings: dict[str, Any], sources: dict[str, str] | None) -> None:
+    """--ntasks auto's efficiency is a fraction, --time auto's factor a margin (at least 1)."""
+    for key, low, high, what in (
+        ("auto_efficiency", 0.0, 1.0, "a fraction above 0 and at most 1 (0.8: 80 %)"),
+        ("auto_time_factor", 1.0, 100.0, "a factor of at least 1 and at most 100 (1.5: half again)"),
+    ):
+        value = settings.get(key)
+        if value is not None and not (low < value <= high or (key == "auto_time_factor" and value == 1)):
+            raise UsageError(f"{_label(key, sources)}={value!r} must be {what}")
 
 
 # --- fit options (need bumps: called in the model-check subprocess) -------------------------------------

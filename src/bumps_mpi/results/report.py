@@ -223,10 +223,28 @@ def build(job: JobDir, record: Status) -> str:
         f"{escape(str(spec.get('model')))}</p></header>{note}{summary}"
         f"<h2>Parameters</h2>{_parameters(result, manifest)}"
         f"{_error(error)}"
-        f"<h2>Figures</h2>{_figures(job, manifest)}"
+        f"<h2>Figures</h2>{_figures(job, manifest)}{_prediction(spec, result)}"
         f"<h2>Job</h2><table>{_rows(facts)}</table>"
         f"<footer>Written by bumps-mpi {escape(__version__)} on {_when(time.time())}.</footer>"
         "</body></html>\n"
+    )
+
+
+def _prediction(spec: Request, result: Result | None) -> str:
+    """The estimate the fit was submitted with, against the run (when it had one)."""
+    from .prediction import compared, lines
+
+    found = compared(spec, result)
+    if found is None:
+        return ""
+    rows = "".join(
+        f"<tr><th>{escape(what)}</th><td>{escape(p)}</td><td>{escape(m)}</td></tr>"
+        for what, p, m in lines(found)
+    )
+    return (
+        f"<h2>Estimate against the run</h2><p>Estimated at submission for {found['ranks']} ranks from the "
+        "model check's timing; measured by the run.</p>"
+        f"<table><tr><th></th><th>estimated</th><th>measured</th></tr>{rows}</table>"
     )
 
 

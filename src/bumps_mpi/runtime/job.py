@@ -239,6 +239,7 @@ def _run_root(
         _write_error(jobdir, "fit", 0, report, failed_evaluations=count, evaluations=evaluations)
         return 1
     checkpoint.record_run(jobdir.path, update=True, finished=time.time(), reason="completed")
+    this_run_s = float(result["elapsed_s"])
     if fitted.resumed:  # the fit's time across all its runs, not only this one's
         result["elapsed_s"] += float(fitted.info.get("elapsed_s", 0.0))
     result.update(
@@ -252,8 +253,11 @@ def _run_root(
             threads={name: os.environ.get(name) for name in THREAD_VARIABLES},
             failed_evaluations=count,
             evaluations=evaluations,
+            run_elapsed_s=this_run_s,
         )
     )
+    if mapper.own_points:  # what an evaluation cost on rank 0: the measured side of the estimate
+        result["seconds_per_evaluation"] = mapper.own_s / mapper.own_points
     if count and failures.first:  # the fit went on past them: the first one's traceback, to show
         result["first_failure"] = failures.first
     if gpus:

@@ -129,6 +129,7 @@ class StaticSplit:
         self._plan: _Plan | None = None
         self.waiting_since: float | None = None  # rank 0 done with its own share, waiting for the rest
         self.own_s = 0.0  # how long rank 0's own share took, this call
+        self.own_points = 0  # its size
 
     def plan(self, npop: int, nvar: int, tag: int) -> _Plan:
         """The plan for *npop* points of *nvar* parameters (made when the shape changes)."""
@@ -162,7 +163,7 @@ class StaticSplit:
         started = perf_counter()
         failed = _evaluate(problem, points[:mine], result[:mine])
         self.waiting_since = perf_counter()
-        self.own_s = self.waiting_since - started
+        self.own_s, self.own_points = self.waiting_since - started, mine
         cost = self.own_s / max(mine, 1)
         try:
             MPI.Request.Waitall(requests, plan.statuses)
@@ -193,6 +194,7 @@ class GuidedChunks:
         self.comm, self.grow = comm, grow
         self.waiting_since: float | None = None  # rank 0 done with its own points, waiting for the rest
         self.own_s = 0.0  # how long rank 0 worked on its own points, this call
+        self.own_points = 0  # how many they were
 
     def map(self, problem: Any, points: np.ndarray, result: np.ndarray, tag: int) -> tuple[list, Any, float]:
         """Fill *result*; returns (failed workers' chunks, rank 0's failure, rank 0's seconds per point)."""
@@ -239,7 +241,7 @@ class GuidedChunks:
                 if chunks and collect(rank, wait=False) and front < back and failed is None and not remote:
                     give(rank)
         self.waiting_since = perf_counter()
-        self.own_s = self.waiting_since - started
+        self.own_s, self.own_points = self.waiting_since - started, own
         cost = self.own_s / max(own, 1)
         try:
             for rank, chunks in pending.items():
@@ -273,6 +275,10 @@ class Mapper:
         self.guided = GuidedChunks(self.comm, self._grow)
         self.longest_call_s = 0.0  # for the watchdog: how long a call may take
         self.evaluations = 0  # points mapped, on every rank
+        self.own_s, self.own_points = (
+            0.0,
+            0,
+        )  # rank 0's time on its own points, and how many: the model's cost
         self._nonfinite = 0  # of them, those without a finite value, counted so far
         self._uncounted: list[np.ndarray] = []  # results not yet counted: counted COUNT_EVERY calls at once
         self._dynamic = self.comm.size > 1 and self._balance != "never"  # may balance: see _guided
@@ -308,10 +314,12 @@ class Mapper:
             raise ValueError("mapper got points with no parameters")
         result = np.empty(npop, dtype=np.float64)
         started = perf_counter()
-        if self._dynamic and self._guided(npop):
-            remote, failed, self._cost = self.guided.map(self.problem, points, result, _MAP + nvar)
-        else:
-            remote, failed, self._cost = self.static.map(self.problem, points, result, _MAP + nvar)
+        strategy: StaticSplit | GuidedChunks = (
+            self.guided if self._dynamic and self._guided(npop) else self.static
+        )
+        remote, failed, self._cost = strategy.map(self.problem, points, result, _MAP + nvar)
+        self.own_s += strategy.own_s
+        self.own_points += strategy.own_points
         took = perf_counter() - started
         if took > self.longest_call_s:
             self.longest_call_s = took
