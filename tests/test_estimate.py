@@ -158,9 +158,11 @@ def test_auto_chooses_the_most_efficient_ranks_and_their_time_by_hand():
         found["chosen"] == 4 and found["auto"]["runs"] == 1 and found["auto"]["chose"] == ["ntasks", "time"]
     )
     assert chosen.sources["ntasks"] == "--ntasks auto"
-    # a short fit: its grace is at most as long as the fit (Slurm's signal comes at most half-way)
+    # a short fit: 5 minutes (a job's start can take longer than the estimate's start-up)
     short = {**_found(), "rows": [{"ranks": 1, "wall_s": 20, "core_hours": 0, "efficiency": 1.0}]}
-    assert sizing.choose(_settings(ntasks=1), short, None)["time"] == "00:02:00"  # 30 + 5 + 35 s = 70 s
+    assert sizing.choose(_settings(ntasks=1), short, None)["time"] == "00:05:00"  # 70 s; 5 min at least
+    longer = {**_found(), "rows": [{"ranks": 1, "wall_s": 150, "core_hours": 0, "efficiency": 1.0}]}
+    assert sizing.choose(_settings(ntasks=1), longer, None)["time"] == "00:06:00"  # 225 + 5 + 120 s
 
 
 def test_auto_time_stays_within_the_partitions_limit_and_requeues_through_the_rest():
@@ -273,3 +275,39 @@ def test_the_estimate_never_changes_the_fit_and_results_compare_it_with_the_run(
     shown = cli("results", isolated / "auto").stdout
     assert "estimate:  at submission, on 2 ranks" in shown and "parallel efficiency" in shown
     assert "Estimate against the run" in (isolated / "auto" / "report.html").read_text()
+
+
+@pytest.mark.slurm
+def test_auto_on_the_cluster_stays_within_the_partitions_limits_and_runs(slurm_cluster, isolated):
+    """Partition 'short' (a 5-minute limit, nodes of a few CPUs): a fit estimated longer than its limit
+    gets the limit and requeues through the rest, or is refused before anything is queued; a small fit
+    with --ntasks auto --time auto is submitted, recorded, and runs to the end."""
+    from conftest import MODELS, cli, cli_json, one_line_error, wait_for_state
+
+    from bumps_mpi.cluster.slurm import partition
+    from bumps_mpi.jobdir import control_dir
+
+    short = partition("short")
+    assert short is not None and short.max_time_s == 300 and short.cpus_per_node >= 1
+    long_fit = [MODELS / "slow_peak.py", "--samples", "200000", "--partition", "short", "--jobs-dir"]
+    long_fit += [isolated / "jobs", "--ntasks", "auto", "--time", "auto"]
+    shown = cli("submit", *long_fit, "--dry-run", "--max-requeues", "100", "--json", "--", "0.01")
+    assert shown.returncode == 0, shown.stderr
+    planned = json.loads(shown.stdout)
+    found = planned["estimate"]
+    assert found["auto"]["time"] == "00:05:00" and found["auto"]["runs"] > 1
+    assert found["auto"]["partition"] == {"name": "short", "max_time_s": 300}
+    assert planned["spec"]["resources"]["ntasks"] <= short.cpus_per_node  # one node's CPUs
+    refused = cli("submit", *long_fit, "--max-requeues", "1", "--", "0.01")
+    one_line_error(refused, "runs of partition short's limit 00:05:00", "max_requeues=1")
+    assert not (isolated / "jobs").exists()
+    small = [MODELS / "slow_peak.py", "--samples", "2000", "--burn", "100", "--seed", "3"]
+    submitted = cli_json("submit", *small, "--partition", "short", "--ntasks", "auto", "--time", "auto",
+                         "--jobs-dir", isolated / "jobs")  # fmt: skip
+    request = json.loads((control_dir(submitted["job_dir"]) / "request.json").read_text())
+    ranks, limit = request["estimate"]["chosen"], request["estimate"]["auto"]["time"]
+    script = (control_dir(submitted["job_dir"]) / "run.sbatch").read_text()
+    assert f"#SBATCH --ntasks={ranks}\n" in script and f"#SBATCH --time={limit}\n" in script
+    assert wait_for_state(submitted["job_id"])["state"] == "COMPLETED"
+    compared = cli_json("results", submitted["job_id"])["prediction"]
+    assert compared["ranks"] == ranks and compared["measured"]["evaluations"] == 151 * 40

@@ -171,7 +171,8 @@ def print_prediction(found: dict[str, Any]) -> None:
     from ..results.prediction import lines
 
     ratio = f" (took {found['wall_ratio']:.2f} × the estimate)" if found.get("wall_ratio") else ""
-    echo(f"estimate:  at submission, on {found['ranks']} ranks, against the run{ratio}")
+    runs = f"; {found['runs']:.0f} runs: rates from the last" if found.get("runs", 1) > 1 else ""
+    echo(f"estimate:  at submission, on {found['ranks']} ranks, against the run{ratio}{runs}")
     echo(f"  {'':<24}  {'estimated':>12}  {'measured':>12}")
     for what, predicted, measured in lines(found):
         echo(f"  {what:<24}  {predicted:>12}  {measured:>12}")

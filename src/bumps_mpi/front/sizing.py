@@ -15,6 +15,9 @@ from ..errors import UsageError
 from . import estimate
 
 JOB_START_S = 5.0  # a job's start and its figures around the fit (docs/benchmarks.md: start 1.5-2.4 s)
+# --time auto never asks for less: a job's start on a busy shared file system (imports, the sandbox, MPI)
+# can take far longer than the estimate's start-up, and a short fit cut off by its limit pays a requeue
+SHORTEST_AUTO_TIME_S = 300
 
 
 def auto_keys(settings: Settings) -> list[str]:
@@ -76,7 +79,7 @@ def choose(settings: Settings, found: dict[str, Any], partition: slurm.Partition
     if "time" in wanted:
         fit_s = row.wall_s * factor + found["startup_s"]  # and the signal's grace, at most half the limit
         grace = min(int(settings["signal_grace"]), fit_s)
-        needed = estimate.time_limit(row.wall_s, found["startup_s"] + grace, factor)
+        needed = estimate.time_limit(row.wall_s, found["startup_s"] + grace, factor, SHORTEST_AUTO_TIME_S)
         if limit_s is not None and (limit_seconds(needed) or 0) > limit_s:
             needed = estimate.clock(limit_s)  # the partition's limit; the fit requeues through the rest
         chosen["time"] = needed

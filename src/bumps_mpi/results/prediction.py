@@ -38,15 +38,22 @@ def compared(spec: Request, result: Result | None) -> dict[str, Any] | None:
     wall, run = _number(result.get("elapsed_s")), _number(result.get("run_elapsed_s"))
     evaluations, each = _number(result.get("evaluations")), _number(result.get("seconds_per_evaluation"))
     per_s = evaluations / run if evaluations and run else None
-    measured = {
+    restarts = _number(result.get("restarts")) or 0
+    measured = {  # a requeued fit: its wall time is all its runs', the rest its last run's
         "wall_s": wall,
-        "evaluations": evaluations,
+        "evaluations": None if restarts else evaluations,
         "evaluations_per_s": per_s,
         "efficiency": min(1.0, evaluations * each / (ranks * run)) if evaluations and each and run else None,
         "seconds_per_evaluation": each,
     }
     ratio = wall / row["wall_s"] if wall is not None and row["wall_s"] else None
-    return {"ranks": ranks, "predicted": predicted, "measured": measured, "wall_ratio": ratio}
+    return {
+        "ranks": ranks,
+        "predicted": predicted,
+        "measured": measured,
+        "wall_ratio": ratio,
+        "runs": 1 + restarts,
+    }
 
 
 def lines(found: dict[str, Any]) -> list[tuple[str, str, str]]:
