@@ -36,7 +36,7 @@ def test_wall_time_efficiency_and_core_hours_by_hand():
     job = estimate.Work(generations=100, population=40)
     rows = estimate.table("dream", job, seconds_per_evaluation=0.01, startup_s=10, most_ranks=8)
     assert [r.ranks for r in rows] == [1, 2, 4, 8]
-    fitter = estimate.FITTER_S_PER_GENERATION["dream"]
+    fitter = estimate.FITTER_COST["dream"][0] + 40 * estimate.FITTER_COST["dream"][1]
     serial = 100 * (40 * 0.01 + fitter)  # no round trip on one rank
     assert rows[0].wall_s == pytest.approx(serial) and rows[0].efficiency == pytest.approx(1.0)
     four = 100 * (10 * 0.01 + estimate.MAPPER_ROUND_TRIP_S[4] + fitter)
@@ -106,8 +106,8 @@ def test_the_dry_run_times_the_model_and_prints_the_estimate(isolated):
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout)["estimate"]
     assert found["evaluations"] == 6040 and found["population"] == 40 and found["chosen"] == 2
-    assert 1 <= found["timed"] <= 30 and 0 < found["seconds_per_evaluation"] < 1
-    assert [row["ranks"] for row in found["rows"]][:3] == [1, 2, 4]  # to auto_max_ntasks, or the partition's
+    assert found["timed"] >= 30 and 0 < found["seconds_per_evaluation"] < 1  # a fast model, timed 0.5 s
+    assert [row["ranks"] for row in found["rows"]][:2] == [1, 2]  # to auto_max_ntasks or the partition's CPUs
     text = cli("submit", EXAMPLE, "--dry-run", "--ntasks", "2", "--samples", "2000", "--burn", "100")
     assert text.stdout.startswith("#!/bin/bash") and "estimate: 6,040 evaluations" in text.stderr
     assert "<- these settings" in [line for line in text.stderr.splitlines() if line.startswith("      2")][0]

@@ -21,7 +21,11 @@ from typing import Any
 # host adds about 20 µs (docs/benchmarks.md, several nodes): nothing against a model's milliseconds.
 MAPPER_ROUND_TRIP_S = {1: 0.0, 2: 12e-6, 4: 20e-6, 8: 35e-6, 16: 65e-6}
 DE_STEPS = 10  # DREAM's generations between its checks for the end (bumps.dream.core.Dream.DE_steps)
-FITTER_S_PER_GENERATION = {"dream": 2e-4, "de": 5e-5}  # the fitter's own work per generation, rank 0
+# The fitter's own work on rank 0 between generations, which no rank count shortens: (seconds per
+# generation, seconds per point of its population). Measured with examples/peak.py (about 25 µs an
+# evaluation) on one rank of the 2-vCPU VM, Bumps 1.0.5: DREAM 0.52, 6.7 and 26 ms a generation at 10, 200
+# and 800 chains; DE 0.72 and 8.8 ms at 40 and 400 (docs/benchmarks.md, the estimate).
+FITTER_COST = {"dream": (2.4e-4, 3.2e-5), "de": (0.0, 2.2e-5)}
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,8 @@ def wall_s(fit: str, job: Work, seconds_per_evaluation: float, ranks: int) -> fl
     """The fit's own time on *ranks*: per generation, the largest share of the population, the mapper's
     round trip (none on one rank) and the fitter's own work."""
     share = -(-job.population // ranks)
-    fitter = FITTER_S_PER_GENERATION.get(fit, 0.0)
+    per_generation, per_point = FITTER_COST.get(fit, (0.0, 0.0))
+    fitter = per_generation + per_point * job.population
     return job.generations * (share * seconds_per_evaluation + round_trip_s(ranks) + fitter)
 
 
