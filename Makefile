@@ -59,6 +59,7 @@ bench: venv
 	$(PY) bench/dispatch_bench.py
 	$(PY) bench/streams_bench.py
 	$(PY) bench/sasmodels_bench.py
+	$(PY) bench/estimate_bench.py  # the estimate against local runs (about 10 min)
 	$(PY) bench/hosts_bench.py  # needs the cluster's hosts (make cluster)
 
 lint: venv

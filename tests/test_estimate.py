@@ -311,3 +311,35 @@ def test_auto_on_the_cluster_stays_within_the_partitions_limits_and_runs(slurm_c
     assert wait_for_state(submitted["job_id"])["state"] == "COMPLETED"
     compared = cli_json("results", submitted["job_id"])["prediction"]
     assert compared["ranks"] == ranks and compared["measured"]["evaluations"] == 151 * 40
+
+
+def test_a_campaign_is_estimated_once_per_model_with_its_total(isolated):
+    from conftest import EXAMPLE, MODELS, ROOT, cli
+
+    fit = ["--samples", "2000", "--burn", "100"]
+    each = [
+        "estimate",
+        ROOT / "examples" / "peak_file.py",
+        "--each",
+        ROOT / "examples" / "data" / "*.dat",
+        *fit,
+    ]
+    found = json.loads(cli(*each, "--ntasks", "2", "--json").stdout)  # four data files, one model
+    assert [m["fits"] for m in found["models"]] == [4] and found["fits"] == 4
+    assert found["total"]["evaluations"] == 4 * 6040 and found["total"]["ranks"] == 2
+    two = ["estimate", EXAMPLE, "--model", MODELS / "slow_peak.py", *fit]
+    found = json.loads(cli(*two, "--ntasks", "2", "--json").stdout)
+    assert [m["fits"] for m in found["models"]] == [1, 1] and found["costliest"] == str(
+        MODELS / "slow_peak.py"
+    )
+    rows = [next(r for r in m["estimate"]["rows"] if r["ranks"] == 2) for m in found["models"]]
+    assert found["total"]["core_hours"] == pytest.approx(rows[0]["core_hours"] + rows[1]["core_hours"])
+    shown = cli("submit", *two[1:], "--ntasks", "auto", "--time", "auto", "--dry-run", "--json")
+    planned = json.loads(shown.stdout)
+    chosen = next(m for m in planned["estimate"]["models"] if m["model"] == found["costliest"])["estimate"][
+        "auto"
+    ]
+    assert f"#SBATCH --ntasks={chosen['ntasks']}\n" in planned["script"]
+    assert f"#SBATCH --time={chosen['time']}\n" in planned["script"]
+    text = cli("submit", *each[1:], "--dry-run")
+    assert "campaign: 4 fits, 24,160 evaluations" in text.stderr and text.stdout.startswith("#!/bin/bash")

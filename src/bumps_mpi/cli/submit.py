@@ -252,12 +252,15 @@ def estimate(
 
     request = _request(**options)
     if each is not None or args_from is not None or more_models or max_running is not None:
-        raise BumpsMpiError("estimate takes one model; for a campaign use: submit --dry-run --each ...")
-    found = submission.prepare(request, estimate=True).estimate
+        found = _campaign(request, each, args_from, more_models, max_running).estimate
+        lines = campaign_estimate_lines(found)
+    else:
+        found = submission.prepare(request, estimate=True).estimate
+        lines = estimate_lines(found)
     if as_json:
         emit_json(found)
     else:
-        for line in estimate_lines(found):
+        for line in lines:
             echo(line)
 
 
@@ -314,6 +317,24 @@ def estimate_lines(found: dict | None) -> list[str]:
     return lines
 
 
+def campaign_estimate_lines(found: dict | None) -> list[str]:
+    """A campaign's estimate: each model's table (timed once), then the total."""
+    if not found:
+        return []
+    lines = []
+    for model in found["models"]:
+        lines.append(f"model {model['model']}: {model['fits']} fits")
+        lines += ["  " + line for line in estimate_lines(model["estimate"])]
+    total = found.get("total")
+    if total:
+        lines.append(
+            f"campaign: {found['fits']} fits, {total['evaluations']:,} evaluations, "
+            f"{_seconds(total['fit_hours'] * 3600)} of fitting on {total['ranks']} ranks each, "
+            f"{total['core_hours']:.3g} core-hours"
+        )
+    return lines
+
+
 def _seconds(value: float) -> str:
     if value < 1e-3:
         return f"{value * 1e6:.0f} µs"
@@ -334,12 +355,43 @@ def _submit_campaign(
     dry_run: bool,
     as_json: bool,
 ) -> None:
-    from pathlib import Path
-
     from ..front import campaign
 
     if local:
         raise BumpsMpiError("a campaign runs as a Slurm job array: --local runs one fit (drop --each ...)")
+    if dry_run:
+        prepared = _campaign(request, each, args_from, more_models, max_running)
+        if as_json:
+            shown = {"campaign_dir": str(prepared.target), "script": prepared.script, **prepared.record}
+            emit_json({**shown, "estimate": prepared.estimate})
+        else:
+            click.echo(prepared.script, nl=False)
+            for line in campaign_estimate_lines(prepared.estimate):
+                stderr(line)
+        return
+    submitted = campaign.submit(_wanted(request, each, args_from, more_models, max_running))
+    if as_json:
+        emit_json(submitted)
+    else:
+        echo(
+            f"Submitted campaign {submitted['campaign_id']}: {submitted['fits']} fits as one job array\n"
+            f"  directory: {submitted['campaign_dir']}\n"
+            f"  follow it: bumps-submit status {submitted['campaign_id']}"
+        )
+
+
+def _wanted(
+    request: Any,
+    each: str | None,
+    args_from: str | None,
+    more_models: tuple[str, ...],
+    max_running: int | None,
+) -> Any:
+    """The campaign a command line asks for."""
+    from pathlib import Path
+
+    from ..front import campaign
+
     if each is None and args_from is None and not more_models:
         raise BumpsMpiError("--max-running is for a campaign: add --each, --args-from or --model")
     fits, labels, reads = campaign.fits_from(
@@ -349,20 +401,17 @@ def _submit_campaign(
         args_from=None if args_from is None else Path(args_from),
         models=[Path(m) for m in more_models] or None,
     )
-    wanted = campaign.CampaignRequest(fits, request, max_running, labels, reads)
-    if dry_run:
-        prepared = campaign.prepare(wanted)
-        if as_json:
-            emit_json({"campaign_dir": str(prepared.target), "script": prepared.script, **prepared.record})
-        else:
-            click.echo(prepared.script, nl=False)
-        return
-    submitted = campaign.submit(wanted)
-    if as_json:
-        emit_json(submitted)
-    else:
-        echo(
-            f"Submitted campaign {submitted['campaign_id']}: {submitted['fits']} fits as one job array\n"
-            f"  directory: {submitted['campaign_dir']}\n"
-            f"  follow it: bumps-submit status {submitted['campaign_id']}"
-        )
+    return campaign.CampaignRequest(fits, request, max_running, labels, reads)
+
+
+def _campaign(
+    request: Any,
+    each: str | None,
+    args_from: str | None,
+    more_models: tuple[str, ...],
+    max_running: int | None,
+) -> Any:
+    """Every check of the campaign, with its estimate (each model timed once); nothing written."""
+    from ..front import campaign
+
+    return campaign.prepare(_wanted(request, each, args_from, more_models, max_running), estimate=True)

@@ -131,15 +131,39 @@ class PreparedCampaign:
     record: dict[str, Any]
     script: str
     specs: list[Request]
+    estimate: dict[str, Any] | None = None  # each model's estimate and the campaign's total (front.sizing)
 
 
-def prepare(request: CampaignRequest) -> PreparedCampaign:
-    """Every check of every fit, cheapest first; nothing is written."""
+def prepare(request: CampaignRequest, estimate: bool = False) -> PreparedCampaign:
+    """Every check of every fit, cheapest first; nothing is written. With *estimate*, or `--ntasks
+    auto`/`--time auto`, the first fit of each model is timed too: the campaign's estimate, once per
+    model, and the auto choice from its costliest model (the array's fits share their resources)."""
+    from . import sizing
+
     settings, name, target = submission.place(request.common)
     indices = list(range(len(request.fits)))
-    script = submission.render(settings, name, target, array_text(indices, request.max_running))
+    array = array_text(indices, request.max_running)
+    auto = sizing.auto_keys(settings)
+    script = submission.render(sizing.placeholder(settings), name, target, array)
     labels = request.labels or [shlex.join(args) for _, args in request.fits]
-    specs = _check_all(request, labels, settings, name, target)
+    timed = set()
+    if estimate or auto:
+        firsts: dict[Path, int] = {}
+        for i, (model, _) in enumerate(request.fits):
+            firsts.setdefault(model.resolve(), i)
+        timed = set(firsts.values())
+    timings: dict[int, dict[str, Any]] = {}
+    specs = _check_all(request, labels, settings, name, target, timed, timings)
+    found = None
+    if timed:
+        partition = sizing.partition_of(settings)
+        found = sizing.campaign_estimate(request.common.fit, specs, timings, settings, partition)
+        if auto:
+            settings = sizing.choose(settings, sizing.costliest(found), partition)
+            script = submission.render(settings, name, target, array)
+            sizing.campaign_total(found, int(settings["ntasks"]))
+            for spec in specs:
+                spec["resources"] = submission.resources_of(settings)
     record = {
         "name": name,
         "created": time.time(),
@@ -150,7 +174,7 @@ def prepare(request: CampaignRequest) -> PreparedCampaign:
         ],
         "arrays": [],
     }
-    return PreparedCampaign(target, record, script, specs)
+    return PreparedCampaign(target, record, script, specs, found)
 
 
 def submit(request: CampaignRequest) -> dict[str, Any]:
@@ -181,17 +205,22 @@ def _check_all(
     settings: Any,
     name: str,
     target: Path,
+    timed: set[int] | None = None,
+    timings: dict[int, dict[str, Any]] | None = None,
 ) -> list[Request]:
-    """The model check of every fit, a few at a time; the first failure (in the fits' order) names its fit."""
+    """The model check of every fit, a few at a time (those in *timed* timed too: their checks go into
+    *timings* by index, for the estimate); the first failure (in the fits' order) names its fit."""
 
     def check(i: int) -> Request:
         model, args = request.fits[i]
         more = request.reads[i] if request.reads else []
         one = replace(request.common, model=model, model_args=args, read=[*request.common.read, *more])
         confinement = submission.sandbox_for(one, settings)  # its own data file is readable
-        checked = submission.check_model(one, settings, confinement)
+        checked = submission.check_model(one, settings, confinement, timed=i in (timed or ()))
         spec = submission.spec_of(one, f"{name}_{i}", checked, settings, confinement)
         spec["campaign"] = {"dir": str(target), "index": i, "label": labels[i]}
+        if timings is not None and "timing" in checked:
+            timings[i] = checked
         return spec
 
     from concurrent.futures import ThreadPoolExecutor, as_completed  # here: status never needs them

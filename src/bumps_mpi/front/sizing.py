@@ -143,3 +143,44 @@ def fits_in_time(settings: Settings, found: dict[str, Any]) -> str | None:
     if runs - 1 <= int(settings["max_requeues"]):
         return None
     return too_long(estimate.Row(**row), runs, settings, None, [])
+
+
+def campaign_estimate(
+    fit: str,
+    specs: list[Any],
+    timings: dict[int, dict[str, Any]],
+    settings: Settings,
+    partition: slurm.Partition | None,
+) -> dict[str, Any]:
+    """A campaign's estimate: each model's (timed once, on its first fit; each of its fits records it)
+    and, at the settings' ranks, the campaign's total."""
+    models = []
+    for i, checked in sorted(timings.items()):
+        found = estimate_of(fit, checked, settings, partition)
+        same = [spec for spec in specs if spec["model"] == specs[i]["model"]]
+        for spec in same:
+            spec["estimate"] = found
+        models.append({"model": specs[i]["model"], "fits": len(same), "estimate": found})
+    costliest = max(models, key=lambda m: m["estimate"]["rows"][0]["wall_s"])  # on one rank
+    campaign = {"models": models, "fits": len(specs), "costliest": costliest["model"]}
+    if settings.get("ntasks") != AUTO:
+        campaign_total(campaign, int(settings.get("ntasks") or 1))
+    return campaign
+
+
+def costliest(campaign: dict[str, Any]) -> dict[str, Any]:
+    """The estimate of the campaign's costliest model, which --ntasks/--time auto choose from."""
+    return next(m["estimate"] for m in campaign["models"] if m["model"] == campaign["costliest"])
+
+
+def campaign_total(campaign: dict[str, Any], ranks: int) -> None:
+    """The campaign's total on *ranks* a fit: every fit of each model at its estimate's row."""
+    rows = [(m["fits"], m["estimate"], next(r for r in m["estimate"]["rows"] if r["ranks"] == ranks))
+            for m in campaign["models"]]  # fmt: skip
+    campaign["chosen"] = ranks
+    campaign["total"] = {
+        "ranks": ranks,
+        "evaluations": sum(n * found["evaluations"] for n, found, _ in rows),
+        "fit_hours": sum(n * row["wall_s"] for n, _, row in rows) / 3600,
+        "core_hours": sum(n * row["core_hours"] for n, _, row in rows),
+    }

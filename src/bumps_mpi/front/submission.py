@@ -175,11 +175,16 @@ def spec_of(
         "max_requeues": settings["max_requeues"],
         "parameters": checked["parameters"],
         "start_nllf": checked["nllf"],
-        "resources": {k: settings.get(k) for k in (*DIRECTIVES, "launcher", "profile") if settings.get(k)},
+        "resources": resources_of(settings),
         "created": time.time(),
         "versions": {"bumps_mpi": __version__, "bumps": version("bumps"), "python": sys.version.split()[0]},
         "sandbox": sandbox,
     }
+
+
+def resources_of(settings: Settings) -> dict[str, Any]:
+    """The Slurm directives, launcher and profile a request records."""
+    return {k: settings.get(k) for k in (*DIRECTIVES, "launcher", "profile") if settings.get(k)}
 
 
 def create_job_dir(target: Path, files: dict[str, str], model: Path) -> JobDir:
