@@ -240,7 +240,8 @@ def test_the_time_limit_holds_on_the_local_backend_and_the_page_resumes_the_fit(
     from selenium.webdriver.common.by import By
 
     alice = service.client("alice")
-    fit = submit(alice, SLOW, time="00:00:12", **SLOW_FIT).json()
+    # fast while the service times it (the estimate fits 12 s), slow once it runs: the limit ends it
+    fit = submit(alice, MODELS / "slows_down.py", time="00:00:12", **SLOW_FIT).json()
     browser = chromium()
     try:
         _login(browser, service)
@@ -394,5 +395,45 @@ def test_a_report_the_model_rewrote_runs_nothing_in_its_frame(service):
         assert browser.find_element(By.TAG_NAME, "title").get_attribute("textContent") == "planted"
         browser.switch_to.default_content()
         assert browser.title == top
+    finally:
+        browser.quit()
+
+
+def test_the_form_shows_the_estimate_before_submitting_and_a_fit_too_long_is_refused(service):
+    """The form's estimate (the model checked and timed by the service, nothing submitted), up to the
+    user's ranks, with the form's row marked; a fit its time limit cannot hold is flagged in the form and
+    refused at submission with the reason and what to change."""
+    from selenium.webdriver.common.by import By
+
+    alice = service.client("alice")
+    files = [("model", (SLOW.name, SLOW.read_bytes(), "text/x-python"))]
+    found = alice.post("/api/v1/estimate", files=files, data={**SLOW_FIT, "ntasks": "2"}).json()
+    assert [row["ranks"] for row in found["estimate"]["rows"]] == [1, 2]  # max_ranks = 2 for alice
+    assert found["estimate"]["evaluations"] == 251 * 40 and found["estimate"]["chosen"] == 2
+    assert found["refused"] is None and found["limits"] == {"max_ranks": 2, "max_time": "00:10:00"}
+    too_long = alice.post("/api/v1/estimate", files=files, data={**SLOW_FIT, "time": "00:00:10"}).json()
+    assert "longer than its time limit 00:00:10" in too_long["refused"]
+    assert "at most 00:10:00 for you" in too_long["refused"]
+    refused = submit(alice, SLOW, time="00:00:10", **SLOW_FIT)
+    assert refused.status_code == 422 and "the fit is estimated to take" in refused.json()["detail"]
+    assert not list((service.data / "fits").glob("estimate-*"))  # the estimates' uploads are gone
+    browser = chromium()
+    try:
+        _login(browser, service)
+        browser.get(f"{service.url}/submit")
+        for field, value in {"samples": "6000", "burn": "100", "args": "0.005"}.items():
+            browser.find_element(By.ID, field).send_keys(value)
+        browser.find_element(By.ID, "model").send_keys(str(SLOW))  # choosing the model estimates the fit
+        _until(browser, lambda: browser.find_elements(By.ID, "estimate-table"), "the estimate", 60)
+        assert "10,040 evaluations" in browser.find_element(By.ID, "estimate-summary").text
+        chosen = browser.find_element(By.CSS_SELECTOR, "#estimate-table tr.chosen").text
+        assert chosen.startswith("2 ") and "these settings" in chosen  # the service's default: 2 ranks
+        browser.find_element(By.ID, "time").send_keys("00:00:10")
+        browser.find_element(By.ID, "label").click()  # the time field's change: estimated again
+        _until(browser, lambda: browser.find_elements(By.ID, "estimate-refused"), "the refusal", 60)
+        assert "would refuse this fit" in browser.find_element(By.ID, "estimate-refused").text
+        assert not _console_errors(browser)
+        browser.execute_script("document.getElementById('time').scrollIntoView()")
+        _shot(browser, "service-submit-estimate.png")
     finally:
         browser.quit()

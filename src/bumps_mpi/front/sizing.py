@@ -117,32 +117,46 @@ def too_long(
     chosen: Settings,
     partition: slurm.Partition | None,
     wanted: list[str],
+    factor: float | None = None,
+    hint: str | None = None,
 ) -> str:
-    """Why the time limit and its requeues cannot hold the fit, and what to change."""
-    factor = float(chosen["auto_time_factor"])
+    """Why the time limit and its requeues cannot hold the fit, and what to change (*hint*, else the
+    command line's options)."""
+    factor = float(chosen["auto_time_factor"]) if factor is None else factor
     where = f"partition {partition.name}'s limit" if "time" in wanted and partition else "--time"
-    return (
-        f"the fit is estimated to take {estimate.clock(row.wall_s)} on {row.ranks} ranks "
-        f"({estimate.clock(row.wall_s * factor)} with auto_time_factor {factor:g}): {runs} runs of "
-        f"{where} {chosen.get('time')}, and max_requeues={chosen['max_requeues']} allows "
-        f"{int(chosen['max_requeues']) + 1}; ask for fewer samples or steps, a larger --max-requeues"
+    margin = (
+        f" ({estimate.clock(row.wall_s * factor)} with auto_time_factor {factor:g})" if factor != 1 else ""
+    )
+    allowed = int(chosen["max_requeues"])
+    limit = (
+        f"{runs} runs of {where} {chosen.get('time')}, and max_requeues={allowed} allows {allowed + 1}"
+        if allowed
+        else f"longer than its time limit {chosen.get('time')}"
+    )
+    default = (
+        "ask for fewer samples or steps, a larger --max-requeues"
         + (", more --ntasks" if "ntasks" not in wanted else "")
         + (" or a longer --time" if "time" not in wanted else " or a partition with a longer limit")
     )
+    return (
+        f"the fit is estimated to take {estimate.clock(row.wall_s)} on {row.ranks} ranks{margin}: {limit}; "
+        + (hint or default)
+    )
 
 
-def fits_in_time(settings: Settings, found: dict[str, Any]) -> str | None:
-    """For settings chosen by hand: a warning when the estimate says their time limit and its requeues
-    cannot hold the fit (None when they can, or there is no limit)."""
+def fits_in_time(
+    settings: Settings, found: dict[str, Any], factor: float | None = None, hint: str | None = None
+) -> str | None:
+    """For settings chosen by hand: why the estimate (times *factor*, else auto_time_factor) says their
+    time limit and its requeues cannot hold the fit (None when they can, or there is no limit)."""
     row = next((r for r in found["rows"] if r["ranks"] == found["chosen"]), None)
     if row is None:
         return None
-    runs = _runs_needed(
-        row["wall_s"] * float(settings["auto_time_factor"]), found["startup_s"], settings, settings
-    )
+    factor = float(settings["auto_time_factor"]) if factor is None else factor
+    runs = _runs_needed(row["wall_s"] * factor, found["startup_s"], settings, settings)
     if runs - 1 <= int(settings["max_requeues"]):
         return None
-    return too_long(estimate.Row(**row), runs, settings, None, [])
+    return too_long(estimate.Row(**row), runs, settings, None, [], factor, hint)
 
 
 def campaign_estimate(

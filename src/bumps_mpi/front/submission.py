@@ -81,6 +81,9 @@ class JobRequest:
     nice: int = (
         0  # the model check runs this much below the caller's priority (a service's: others wait less)
     )
+    # the service: the model is timed and the fit refused when its estimate does not fit its time limit
+    # (and requeues); what to do, said with the refusal
+    refuse_too_long: str | None = None
 
     def __post_init__(self) -> None:
         if self.own_files:
@@ -237,15 +240,19 @@ def prepare(request: JobRequest, estimate: bool = False) -> Prepared:
     auto = sizing.auto_keys(settings)
     script = render(sizing.placeholder(settings), name, target)
     confinement = sandbox_for(request, settings)
-    checked = check_model(request, settings, confinement, timed=estimate or bool(auto))
+    timed = estimate or bool(auto) or request.refuse_too_long is not None
+    checked = check_model(request, settings, confinement, timed=timed)
     found, partition = None, None
-    if estimate or auto:
+    if timed:
         partition = sizing.partition_of(settings)
         found = sizing.estimate_of(request.fit, checked, settings, partition)
     notes = [f"sandbox: {checked['sandbox']['note']}"] if (checked.get("sandbox") or {}).get("note") else []
     if found is not None and auto:
         settings = sizing.choose(settings, found, partition)
         script = render(settings, name, target)
+    elif found is not None and request.refuse_too_long is not None:
+        if reason := sizing.fits_in_time(settings, found, factor=1.0, hint=request.refuse_too_long):
+            raise UsageError(reason)
     elif found is not None:
         notes += [warning] if (warning := sizing.fits_in_time(settings, found)) else []
     spec = spec_of(request, name, checked, settings, confinement)

@@ -25,6 +25,15 @@ DOWNLOAD_HEADERS = {
 }
 
 
+def _refused(c: Controller, exc: BumpsMpiError) -> JSONResponse:
+    """A submission or an estimate refused: 429 with Retry-After when the service is busy (the same
+    request later will do), else 422 with the reason and the check's output."""
+    if isinstance(exc, LimitReached):
+        retry = {"Retry-After": str(LimitReached.retry_after_s)}
+        return JSONResponse({"detail": c.public(str(exc)), "output": None}, status_code=429, headers=retry)
+    return JSONResponse({"detail": c.public(str(exc)), "output": c.public(exc.output)}, status_code=422)
+
+
 def api_router(c: Controller, streams: Streams) -> APIRouter:
     routes = APIRouter(prefix="/api/v1")
 
@@ -47,18 +56,23 @@ def api_router(c: Controller, streams: Streams) -> APIRouter:
         c.changing(request, user, form.get("csrf"))
         try:
             fit, new = await intake.create(c, user, form, model, data, archive, idempotency_key)
-        except LimitReached as exc:  # not the request's fault: the same request later will do
-            retry = {"Retry-After": str(LimitReached.retry_after_s)}
-            return JSONResponse(
-                {"detail": c.public(str(exc)), "output": None}, status_code=429, headers=retry
-            )
         except BumpsMpiError as exc:
-            return JSONResponse(
-                {"detail": c.public(str(exc)), "output": c.public(exc.output)}, status_code=422
-            )
+            return _refused(c, exc)
         return JSONResponse(
             c.summary(c.store.fit(fit["id"]) or fit).model_dump(), status_code=201 if new else 200
         )
+
+    @routes.post("/estimate", openapi_extra=SUBMIT_SCHEMA)
+    async def estimate_fit(request: Request, user: User = Depends(c.api_user)) -> Any:
+        """What the fit this form would submit costs (nothing is submitted): {"estimate": {"rows":
+        [{"ranks", "wall_s", "core_hours", "efficiency"}, ...], "chosen", "evaluations", ...},
+        "refused": why a submission would be refused, or null, "time_limit", "limits"}."""
+        form, model, data, archive = await intake.parsed(c, request)
+        c.changing(request, user, form.get("csrf"))
+        try:
+            return await intake.estimate(c, user, form, model, data, archive)
+        except BumpsMpiError as exc:
+            return _refused(c, exc)
 
     @routes.get("/fits/{fit_id}", response_model=FitDetail)
     def one_fit(fit_id: str, user: User = Depends(c.api_user)) -> FitDetail:

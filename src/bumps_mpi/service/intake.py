@@ -25,6 +25,7 @@ from .runner import fit_dir
 from .schemas import LimitReached
 
 FIT_FIELDS = ("samples", "burn", "steps", "pop", "init", "thin")
+CHECK_WAIT_S = 20  # how long a submission waits for one of the service's model checks
 
 
 async def parsed(c: Controller, request: Request) -> tuple[dict[str, str], Any, list, Any]:
@@ -56,12 +57,7 @@ async def create(
     """A new fit from the form, within the user's and the service's limits: (its row, whether new)."""
     config, store = c.config, c.store
     limits = config.limits_for(user.name)
-    ntasks = _int(form.get("ntasks"), "ntasks")
-    if ntasks is not None and not 1 <= ntasks <= limits.max_ranks:
-        raise UsageError(f"ntasks {ntasks}: this service allows 1 to {limits.max_ranks} ranks for you")
-    time_limit = form.get("time") or None
-    if time_limit and (limit_seconds(time_limit) or 1e18) > (limit_seconds(limits.max_time) or 1e18):
-        raise UsageError(f"time {time_limit!r}: this service allows at most {limits.max_time} for you")
+    ntasks, time_limit = _resources(form, limits)
     active = await asyncio.to_thread(store.active)
     running = [f for f in active if f["owner"] == user.name and f["phase"] != "interrupted"]
     if len(running) >= limits.max_fits:
@@ -75,7 +71,34 @@ async def create(
     wanted = await asyncio.to_thread(  # a DNS lookup: never on the event loop
         notify.check_request, config, form.get("notify_email") or None, form.get("notify_webhook") or None
     )
-    request_record = {
+    request_record = _request_record(form, ntasks, time_limit)
+    display = (model.filename if model else archive.filename if archive else None) or "fit"
+    # each check is a process here: a submission waits a little for its turn (the form's estimate of
+    # the same fit may be finishing), a burst is refused
+    if not await asyncio.to_thread(c.checks.acquire, True, CHECK_WAIT_S):
+        raise LimitReached(f"this service checks {config.max_checks} models at once: try again shortly")
+    try:
+        return await _submitted(
+            c, user, display, request_record, idem_key, wanted, form, model, data, archive
+        )
+    finally:
+        c.checks.release()
+
+
+def _resources(form: dict[str, Any], limits: Any) -> tuple[int | None, str | None]:
+    """The ranks and time limit asked for, within the user's limits."""
+    ntasks = _int(form.get("ntasks"), "ntasks")
+    if ntasks is not None and not 1 <= ntasks <= limits.max_ranks:
+        raise UsageError(f"ntasks {ntasks}: this service allows 1 to {limits.max_ranks} ranks for you")
+    time_limit = form.get("time") or None
+    if time_limit and (limit_seconds(time_limit) or 1e18) > (limit_seconds(limits.max_time) or 1e18):
+        raise UsageError(f"time {time_limit!r}: this service allows at most {limits.max_time} for you")
+    return ntasks, time_limit
+
+
+def _request_record(form: dict[str, Any], ntasks: int | None, time_limit: str | None) -> dict[str, Any]:
+    """What the user asked for, as the store records it (the model's name is added once saved)."""
+    return {
         "model": "",
         "args": _arguments(form.get("args") or ""),
         "fit": form.get("fit") or "dream",
@@ -85,15 +108,32 @@ async def create(
         "time": time_limit,
         "wants": _labels(form.get("labels") or ""),  # dispatch: what a worker must offer
     }
-    display = (model.filename if model else archive.filename if archive else None) or "fit"
-    if not c.checks.acquire(blocking=False):  # each check is a process here: a burst waits its turn
-        raise LimitReached(f"this service checks {config.max_checks} models at once: try again shortly")
+
+
+async def estimate(
+    c: Controller, user: User, form: dict[str, Any], model: UploadFile | None, data: list[UploadFile],
+    archive: UploadFile | None,
+) -> dict[str, Any]:  # fmt: skip
+    """What the form's fit would cost, before it is submitted: its model checked and timed as a
+    submission's is (confined, in a scratch directory removed after), the estimate on 1, 2, 4, ... up to
+    the user's ranks, and why it would be refused (None when it would not)."""
+    import secrets
+
+    limits = c.config.limits_for(user.name)
+    ntasks, time_limit = _resources(form, limits)
+    record = _request_record(form, ntasks, time_limit)
+    if c.config.backend == "dispatch":
+        raise UsageError("this service's fits run on remote workers' clusters: it has no estimate to give")
+    if not c.checks.acquire(blocking=False):
+        raise LimitReached(f"this service checks {c.config.max_checks} models at once: try again shortly")
+    scratch = f"estimate-{secrets.token_hex(6)}"
     try:
-        return await _submitted(
-            c, user, display, request_record, idem_key, wanted, form, model, data, archive
-        )
+        record["model"] = await run_in_threadpool(_receive, c, scratch, form, model, data, archive)
+        fit = {"id": scratch, "owner": user.name, "request": json.dumps(record)}
+        return await run_in_threadpool(c.runner.estimate, fit)
     finally:
         c.checks.release()
+        shutil.rmtree(fit_dir(c.config, scratch), ignore_errors=True)
 
 
 def quota(c: Controller, user: User, limits: Any) -> None:

@@ -59,6 +59,7 @@ class Runner:
             "sandbox": "require",
             "sandbox_cache": str(user_cache(self.config.data_dir, cache_key(fit["owner"]))),
         }
+        resources["auto_max_ntasks"] = limits.max_ranks  # the estimate's table: what the user may ask for
         if self.config.backend == "slurm":
             resources.update(
                 ntasks=asked.get("ntasks") or min(2, limits.max_ranks),
@@ -68,6 +69,8 @@ class Runner:
                 resources["account"] = limits.account
         else:  # a local run ends at its time limit too (the user's, else the most this service allows)
             resources["time"] = asked.get("time") or limits.max_time
+            resources["ntasks"] = int(asked.get("ntasks") or self.config.local_ranks)  # the estimate's row
+            resources["max_requeues"] = 0  # a local run is never requeued: its time limit must hold it
         name = NAME.sub("_", Path(asked["model"]).stem)[:60].lstrip("._+-") or "fit"
         return submission.JobRequest(
             model=model,
@@ -80,7 +83,30 @@ class Runner:
             profile=self.config.profile,
             resources=resources,
             nice=self.config.nice,
+            refuse_too_long=(
+                f"ask for fewer samples or steps, more ranks (at most {limits.max_ranks} for you) or a "
+                f"longer time limit (at most {limits.max_time} for you)"
+            ),
         )
+
+    def estimate(self, fit: dict) -> dict[str, Any]:
+        """The estimate of a fit not yet submitted (its upload saved as *fit*'s), and why it would be
+        refused: its estimated time past its time limit (None when it fits)."""
+        from ..front import sizing
+
+        request = self.job_request(fit)
+        hint, request.refuse_too_long = request.refuse_too_long, None
+        prepared = submission.prepare(request, estimate=True)
+        found = prepared.estimate
+        assert found is not None  # asked for
+        refused = sizing.fits_in_time(prepared.settings, found, factor=1.0, hint=hint)
+        limits = self.config.limits_for(fit["owner"])
+        return {
+            "estimate": found,
+            "refused": refused,
+            "time_limit": prepared.settings.get("time"),
+            "limits": {"max_ranks": limits.max_ranks, "max_time": limits.max_time},
+        }
 
     def submit(self, fit: dict) -> dict:
         """Check and submit (or start) a recorded fit; its row says how it went. Raises on a rejection."""

@@ -152,6 +152,7 @@ function helpForm(form) {
     event.preventDefault();
     const button = document.getElementById("submit");
     button.disabled = true;
+    form.dataset.sending = "yes"; // no estimate starts while the submission is checked
     setText(button, "Checking the model…");
     try {
       const answer = await fetch(form.action, { method: "POST", body: new FormData(form), credentials: "same-origin" });
@@ -186,9 +187,98 @@ function helpForm(form) {
       setText(document.getElementById("form-error"), "The service could not be reached: try again.");
     } finally {
       button.disabled = false;
+      delete form.dataset.sending;
       setText(button, "Submit");
     }
   });
+}
+
+function seconds(value) {
+  if (value < 1) return (value * 1e3).toFixed(1) + " ms";
+  if (value < 120) return value.toFixed(1) + " s";
+  return value < 7200 ? (value / 60).toFixed(1) + " min" : (value / 3600).toFixed(1) + " h";
+}
+
+function cell(row, text, tag = "td") {
+  const item = document.createElement(tag);
+  item.textContent = text;
+  row.appendChild(item);
+}
+
+// The estimate of the fit the form describes, before it is submitted: the model is checked and timed
+// by the service (as a submission's is) whenever the model, its data or the fit's settings change.
+function estimateForm(form) {
+  const box = document.getElementById("estimate");
+  const button = document.getElementById("estimate-button");
+  if (!box || !button || !window.fetch || !window.FormData) return;
+  button.hidden = false;
+  let asked = 0;
+  const show = (found) => {
+    const estimate = found.estimate;
+    const intro = document.createElement("p");
+    intro.id = "estimate-summary";
+    intro.textContent = "Estimate: " + estimate.evaluations.toLocaleString("en") + " evaluations, " +
+      seconds(estimate.seconds_per_evaluation) + " each (timed here), about " + seconds(estimate.startup_s) +
+      " to start and draw the figures.";
+    const table = document.createElement("table");
+    table.id = "estimate-table";
+    const head = document.createElement("tr");
+    for (const title of ["ranks", "fit's wall time", "core-hours", "efficiency", ""]) cell(head, title, "th");
+    table.appendChild(head);
+    for (const row of estimate.rows) {
+      const line = document.createElement("tr");
+      if (row.ranks === estimate.chosen) line.className = "chosen";
+      cell(line, row.ranks);
+      cell(line, seconds(row.wall_s));
+      cell(line, row.core_hours.toPrecision(3));
+      cell(line, row.efficiency.toFixed(2));
+      cell(line, row.ranks === estimate.chosen ? "← these settings" : "");
+      table.appendChild(line);
+    }
+    const parts = [intro, table];
+    if (found.refused) {
+      const refused = document.createElement("p");
+      refused.className = "error";
+      refused.id = "estimate-refused";
+      refused.textContent = "The service would refuse this fit: " + found.refused;
+      parts.push(refused);
+    }
+    box.replaceChildren(...parts);
+  };
+  let busy = false, again = false; // one question at a time per form: a change meanwhile asks once after
+  const run = async () => {
+    const model = form.querySelector("#model"), archive = form.querySelector("#archive");
+    if (!(model && model.files.length) && !(archive && archive.files.length)) {
+      setText(box, "Choose a model file to see what the fit will cost.");
+      return;
+    }
+    if (busy || form.dataset.sending) {
+      again = !form.dataset.sending;
+      return;
+    }
+    busy = true;
+    const mine = ++asked;
+    setText(box, "Estimating: checking and timing the model…");
+    try {
+      const answer = await fetch("/api/v1/estimate", { method: "POST", body: new FormData(form), credentials: "same-origin" });
+      const found = await answer.json();
+      if (mine === asked && answer.ok) show(found);
+      else if (mine === asked) setText(box, "No estimate: " + (found.detail || "HTTP " + answer.status));
+    } catch (error) {
+      if (mine === asked) setText(box, "No estimate: the service could not be reached.");
+    } finally {
+      busy = false;
+      if (again) {
+        again = false;
+        run();
+      }
+    }
+  };
+  button.addEventListener("click", run);
+  for (const name of ["model", "data", "archive", "args", "fitter", "samples", "burn", "steps", "pop", "ntasks", "time"]) {
+    const input = document.getElementById(name);
+    if (input) input.addEventListener("change", run);
+  }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -201,5 +291,8 @@ document.addEventListener("DOMContentLoaded", () => {
     setInterval(() => refreshList(table, filtered), 2000);
   }
   const form = document.getElementById("submit-form");
-  if (form) helpForm(form);
+  if (form) {
+    helpForm(form);
+    estimateForm(form);
+  }
 });
