@@ -90,7 +90,7 @@ def main() -> None:
     header = (
         f"  {'model':<24} {'ranks':>5} {'evaluations':>11} {'predicted':>10} {'measured':>10} {'error':>7}"
     )
-    print(header + f" {'eff. predicted':>14} {'eff. measured':>13}")
+    print(header + f" {'eff. predicted':>14} {'eff. measured':>13} {'s/eval predicted':>16} {'measured':>9}")
     errors = []
     with tempfile.TemporaryDirectory(prefix="estimate-bench-") as tmp:
         work = Path(tmp)
@@ -123,7 +123,8 @@ def main() -> None:
                 print(
                     f"  {label:<24} {n:>5} {predicted['evaluations']:>11,} {predicted['wall_s']:>9.1f}s "
                     f"{measured['wall_s']:>9.1f}s {error:>+7.0%} {predicted['efficiency']:>14.2f} "
-                    f"{efficiency:>13.2f}"
+                    f"{efficiency:>13.2f} {predicted['seconds_per_evaluation'] * 1e6:>14.0f}µs "
+                    f"{(measured['seconds_per_evaluation'] or 0) * 1e6:>7.0f}µs"
                 )
     print(f"  largest error {max(errors):.0%} (goal: within 25 % for fits longer than a minute)")
 

@@ -37,9 +37,10 @@ def test_wall_time_efficiency_and_core_hours_by_hand():
     rows = estimate.table("dream", job, seconds_per_evaluation=0.01, startup_s=10, most_ranks=8)
     assert [r.ranks for r in rows] == [1, 2, 4, 8]
     fitter = estimate.FITTER_COST["dream"][0] + 40 * estimate.FITTER_COST["dream"][1]
-    serial = 100 * (40 * 0.01 + fitter)  # no round trip on one rank
+    each = 0.01 * estimate.JOB_EVALUATION_FACTOR  # the check's 10 ms, as the job will take it
+    serial = 100 * (40 * each + fitter)  # no round trip on one rank
     assert rows[0].wall_s == pytest.approx(serial) and rows[0].efficiency == pytest.approx(1.0)
-    four = 100 * (10 * 0.01 + estimate.MAPPER_ROUND_TRIP_S[4] + fitter)
+    four = 100 * (10 * each + estimate.MAPPER_ROUND_TRIP_S[4] + fitter)
     assert rows[2].wall_s == pytest.approx(four)
     assert rows[2].efficiency == pytest.approx(serial / (4 * four))
     assert rows[2].core_hours == pytest.approx(4 * (four + 10) / 3600)
@@ -48,7 +49,8 @@ def test_wall_time_efficiency_and_core_hours_by_hand():
 def test_an_uneven_split_costs_the_largest_share():
     job = estimate.Work(generations=10, population=5)  # 5 points on 4 ranks: one rank evaluates 2
     rows = estimate.table("lm", job, 1.0, 0, 4)
-    assert rows[-1].wall_s == pytest.approx(10 * (2 * 1.0 + estimate.MAPPER_ROUND_TRIP_S[4]))
+    each = estimate.JOB_EVALUATION_FACTOR
+    assert rows[-1].wall_s == pytest.approx(10 * (2 * each + estimate.MAPPER_ROUND_TRIP_S[4]))
     assert rows[-1].efficiency < 0.65
 
 
@@ -222,7 +224,7 @@ def test_auto_refuses_a_fit_its_limits_cannot_hold_and_writes_nothing(isolated):
     env = {"BUMPS_MPI_AUTO_MAX_NTASKS": "2"}  # 151 generations × 20 points × 10 ms: 30 s; 45 s with the
     # factor against 60 - 30 (grace) - 5 s a run: 2 runs, and no requeue allowed
     proc = cli("submit", *slow, "--dry-run", "--jobs-dir", isolated / "jobs", "--", "0.01", env=env)
-    one_line_error(proc, "the fit is estimated to take", "max_requeues=0", "fewer samples")
+    one_line_error(proc, "estimated to take", "longer than its time limit 00:01:00", "fewer samples")
     assert not (isolated / "jobs").exists()
     bad = cli("submit", MODELS / "slow_peak.py", "--ntasks", "many", "--dry-run")
     assert bad.returncode == 2 and "'many' is not a whole number or 'auto'" in bad.stderr

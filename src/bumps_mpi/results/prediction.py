@@ -33,7 +33,7 @@ def compared(spec: Request, result: Result | None) -> dict[str, Any] | None:
         "evaluations": found["evaluations"],
         "evaluations_per_s": found["evaluations"] / row["wall_s"] if row["wall_s"] else None,
         "efficiency": row["efficiency"],
-        "seconds_per_evaluation": found["seconds_per_evaluation"],
+        "seconds_per_evaluation": found.get("job_seconds_per_evaluation", found["seconds_per_evaluation"]),
     }
     wall, run = _number(result.get("elapsed_s")), _number(result.get("run_elapsed_s"))
     evaluations, each = _number(result.get("evaluations")), _number(result.get("seconds_per_evaluation"))
