@@ -320,6 +320,26 @@ def test_uploads_cannot_reach_outside_their_fit(service):
     assert fit_dirs(service) == before  # nothing left behind
 
 
+def test_the_estimate_is_refused_to_strangers_and_confines_what_it_runs(service):
+    """POST /api/v1/estimate runs a stranger's model: no token, no CSRF, a name that climbs out are
+    refused; a model that writes outside its upload while it is timed writes nothing; no scratch stays."""
+    before = fit_dirs(service)
+    model = [("model", ("peak.py", EXAMPLE.read_bytes()))]
+    assert httpx.post(f"{service.url}/api/v1/estimate", files=model).status_code == 401
+    browser = httpx.Client(base_url=service.url, follow_redirects=False)
+    assert browser.post("/login", data={"token": service.tokens["alice"]}).status_code == 303
+    assert browser.post("/api/v1/estimate", files=model).status_code == 403  # a session needs its CSRF
+    alice = service.client("alice")
+    climbing = [*model, ("data", ("../../../escape.dat", b"1 2 3"))]
+    assert alice.post("/api/v1/estimate", files=climbing).status_code == 422
+    planted = service.base / "planted-by-estimate"
+    writer = f"open({str(planted)!r}, 'w').write('x')\n".encode() + EXAMPLE.read_bytes()
+    alice.post("/api/v1/estimate", files=[("model", ("writer.py", writer))])
+    assert not planted.exists() and not list(service.base.rglob("escape*"))
+    assert alice.post("/api/v1/estimate", files=model).json()["estimate"]["evaluations"] > 0
+    assert fit_dirs(service) == before  # the estimates' uploads are gone
+
+
 def _zip(entries: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:

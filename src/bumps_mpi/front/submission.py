@@ -451,7 +451,9 @@ def create_local(request: JobRequest, ranks: int | None = None, warn: Any = None
         label = f"local_ranks (from {where})"
     local.check_ranks(ranks, warn, label)
     local.find_mpiexec()
-    if settings.get("ntasks") == "auto" or settings.get("time") == "auto":  # its estimate is for these ranks
+    from . import sizing
+
+    if sizing.auto_keys(settings):  # its estimate is for these ranks
         request = replace(request, resources={**request.resources, "ntasks": ranks})
     prepared = prepare(request)
     for note in prepared.notes:

@@ -275,10 +275,8 @@ class Mapper:
         self.guided = GuidedChunks(self.comm, self._grow)
         self.longest_call_s = 0.0  # for the watchdog: how long a call may take
         self.evaluations = 0  # points mapped, on every rank
-        self.own_s, self.own_points = (
-            0.0,
-            0,
-        )  # rank 0's time on its own points, and how many: the model's cost
+        self.own_s = 0.0  # rank 0's time on its own points, all calls: the model's measured cost
+        self.own_points = 0  # and how many they were
         self._nonfinite = 0  # of them, those without a finite value, counted so far
         self._uncounted: list[np.ndarray] = []  # results not yet counted: counted COUNT_EVERY calls at once
         self._dynamic = self.comm.size > 1 and self._balance != "never"  # may balance: see _guided
