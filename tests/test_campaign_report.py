@@ -22,6 +22,9 @@ def test_labels_with_one_number_each_go_on_a_numeric_axis():
     assert campaign_report.label_number("/data/run/T20.dat") == 20.0
     assert campaign_report.label_number("--temperature 35.5") == 35.5
     assert campaign_report.label_number("scan_0042.h5") == 42.0
+    assert campaign_report.label_number("data/peak-100K.dat") == 100.0  # a dash between words: no sign
+    assert campaign_report.label_number("--temperature -35") == -35.0
+    assert campaign_report.label_number("x=-2.5") == -2.5
     assert campaign_report.label_number("sample-a.dat") is None
     assert campaign_report.label_number("T20_run3.dat") is None  # two numbers: which one?
     numeric = campaign_report.series([row(0, "/d/T30.dat"), row(1, "/d/T20.dat")])

@@ -28,7 +28,8 @@ from ..jobdir import REPORT_FILE, JobDir, write_atomic
 from .figures import manifest_of
 from .report import POLICY, STYLE
 
-NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+# a sign only where it starts a word: the dash of "peak-100K" joins words, "-35" or "x=-35" is negative
+NUMBER = re.compile(r"(?:(?<![\w.])[-+])?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 MAX_PARAMETERS = 50  # figures at most: more names than this are not a model's parameters but a flood
 MAX_NAME = 200  # characters of a parameter's name or a label shown
 FAILED_COLOUR = "tab:red"
