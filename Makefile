@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 DEMO_ARGS ?= --seed 1 --samples 10000
 
-.PHONY: venv demo test test-local test-mpi bench lint cluster cluster-stop database test-tools clean
+.PHONY: venv demo test test-local test-mpi bench lint docs cluster cluster-stop database test-tools clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,9 +63,16 @@ bench: venv
 	$(PY) bench/hosts_bench.py  # needs the cluster's hosts (make cluster)
 
 lint: venv
-	$(BIN)/ruff check src tests examples bench
-	$(BIN)/ruff format --check src tests examples bench
+	$(BIN)/ruff check src tests examples bench docs
+	$(BIN)/ruff format --check src tests examples bench docs
 	$(BIN)/mypy
+
+## docs: the documentation site into docs/_build/html (open index.html); every Sphinx warning is an error.
+## The references are written from the code as it builds: commands, Python API, HTTP API, settings
+docs: venv
+	$(PY) -m pip install --quiet -e '.[test,service,postgres,docs]'
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
 
 cluster:
 	SLURM_HOSTS=3 scripts/slurm-cluster start  # the one-node partitions, and hosts h1-h3 (several-node tests)
@@ -87,4 +94,4 @@ cluster-stop:
 	scripts/slurm-cluster stop
 
 clean:
-	rm -rf $(VENV) bumps-jobs .pytest_cache
+	rm -rf $(VENV) bumps-jobs .pytest_cache docs/_build docs/_generated
