@@ -16,7 +16,7 @@ from . import files, intake
 from .auth import User
 from .controller import Controller
 from .events import Streams
-from .schemas import SUBMIT_SCHEMA, FitDetail, FitOut, LimitReached
+from .schemas import ESTIMATE_SCHEMA, SUBMIT_SCHEMA, FitDetail, FitOut, LimitReached
 
 # every download: the browser must never run it nor guess its type; only PNG figures are shown inline
 DOWNLOAD_HEADERS = {
@@ -39,12 +39,16 @@ def api_router(c: Controller, streams: Streams) -> APIRouter:
 
     @routes.get("/me")
     def me(user: User = Depends(c.api_user)) -> dict[str, Any]:
+        """Who the token or session is: name, admin, and the csrf token a cookie session's scripts send as
+        X-CSRF-Token."""
         return {"name": user.name, "admin": user.admin, "csrf": c.auth.csrf(user)}
 
     @routes.get("/fits", response_model=list[FitOut])
     def list_fits(
         state: str | None = None, owner: str | None = None, limit: int = 200, user: User = Depends(c.api_user)
     ) -> list[FitOut]:
+        """My fits, newest first (an administrator's: everyone's, or one owner's), optionally in one state;
+        at most limit (1-1000)."""
         who_ = (owner if owner else None) if user.admin else user.name
         return [c.summary(f) for f in c.store.fits(who_, state=state, limit=max(1, min(limit, 1000)))]
 
@@ -52,6 +56,9 @@ def api_router(c: Controller, streams: Streams) -> APIRouter:
     async def submit_fit(
         request: Request, idempotency_key: str | None = Header(None), user: User = Depends(c.api_user)
     ) -> Any:
+        """Submit a fit (multipart: model and data, or archive; args, label, fitter settings, ntasks, time,
+        notifications). Its model is checked and timed first; send an Idempotency-Key and repeat it when
+        no answer came: the same key never makes a second fit (200 with the first)."""
         form, model, data, archive = await intake.parsed(c, request)  # only once the user is known
         c.changing(request, user, form.get("csrf"))
         try:
@@ -62,7 +69,7 @@ def api_router(c: Controller, streams: Streams) -> APIRouter:
             c.summary(c.store.fit(fit["id"]) or fit).model_dump(), status_code=201 if new else 200
         )
 
-    @routes.post("/estimate", openapi_extra=SUBMIT_SCHEMA)
+    @routes.post("/estimate", openapi_extra=ESTIMATE_SCHEMA)
     async def estimate_fit(request: Request, user: User = Depends(c.api_user)) -> Any:
         """What the fit this form would submit costs (nothing is submitted): {"estimate": {"rows":
         [{"ranks", "wall_s", "core_hours", "efficiency"}, ...], "chosen", "evaluations", ...},
@@ -76,10 +83,13 @@ def api_router(c: Controller, streams: Streams) -> APIRouter:
 
     @routes.get("/fits/{fit_id}", response_model=FitDetail)
     def one_fit(fit_id: str, user: User = Depends(c.api_user)) -> FitDetail:
+        """One of my fits: its state, progress, results, error and files (another user's fit is 404)."""
         return c.detail(c.visible(fit_id, user))
 
     @routes.get("/fits/{fit_id}/events")
     def events(fit_id: str, user: User = Depends(c.api_user)) -> StreamingResponse:
+        """Server-Sent Events: the fit's state, reason, progress and chi-square whenever they change, then
+        event: end. At most 8 streams per user at once (429 past that)."""
         fit = c.visible(fit_id, user)
         streams.room_for(user.name)
         return StreamingResponse(
@@ -90,6 +100,7 @@ def api_router(c: Controller, streams: Streams) -> APIRouter:
 
     @routes.post("/fits/{fit_id}/cancel", status_code=202)
     def cancel_fit(request: Request, fit_id: str, user: User = Depends(c.api_user)) -> dict[str, Any]:
+        """Cancel a fit that is queued or running; a DREAM or DE fit can then resume from its checkpoint."""
         c.changing(request, user, None)
         fit = c.visible(fit_id, user)
         try:
@@ -111,11 +122,14 @@ def api_router(c: Controller, streams: Streams) -> APIRouter:
 
     @routes.delete("/fits/{fit_id}", status_code=204)
     def delete_fit(request: Request, fit_id: str, user: User = Depends(c.api_user)) -> None:
+        """Delete an ended fit and its files (a fit still running is refused: cancel it first)."""
         c.changing(request, user, None)
         c.remove(c.visible(fit_id, user))
 
     @routes.get("/fits/{fit_id}/files/{relative:path}")
     def download(fit_id: str, relative: str, user: User = Depends(c.api_user)) -> StreamingResponse:
+        """One file of the fit, by its path in the fit's directory (report.html, export/..., result.json):
+        an attachment, except the PNG figures; never through a link."""
         handle, size = c.open_in(c.visible(fit_id, user), relative)
         name = Path(relative).name
         figure = relative.startswith(f"{FIGURES_DIR}/") and name.endswith(".png")

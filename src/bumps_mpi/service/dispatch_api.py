@@ -73,6 +73,8 @@ def router(queue: Queue, admin_user: Any, on_end: Any) -> APIRouter:
 
     @routes.post("/api/v1/workers/register", status_code=201)
     def register(body: Registration) -> dict[str, str]:
+        """A worker registers once with a one-time registration token: its labels and capacity are fixed
+        here, and its credential is returned once."""
         if not 1 <= body.capacity <= 1000 or not body.name or len(body.name) > 100:
             raise HTTPException(422, "capacity 1-1000 and a name of at most 100 characters, please")
         try:
@@ -83,10 +85,12 @@ def router(queue: Queue, admin_user: Any, on_end: Any) -> APIRouter:
 
     @routes.get("/api/v1/workers")
     def workers(_admin: Any = Depends(admin_user)) -> list[dict[str, Any]]:
+        """Administrators: every worker's labels, capacity, last heartbeat and fits in flight."""
         return queue.workers()
 
     @routes.post("/api/v1/dispatch/claim")
     def claim(body: ClaimRequest, who: dict = Depends(worker)) -> Any:
+        """The oldest queued fit this worker's labels and ranks can take, under a new lease (204: none)."""
         fit = queue.claim(who, body.labels, max(1, body.capacity), queue.config.claim_wait_s)
         if fit is None:
             return Response(status_code=204)
@@ -108,6 +112,7 @@ def _fit_routes(routes: APIRouter, queue: Queue, worker: Any, fenced: Any, on_en
 
     @routes.get("/api/v1/dispatch/fits/{fit_id}/bundle")
     def bundle(fit_id: str, lease: str, who: dict = Depends(worker)) -> Response:
+        """The claimed fit's upload (its model and data files) as a zip, for the lease's holder only."""
         fenced(fit_id, lease, who)
         model = queue.fit_dir(fit_id) / "model"
         buffer = io.BytesIO()
@@ -119,6 +124,7 @@ def _fit_routes(routes: APIRouter, queue: Queue, worker: Any, fenced: Any, on_en
 
     @routes.get("/api/v1/dispatch/fits/{fit_id}/checkpoint")
     def get_checkpoint(fit_id: str, lease: str, who: dict = Depends(worker)) -> FileResponse:
+        """The fit's newest checkpoint from an earlier attempt, to continue from (404: start afresh)."""
         path = queue.checkpoint_of(fenced(fit_id, lease, who))
         if path is None:
             raise HTTPException(404, "no checkpoint for this fit")
@@ -126,6 +132,8 @@ def _fit_routes(routes: APIRouter, queue: Queue, worker: Any, fenced: Any, on_en
 
     @routes.post("/api/v1/dispatch/fits/{fit_id}/heartbeat")
     def heartbeat(fit_id: str, body: Heartbeat, who: dict = Depends(worker)) -> dict[str, Any]:
+        """Renew the lease with the fit's state and progress; 409 when the lease is no longer the fit's
+        (the worker then cancels its job)."""
         report = body.model_dump(exclude={"lease"})
         try:
             return queue.heartbeat(fit_id, body.lease, who, report)
@@ -134,6 +142,7 @@ def _fit_routes(routes: APIRouter, queue: Queue, worker: Any, fenced: Any, on_en
 
     @routes.post("/api/v1/dispatch/fits/{fit_id}/complete")
     def complete(fit_id: str, body: Completion, who: dict = Depends(worker)) -> dict[str, Any]:
+        """The attempt's end, once its files are uploaded: they become the fit's job directory, once."""
         try:
             accepted = queue.complete(fit_id, body.lease, who, body.state, body.message)
         except Fenced as exc:
@@ -171,6 +180,7 @@ def _upload_routes(routes: APIRouter, queue: Queue, worker: Any, fenced: Any) ->
     async def put_file(
         request: Request, fit_id: str, relative: str, lease: str, who: dict = Depends(worker)
     ) -> Any:
+        """One file of the attempt, with its SHA-256 (X-Content-SHA256); stored whole or not at all."""
         fit = await run_in_threadpool(fenced, fit_id, lease, who)
         body, digest = await _body(request), _sha(request)
         try:
@@ -182,6 +192,7 @@ def _upload_routes(routes: APIRouter, queue: Queue, worker: Any, fenced: Any) ->
 
     @routes.put("/api/v1/dispatch/fits/{fit_id}/checkpoint")
     async def put_checkpoint(request: Request, fit_id: str, lease: str, who: dict = Depends(worker)) -> Any:
+        """The attempt's newest checkpoint, with its SHA-256; the controller keeps only the newest."""
         fit = await run_in_threadpool(fenced, fit_id, lease, who)
         body, digest = await _body(request), _sha(request)
         try:

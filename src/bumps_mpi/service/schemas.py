@@ -11,7 +11,8 @@ from pydantic import BaseModel
 from ..errors import UsageError
 
 _FILE = {"type": "string", "format": "binary"}
-SUBMIT_SCHEMA = {  # the form the submit endpoint reads itself (after authentication), for OpenAPI
+# the form the submit endpoint reads itself (after authentication), for OpenAPI
+SUBMIT_SCHEMA: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
@@ -59,6 +60,18 @@ SUBMIT_SCHEMA = {  # the form the submit endpoint reads itself (after authentica
         },
         "429": {
             "description": "a limit of yours is reached (fits running at once): send it again later",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+        },
+    },
+}
+
+ESTIMATE_SCHEMA = {  # the same form; nothing is submitted, so no fit made earlier and no limit of fits
+    "requestBody": SUBMIT_SCHEMA["requestBody"],
+    "responses": {
+        "200": {"description": "the estimate, and why a submission would be refused (or null)"},
+        "422": SUBMIT_SCHEMA["responses"]["422"],
+        "429": {
+            "description": "the service is busy checking other models: send it again later",
             "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
         },
     },
