@@ -24,6 +24,7 @@ extensions = [
 exclude_patterns = ["_build", "_generated/*.json", "jupyter_execute"]
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
+smartquotes = False  # "--time" stays two hyphens, as the user types it
 nb_execution_mode = "off"  # the notebook's fits need MPI (and a cluster): tests/test_docs.py runs its cells
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"

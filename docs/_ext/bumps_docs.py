@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 from docutils import nodes
-from docutils.statemachine import StringList
 from sphinx.application import Sphinx
 from sphinx.errors import ExtensionError
 from sphinx.util.docutils import SphinxDirective
@@ -48,6 +47,13 @@ def documented_settings(text: str) -> dict[str, tuple[str, str]]:
     return found
 
 
+def _row(cells: list[nodes.Node]) -> nodes.row:
+    row = nodes.row()
+    for cell in cells:
+        row += nodes.entry("", nodes.paragraph("", "", cell))
+    return row
+
+
 class SiteSettings(SphinxDirective):
     """A table of every site setting: name, type, default, meaning."""
 
@@ -59,15 +65,19 @@ class SiteSettings(SphinxDirective):
         missing = [key for key in KEYS if key not in documented or not documented[key][1]]
         if missing:
             raise ExtensionError(f"{path} does not describe the settings {', '.join(missing)}")
-        rows = [".. list-table::", "   :header-rows: 1", "   :widths: 18 8 20 54", ""]
-        rows += ["   * - setting", "     - type", "     - default", "     - meaning"]
+        table = nodes.table(classes=["settings"])
+        group = nodes.tgroup(cols=4)
+        table += group
+        for width in (18, 8, 20, 54):
+            group += nodes.colspec(colwidth=width)
+        head, body = nodes.thead(), nodes.tbody()
+        group += [head, body]
+        head += _row([nodes.Text(name) for name in ("setting", "type", "default", "meaning")])
         for key, kind in KEYS.items():
             value, meaning = documented[key]
-            default = f"``{value}``" if value else "(none)"
-            rows += [f"   * - ``{key}``", f"     - {kind.__name__}", f"     - {default}", f"     - {meaning}"]
-        container = nodes.container()
-        self.state.nested_parse(StringList(rows, source=str(path)), self.content_offset, container)
-        return container.children
+            default = nodes.literal(value, value) if value else nodes.Text("(none)")
+            body += _row([nodes.literal(key, key), nodes.Text(kind.__name__), default, nodes.Text(meaning)])
+        return [table]
 
 
 class ServiceSettings(SphinxDirective):
