@@ -10,7 +10,7 @@ DEMO_ARGS ?= --seed 1 --samples 10000
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,service,postgres]'
+	$(PY) -m pip install --quiet -e '.[test,service,postgres,docs]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -70,7 +70,6 @@ lint: venv
 ## docs: the documentation site into docs/_build/html (open index.html); every Sphinx warning is an error.
 ## The references are written from the code as it builds: commands, Python API, HTTP API, settings
 docs: venv
-	$(PY) -m pip install --quiet -e '.[test,service,postgres,docs]'
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 	@echo "docs: docs/_build/html/index.html"
 

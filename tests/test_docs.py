@@ -239,3 +239,45 @@ def test_every_command_and_option_the_docs_show_exists():
                 sub = command.get_command(click.Context(command), word)
                 assert sub is not None, f"{where}: no command {word!r} in: {line}"
                 command = sub
+
+
+def test_the_site_builds_without_warnings_and_its_references_cover_the_code(tmp_path):
+    """The site as `make docs` builds it (warnings are errors), and the references hold every setting,
+    every command, every HTTP path and every public Python name the code has today."""
+    from bumps_mpi.cli import main
+    from bumps_mpi.config import KEYS
+    from bumps_mpi.service.app import create_app
+    from bumps_mpi.service.settings import ServiceConfig
+
+    out = tmp_path / "html"
+    build = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-E", "-q", "-b", "html", str(DOCS)]
+    done = subprocess.run([*build, str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    references = ("settings", "cli", "http-api")
+    html = {name: (out / "reference" / f"{name}.html").read_text() for name in references}
+    table = html["settings"][html["settings"].index("<table") : html["settings"].index("</table>")]
+    for key in KEYS:
+        assert f'<span class="pre">{key}</span>' in table, key
+
+    def commands(group: click.Group, prefix: str) -> list[str]:
+        found = []
+        for name, command in group.commands.items():
+            found.append(f"{prefix} {name}")
+            if isinstance(command, click.Group):
+                found += commands(command, f"{prefix} {name}")
+        return found
+
+    text = {name: re.sub(r"<[^>]+>", "", page) for name, page in html.items()}
+    for command in commands(main, "bumps-submit"):
+        assert f"{command} [OPTIONS]" in text["cli"], command
+    spec = create_app(ServiceConfig(data_dir=tmp_path / "service")).openapi()
+    for path, methods in spec["paths"].items():
+        for method in methods if path.startswith("/api/") else ():
+            assert f"{method.upper()} {path}" in text["http-api"], (method, path)
+    python = (out / "reference" / "python-api.html").read_text()
+    import bumps_mpi
+
+    for name in bumps_mpi.__all__:
+        if name != "__version__":
+            assert f'id="bumps_mpi.{name}"' in python, name
+    assert (out / "tutorial" / "laptop.html").is_file() and (out / "guides" / "python-api.html").is_file()
