@@ -12,6 +12,7 @@ when the build starts, for sphinxcontrib-openapi's ``openapi`` directive.
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -96,8 +97,12 @@ def write_openapi(app: Sphinx) -> None:
     from bumps_mpi.service.app import create_app
     from bumps_mpi.service.settings import ServiceConfig
 
-    with tempfile.TemporaryDirectory() as scratch:
-        spec = create_app(ServiceConfig(data_dir=Path(scratch))).openapi()
+    umask = os.umask(0o022)  # create_app makes the process's files owner-only: not the site's pages
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            spec = create_app(ServiceConfig(data_dir=Path(scratch))).openapi()
+    finally:
+        os.umask(umask)
     GENERATED.mkdir(exist_ok=True)
     target = GENERATED / "openapi.json"
     text = json.dumps(spec, indent=1, sort_keys=True)
