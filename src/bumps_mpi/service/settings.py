@@ -7,7 +7,7 @@ data_dir = "~/.local/share/bumps-mpi/service"
 database = ""                  # SQLite in data_dir; or postgresql://user@host/db for several hosts
 backend = "local"              # local: mpiexec here; slurm: sbatch, with the site profile below;
                                # dispatch: fits wait here for workers on other clusters to pull them
-lease_s = 180                  # dispatch: a claim's lease (renewed by heartbeats); max_attempts = 3
+lease_s = 180                  # dispatch: a claim's lease (renewed by heartbeats)
 profile = "default"            # bumps-mpi site profile for Slurm (partition, account, ...)
 auth = "token"                 # token | proxy | none (none: loopback only)
 proxy_header = "X-Remote-User" # auth = "proxy": the user name an authenticating proxy sets...
@@ -16,6 +16,10 @@ admins = []                    # auth = "proxy": these users are administrators
 base_url = ""                  # how users reach it, for links in notifications
 max_running = 8                # local backend: fits running here at once, all users together
 max_checks = 2                 # model checks at once, all users together
+local_ranks = 2                # MPI ranks of a fit that asks for none
+poll_s = 2.0                   # seconds between the monitor's looks at the fits in flight
+max_attempts = 3               # dispatch: attempts before a fit whose workers keep dying ends FAILED
+claim_wait_s = 20              # dispatch: how long a worker's claim waits for a fit (long polling)
 nice = 10                      # fits and checks run this much below the service's own priority
 secure_cookies = false         # true behind TLS (the reverse proxy's)
 [uploads]
