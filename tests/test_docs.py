@@ -73,6 +73,18 @@ def downloads(page: Path) -> list[Path]:
     ]
 
 
+def follow_setup(page: Path, home: Path) -> None:
+    """What a page asks the reader to set up besides its commands: the files it offers for download (into
+    ~/fits, data files into ~/fits/data) and the site profile it shows, as its file (the page includes it)."""
+    for offered in downloads(page):
+        target = home / "fits" / ("data" if offered.parent.name == "data" else "") / offered.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(offered, target)
+    if "{literalinclude} site.toml" in page.read_text():
+        (home / ".config" / "bumps-mpi").mkdir(parents=True)
+        shutil.copy(DOCS / "tutorial" / "site.toml", home / ".config" / "bumps-mpi" / "site.toml")
+
+
 class Reader:
     """Runs the steps as a reader would, in ~/fits, and maps the page's ids and directories to this run's."""
 
@@ -125,14 +137,7 @@ def test_the_tutorial_runs_as_its_pages_show(tmp_path, slurm_cluster):
     ran = []
     for name in TUTORIAL:
         page = DOCS / "tutorial" / f"{name}.md"
-        for offered in downloads(page):  # what the page tells the reader to download into ~/fits
-            target = reader.fits / ("data" if offered.parent.name == "data" else "") / offered.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(offered, target)
-        if name == "cluster":  # the profile the page shows, as its file (the page includes that file)
-            assert "{literalinclude} site.toml" in page.read_text()
-            (home / ".config" / "bumps-mpi").mkdir(parents=True)
-            shutil.copy(DOCS / "tutorial" / "site.toml", home / ".config" / "bumps-mpi" / "site.toml")
+        follow_setup(page, home)
         for step in console_steps(page):
             if step.command.startswith(INSTALLING):
                 continue
@@ -141,6 +146,7 @@ def test_the_tutorial_runs_as_its_pages_show(tmp_path, slurm_cluster):
     assert sum(command.startswith("bumps-submit submit") for command in ran) == 4, ran
     assert any("--local" in command for command in ran) and any("--each" in command for command in ran)
     assert (home / "fits" / "svg" / "model0.svg").is_file()  # the figures `plot --out svg` drew
+    assert (home / ".config" / "bumps-mpi" / "site.toml").is_file()  # the cluster page's profile
 
 
 def notebook_script(path: Path) -> str:
@@ -164,13 +170,8 @@ def test_the_python_api_notebook_runs_and_shows_what_it_printed(tmp_path, slurm_
     notebook = DOCS / "guides" / "python-api.ipynb"
     home = tmp_path / "home"
     fits = home / "fits"
-    (fits / "data").mkdir(parents=True)
-    for source in [ROOT / "examples" / "peak.py", ROOT / "examples" / "peak_file.py"]:
-        shutil.copy(source, fits)
-    for data in (ROOT / "examples" / "data").glob("*.dat"):
-        shutil.copy(data, fits / "data")
-    (home / ".config" / "bumps-mpi").mkdir(parents=True)
-    shutil.copy(DOCS / "tutorial" / "site.toml", home / ".config" / "bumps-mpi" / "site.toml")
+    for name in TUTORIAL:
+        follow_setup(DOCS / "tutorial" / f"{name}.md", home)
     done = subprocess.run(
         [sys.executable, "-c", notebook_script(notebook)],
         cwd=fits,

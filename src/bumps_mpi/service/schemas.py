@@ -11,6 +11,8 @@ from pydantic import BaseModel
 from ..errors import UsageError
 
 _FILE = {"type": "string", "format": "binary"}
+# the header of a busy answer (429): send the same request again after this many seconds
+RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
 # the form the submit endpoint reads itself (after authentication), for OpenAPI
 SUBMIT_SCHEMA: dict[str, Any] = {
     "requestBody": {
@@ -60,7 +62,7 @@ SUBMIT_SCHEMA: dict[str, Any] = {
         },
         "429": {
             "description": "a limit of yours is reached (fits running at once): send it again later",
-            "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+            "headers": RETRY_AFTER,
         },
     },
 }
@@ -72,7 +74,7 @@ ESTIMATE_SCHEMA = {  # the same form; nothing is submitted, so no fit made earli
         "422": SUBMIT_SCHEMA["responses"]["422"],
         "429": {
             "description": "the service is busy checking other models: send it again later",
-            "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+            "headers": RETRY_AFTER,
         },
     },
 }
